@@ -1,0 +1,453 @@
+"""The text console: a byte source feeding a pyte terminal, with change tracking for viewers.
+
+A console has one *source* of bytes: an existing pty or tty (`PtySource`, e.g. the one Xen's
+xenconsoled names in xenstore), a serial port or pyserial URL (`SerialSource`), or a command
+spawned in a new pty (`CommandSource`, also the embedded default of the user's shell).  One
+reader thread per console waits on the source and on a wake-up pipe with `selectors`, feeds
+what arrives into pyte under the console lock, and pokes every listener (the viewer threads).
+
+Sources come and go: a guest reboots, a serial cable is pulled, a command exits.  The reader
+thread then shows a status line on the bottom row, keeps every viewer connected, and reopens
+the source once a second for as long as it stays away.  A command is restarted only when asked
+to; otherwise `on_closed` tells the server, which exits once the last viewer has left.
+
+Change tracking is the part the performance depends on.  pyte keeps a set of dirty lines but
+marks every line dirty when the screen scrolls.  `Terminal` overrides `index` so that a scroll
+of the whole screen moves the dirty set up instead and counts the scroll; the renderer turns
+the count into one CopyRect.  Lines that scroll off the top go into a bounded scrollback that
+Shift+PageUp/PageDown and the mouse wheel page through.  Nothing is rendered here: the display
+calls `take_frame()` when a viewer wants pixels and gets the scroll count, the rows that
+changed and their cells, all read under the lock in one go.
+
+Writes to the source (keys, paste, pyte's answers to terminal queries) never block a viewer
+thread: what the source cannot take at once waits in a bounded outbox that the reader thread
+flushes when the source becomes writable.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import fcntl
+import logging
+import os
+import selectors
+import shlex
+import signal
+import struct
+import subprocess
+import termios
+import threading
+import tty
+from dataclasses import dataclass, field
+
+import pyte
+
+import keymap
+
+log = logging.getLogger("vncterm.console")
+
+SCROLLBACK_LINES = 1000
+OUTBOX_LIMIT = 64 * 1024
+REOPEN_DELAY = 1.0
+WHEEL_LINES = 3
+WHEEL_UP, WHEEL_DOWN = 1 << 3, 1 << 4
+PAGE_UP, PAGE_DOWN = 0xFF55, 0xFF56
+
+
+# --- Sources -----------------------------------------------------------------------------
+
+
+class FdSource:
+    """A source backed by one non-blocking file descriptor (a pty)."""
+
+    fd: int | None = None
+    restarts = True
+
+    def fileno(self) -> int | None:
+        return self.fd
+
+    def read(self) -> bytes | None:
+        """What is there: None if nothing yet, b"" once the other end hung up."""
+        try:
+            return os.read(self.fd, 65536)
+        except BlockingIOError:
+            return None
+        except OSError as error:
+            if error.errno == errno.EIO:
+                return b""
+            raise
+
+    def write(self, data: bytes) -> int:
+        try:
+            return os.write(self.fd, data)
+        except BlockingIOError:
+            return 0
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class PtySource(FdSource):
+    """An existing pty or tty, such as the guest console xenconsoled hands out."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.name = path
+
+    def open(self) -> None:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        if os.isatty(self.fd):
+            tty.setraw(self.fd)
+
+
+class CommandSource(FdSource):
+    """A command run in a new pty of its own, with TERM set and the window size of the console."""
+
+    def __init__(self, command: str, columns: int, lines: int, restart: bool = False) -> None:
+        self.argv = shlex.split(command)
+        self.name = command
+        self.size = (columns, lines)
+        self.restarts = restart
+        self.process: subprocess.Popen | None = None
+
+    def open(self) -> None:
+        master, slave = os.openpty()
+        columns, lines = self.size
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
+        env = dict(os.environ, TERM="xterm-256color", COLUMNS=str(columns), LINES=str(lines))
+        try:
+            self.process = subprocess.Popen(
+                self.argv, stdin=slave, stdout=slave, stderr=slave, env=env,
+                start_new_session=True, preexec_fn=_take_controlling_terminal,
+            )
+        except OSError:
+            os.close(master)
+            raise
+        finally:
+            os.close(slave)
+        os.set_blocking(master, False)
+        self.fd = master
+
+    def close(self) -> None:
+        super().close()
+        if self.process is not None:
+            if self.process.poll() is None:
+                os.killpg(self.process.pid, signal.SIGHUP)
+            try:
+                self.process.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+            self.process = None
+
+
+def _take_controlling_terminal() -> None:
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+class SerialSource:
+    """A serial port or anything pyserial's serial_for_url opens (socket://, rfc2217://)."""
+
+    restarts = True
+
+    def __init__(self, url: str, baud: int) -> None:
+        self.url = url
+        self.name = url
+        self.baud = baud
+        self.port = None
+
+    def open(self) -> None:
+        import serial
+
+        try:
+            self.port = serial.serial_for_url(self.url, baudrate=self.baud, timeout=0)
+        except (serial.SerialException, ValueError) as error:
+            raise OSError(str(error)) from error
+
+    def fileno(self) -> int | None:
+        try:
+            return self.port.fileno()
+        except (AttributeError, NotImplementedError):
+            return None
+
+    def read(self) -> bytes | None:
+        import serial
+
+        try:
+            return self.port.read(max(1, self.port.in_waiting)) or None
+        except (serial.SerialException, OSError):
+            return b""
+
+    def write(self, data: bytes) -> int:
+        import serial
+
+        try:
+            return self.port.write(data) or 0
+        except (serial.SerialException, OSError):
+            return 0
+
+    def close(self) -> None:
+        if self.port is not None:
+            self.port.close()
+            self.port = None
+
+
+# --- Terminal --------------------------------------------------------------------------
+
+
+class Terminal(pyte.Screen):
+    """A pyte screen that reports whole-screen scrolls instead of redrawing every line."""
+
+    def __init__(self, columns: int, lines: int) -> None:
+        super().__init__(columns, lines)
+        self.history: collections.deque = collections.deque(maxlen=SCROLLBACK_LINES)
+        self.scrolled = 0
+        self.bells = 0
+        self.answer = None
+
+    def index(self) -> None:
+        top, bottom = self.margins or (0, self.lines - 1)
+        if self.cursor.y != bottom or top != 0 or bottom != self.lines - 1:
+            super().index()
+            return
+        buffer = self.buffer
+        self.history.append(buffer[0])
+        for y in range(bottom):
+            buffer[y] = buffer[y + 1]
+        buffer.pop(bottom, None)
+        self.scrolled += 1
+        self.dirty = {y - 1 for y in self.dirty if y} | {bottom}
+
+    def bell(self, *args) -> None:
+        self.bells += 1
+
+    def write_process_input(self, data: str) -> None:
+        if self.answer is not None:
+            self.answer(data.encode())
+
+
+@dataclass
+class Frame:
+    """What changed on the console since the last frame, ready to render.
+
+    First scroll the previous picture up by `scroll` rows, then repaint `rows`, a map from
+    row number to that row's cells (pyte Chars).  `cursor` is the (column, row) to show as a
+    cursor, or None.
+    """
+
+    scroll: int
+    rows: dict[int, list] = field(default_factory=dict)
+    cursor: tuple[int, int] | None = None
+
+
+class Console:
+    """A source, the terminal it feeds, and the viewers to tell when something changed."""
+
+    def __init__(self, source, columns: int, lines: int, log_file=None, on_closed=None) -> None:
+        self.source = source
+        self.columns, self.lines = columns, lines
+        self.lock = threading.Lock()
+        self.terminal = Terminal(columns, lines)
+        self.terminal.answer = self.write
+        self.stream = pyte.ByteStream(self.terminal)
+        self.status = f"waiting for {source.name}"
+        self.log_file = log_file
+        self.on_closed = on_closed
+        self.listeners: set = set()
+        self._view_offset = 0
+        self._full = True
+        self._cursor = None
+        self._outbox = bytearray()
+        self._write_lock = threading.Lock()
+        self._stopping = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._thread = threading.Thread(target=self._run, name="console-reader", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake()
+        self._thread.join()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    # The reader thread.
+
+    def _run(self) -> None:
+        while not self._stopping:
+            try:
+                self.source.open()
+            except OSError as error:
+                self._set_status(f"waiting for {self.source.name}: {error.strerror or error}")
+                self._sleep(REOPEN_DELAY)
+                continue
+            log.info("console %s opened", self.source.name)
+            self._set_status("")
+            self._pump()
+            self.source.close()
+            if self._stopping:
+                break
+            log.info("console %s closed", self.source.name)
+            self._set_status(f"console closed: {self.source.name}")
+            if not self.source.restarts:
+                if self.on_closed:
+                    self.on_closed()
+                return
+            self._sleep(REOPEN_DELAY)
+
+    def _pump(self) -> None:
+        """Move bytes between the source and the terminal until the source closes."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            fd = self.source.fileno()
+            if fd is not None:
+                selector.register(fd, selectors.EVENT_READ)
+            while not self._stopping:
+                if fd is not None:
+                    events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self._outbox else 0)
+                    selector.modify(fd, events)
+                ready = selector.select(None if fd is not None else 0.1)
+                if any(key.fd == self._wake_r for key, _ in ready):
+                    os.read(self._wake_r, 4096)
+                self._flush()
+                data = self.source.read()
+                if data == b"":
+                    return
+                if data:
+                    self.feed(data)
+
+    def _sleep(self, seconds: float) -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            if selector.select(seconds):
+                os.read(self._wake_r, 4096)
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"!")
+        except BlockingIOError:
+            pass
+
+    def feed(self, data: bytes) -> None:
+        """Parse bytes from the source and tell the viewers."""
+        if self.log_file is not None:
+            self.log_file.write(data)
+            self.log_file.flush()
+        with self.lock:
+            self.stream.feed(data)
+        self._notify()
+
+    def _notify(self) -> None:
+        for listener in list(self.listeners):
+            listener()
+
+    def _set_status(self, status: str) -> None:
+        with self.lock:
+            if status != self.status:
+                self.status = status
+                self._full = True
+        self._notify()
+
+    # Writing to the source.
+
+    def write(self, data: bytes) -> None:
+        """Send bytes to the program on the console; never blocks."""
+        with self._write_lock:
+            if len(self._outbox) + len(data) > OUTBOX_LIMIT:
+                log.warning("console is not reading its input: %d bytes dropped", len(data))
+                return
+            self._outbox += data
+        self._wake()
+
+    def _flush(self) -> None:
+        with self._write_lock:
+            if self._outbox:
+                written = self.source.write(bytes(self._outbox))
+                del self._outbox[:written]
+
+    # Input from viewers.
+
+    def key(self, keysym: int, modifiers: keymap.Modifiers) -> None:
+        """A key press from a viewer (modifiers already updated)."""
+        if modifiers.shift and keysym in (PAGE_UP, PAGE_DOWN):
+            self.scroll_view(self.lines - 1 if keysym == PAGE_UP else 1 - self.lines)
+            return
+        with self.lock:
+            application_cursor = pyte.modes.DECCKM in self.terminal.mode
+        data = keymap.key_bytes(keysym, modifiers, application_cursor)
+        if data:
+            self.scroll_view(-self._view_offset)
+            self.write(data)
+
+    def pointer(self, button_mask: int) -> None:
+        if button_mask & WHEEL_UP:
+            self.scroll_view(WHEEL_LINES)
+        elif button_mask & WHEEL_DOWN:
+            self.scroll_view(-WHEEL_LINES)
+
+    def paste(self, text: bytes) -> None:
+        """Clipboard text from a viewer: Latin-1 with LF, typed as UTF-8 with CR."""
+        self.write(text.decode("latin-1").replace("\r\n", "\r").replace("\n", "\r").encode())
+
+    def scroll_view(self, lines: int) -> None:
+        """Move the view into the scrollback (positive) or back towards the bottom."""
+        with self.lock:
+            offset = max(0, min(self._view_offset + lines, len(self.terminal.history)))
+            if offset == self._view_offset:
+                return
+            self._view_offset = offset
+            self._full = True
+        self._notify()
+
+    # Reading the screen.
+
+    @property
+    def bells(self) -> int:
+        return self.terminal.bells
+
+    def take_frame(self) -> Frame:
+        """Everything that changed since the previous call, read consistently."""
+        with self.lock:
+            terminal = self.terminal
+            scroll, terminal.scrolled = terminal.scrolled, 0
+            rows, terminal.dirty = terminal.dirty, set()
+            if self._view_offset:
+                self._view_offset = min(self._view_offset + scroll, len(terminal.history))
+            if self._full or self._view_offset or self.status or scroll >= self.lines:
+                self._full = False
+                scroll, rows = 0, set(range(self.lines))
+            cursor = self._cursor_cell()
+            if cursor != self._cursor:
+                if self._cursor is not None and self._cursor[1] >= scroll:
+                    rows.add(self._cursor[1] - scroll)
+                if cursor is not None:
+                    rows.add(cursor[1])
+                self._cursor = cursor
+            frame = Frame(scroll, cursor=cursor)
+            for row in rows:
+                frame.rows[row] = self._cells(row)
+            return frame
+
+    def _cursor_cell(self) -> tuple[int, int] | None:
+        cursor = self.terminal.cursor
+        row = cursor.y + self._view_offset
+        if cursor.hidden or row >= self.lines or (self.status and row == self.lines - 1):
+            return None
+        return min(cursor.x, self.columns - 1), row
+
+    def _cells(self, row: int) -> list:
+        if self.status and row == self.lines - 1:
+            text = f" {self.status} ".center(self.columns)[: self.columns]
+            return [pyte.screens.Char(c, reverse=True) for c in text]
+        history = self.terminal.history
+        if row < self._view_offset:
+            line = history[len(history) - self._view_offset + row]
+        else:
+            line = self.terminal.buffer[row - self._view_offset]
+        return [line[x] for x in range(self.columns)]

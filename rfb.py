@@ -1,0 +1,486 @@
+"""The RFB protocol (RFC 6143) as plain data: bytes in, messages out; messages in, bytes out.
+
+This module never touches a socket, a thread, a terminal or an image.  The server and proxy
+do the I/O and hand the bytes here, the way h11 does HTTP:
+
+* the handshake is a few pure functions, one per step of RFC 6143 §7.1–7.3, which the caller
+  runs in a straight line on its own connection (`parse_client_version`, `security_offer`,
+  `parse_security_choice`, `security_result`, `server_init`);
+* after the handshake, `ClientReader` is fed whatever bytes arrive and hands back one
+  complete client message at a time (§7.5), leaving a partial message buffered;
+* the server's messages (§7.6) are built by small functions that return bytes.
+
+Every number that comes off the wire is checked before it is used.  A peer that breaks the
+protocol gets a `ProtocolError` with a one-line reason; the caller closes that one connection.
+Any other exception is a bug in our code.
+
+Trade-offs: messages are frozen dataclasses with a class-level `struct.Struct`, named after
+the RFC, which is slower than tuples but reads like the spec.  ClientCutText is the one message
+whose body is streamed: a hostile length is discarded as it arrives instead of buffered, and
+only the first `CUT_TEXT_LIMIT` bytes are kept (TigerVNC does the same).  No message has a
+generic length field, so an unknown message type cannot be skipped: it is a protocol error.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import struct
+from dataclasses import dataclass
+
+CUT_TEXT_LIMIT = 256 * 1024
+MAX_SCREENS = 16
+
+
+class ProtocolError(Exception):
+    """The peer broke the protocol; close its connection and carry on."""
+
+
+class ClientMsg(enum.IntEnum):
+    """Client-to-server message types, RFC 6143 §7.5 (251 is SetDesktopSize, rfbproto)."""
+
+    SET_PIXEL_FORMAT = 0
+    SET_ENCODINGS = 2
+    FRAMEBUFFER_UPDATE_REQUEST = 3
+    KEY_EVENT = 4
+    POINTER_EVENT = 5
+    CLIENT_CUT_TEXT = 6
+    SET_DESKTOP_SIZE = 251
+
+
+class ServerMsg(enum.IntEnum):
+    """Server-to-client message types, RFC 6143 §7.6."""
+
+    FRAMEBUFFER_UPDATE = 0
+    SET_COLOUR_MAP_ENTRIES = 1
+    BELL = 2
+    SERVER_CUT_TEXT = 3
+
+
+class Encoding(enum.IntEnum):
+    """Encodings and pseudo-encodings, RFC 6143 §7.7–7.8 and the rfbproto registry."""
+
+    RAW = 0
+    COPY_RECT = 1
+    RRE = 2
+    HEXTILE = 5
+    ZLIB = 6
+    TIGHT = 7
+    ZRLE = 16
+    DESKTOP_SIZE = -223
+    LAST_RECT = -224
+    CURSOR = -239
+    EXTENDED_DESKTOP_SIZE = -308
+
+
+class SecurityType(enum.IntEnum):
+    """Security types, RFC 6143 §7.2."""
+
+    INVALID = 0
+    NONE = 1
+    VNC_AUTHENTICATION = 2
+
+
+class ExtendedDesktopSizeStatus(enum.IntEnum):
+    """The y field of an ExtendedDesktopSize rectangle (rfbproto §ExtendedDesktopSize)."""
+
+    OK = 0
+    PROHIBITED = 1
+
+
+# --- Handshake, RFC 6143 §7.1 ---------------------------------------------------------
+
+VERSION_3_3 = (3, 3)
+VERSION_3_7 = (3, 7)
+VERSION_3_8 = (3, 8)
+SERVER_VERSION = b"RFB 003.008\n"
+VERSION_LENGTH = 12
+_VERSION_RE = re.compile(rb"RFB (\d{3})\.(\d{3})\n")
+
+
+def parse_client_version(data: bytes) -> tuple[int, int]:
+    """Map the client's 12-byte ProtocolVersion to the version both sides will speak.
+
+    RFC 6143 §7.1.1 says any unknown minor should be treated as 3.3; the deployed servers
+    (TigerVNC, libvncserver) treat 3.9 and above as 3.8, and so do we.
+    """
+    match = _VERSION_RE.fullmatch(data)
+    if not match:
+        raise ProtocolError(f"bad protocol version string {data!r}")
+    major, minor = int(match[1]), int(match[2])
+    if major != 3 or minor < 3:
+        raise ProtocolError(f"unsupported protocol version {major}.{minor}")
+    if minor >= 8:
+        return VERSION_3_8
+    if minor == 7:
+        return VERSION_3_7
+    return VERSION_3_3
+
+
+def _reason(text: str) -> bytes:
+    data = text.encode()
+    return struct.pack(">I", len(data)) + data
+
+
+def security_offer(version: tuple[int, int], types: list[int]) -> bytes:
+    """The server's list of security types (3.7+) or its single chosen type (3.3), §7.1.2."""
+    if version == VERSION_3_3:
+        return struct.pack(">I", types[0])
+    return bytes([len(types), *types])
+
+
+def security_refusal(version: tuple[int, int], reason: str) -> bytes:
+    """Refuse the connection before security: an empty offer followed by the reason."""
+    if version == VERSION_3_3:
+        return struct.pack(">I", SecurityType.INVALID) + _reason(reason)
+    return b"\0" + _reason(reason)
+
+
+def parse_security_choice(data: bytes, offered: list[int]) -> int:
+    """The one byte a 3.7/3.8 client sends back: it must be a type we offered."""
+    if data[0] not in offered:
+        raise ProtocolError(f"client chose security type {data[0]}, which was not offered")
+    return data[0]
+
+
+def security_result(version: tuple[int, int], ok: bool, reason: str = "") -> bytes:
+    """SecurityResult, §7.1.3; the reason string exists only in 3.8."""
+    if ok:
+        return struct.pack(">I", 0)
+    if version == VERSION_3_8:
+        return struct.pack(">I", 1) + _reason(reason)
+    return struct.pack(">I", 1)
+
+
+def needs_security_result(version: tuple[int, int], security_type: int) -> bool:
+    """Before 3.8, security type None is followed by no SecurityResult at all."""
+    return version == VERSION_3_8 or security_type != SecurityType.NONE
+
+
+# --- Pixel format, §7.4 -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PixelFormat:
+    """PIXEL_FORMAT, RFC 6143 §7.4: how one pixel's colour is packed into bytes."""
+
+    bits_per_pixel: int
+    depth: int
+    big_endian: bool
+    true_colour: bool
+    red_max: int
+    green_max: int
+    blue_max: int
+    red_shift: int
+    green_shift: int
+    blue_shift: int
+
+    STRUCT = struct.Struct(">BBBBHHHBBB3x")
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> PixelFormat:
+        bpp, depth, big, true, rmax, gmax, bmax, rs, gs, bs = cls.STRUCT.unpack(data)
+        return cls(bpp, depth, big != 0, true != 0, rmax, gmax, bmax, rs, gs, bs)
+
+    def to_bytes(self) -> bytes:
+        return self.STRUCT.pack(
+            self.bits_per_pixel, self.depth, self.big_endian, self.true_colour,
+            self.red_max, self.green_max, self.blue_max,
+            self.red_shift, self.green_shift, self.blue_shift,
+        )
+
+    @property
+    def bytes_per_pixel(self) -> int:
+        return self.bits_per_pixel // 8
+
+    @property
+    def channels(self) -> tuple[tuple[int, int], ...]:
+        """(max, shift) for red, green and blue."""
+        return (
+            (self.red_max, self.red_shift),
+            (self.green_max, self.green_shift),
+            (self.blue_max, self.blue_shift),
+        )
+
+    def check(self) -> None:
+        """Refuse anything but a sane true-colour format (TigerVNC's PixelFormat::isSane)."""
+        if self.bits_per_pixel not in (8, 16, 32):
+            raise ProtocolError(f"unsupported bits-per-pixel {self.bits_per_pixel}")
+        if not self.true_colour:
+            raise ProtocolError("colour-map pixel formats are not supported")
+        if not 0 < self.depth <= self.bits_per_pixel:
+            raise ProtocolError(f"depth {self.depth} does not fit {self.bits_per_pixel} bpp")
+        masks = []
+        for maximum, shift in self.channels:
+            bits = maximum.bit_length()
+            if maximum == 0 or maximum & (maximum + 1) or maximum > 255:
+                raise ProtocolError(f"colour maximum {maximum} is not 2^n-1 in 1..255")
+            if bits + shift > self.bits_per_pixel:
+                raise ProtocolError(f"colour channel at shift {shift} overflows the pixel")
+            masks.append(maximum << shift)
+        if sum(m.bit_count() for m in masks) > self.depth:
+            raise ProtocolError("colour channels need more bits than the depth")
+        if masks[0] & masks[1] or masks[0] & masks[2] or masks[1] & masks[2]:
+            raise ProtocolError("colour channels overlap")
+
+
+# The format we announce in ServerInit: 32/24 true colour, little-endian, red at bit 16.
+DEFAULT_PIXEL_FORMAT = PixelFormat(32, 24, False, True, 255, 255, 255, 16, 8, 0)
+
+
+def parse_client_init(data: bytes) -> bool:
+    """ClientInit, §7.3.1: True if the client is willing to share the desktop."""
+    return data[0] != 0
+
+
+def server_init(width: int, height: int, pixel_format: PixelFormat, name: str) -> bytes:
+    """ServerInit, §7.3.2."""
+    encoded = name.encode()
+    return (
+        struct.pack(">HH", width, height)
+        + pixel_format.to_bytes()
+        + struct.pack(">I", len(encoded))
+        + encoded
+    )
+
+
+# --- Client-to-server messages, §7.5 ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SetPixelFormat:
+    """§7.5.1: the format for all updates started after this message."""
+
+    pixel_format: PixelFormat
+
+
+@dataclass(frozen=True)
+class SetEncodings:
+    """§7.5.2: the encodings the client accepts, most preferred first."""
+
+    encodings: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class FramebufferUpdateRequest:
+    """§7.5.3: the client wants (the changes to) this rectangle."""
+
+    incremental: bool
+    x: int
+    y: int
+    width: int
+    height: int
+
+    STRUCT = struct.Struct(">BHHHH")
+
+
+@dataclass(frozen=True)
+class KeyEvent:
+    """§7.5.4: a key pressed or released, as an X keysym."""
+
+    down: bool
+    keysym: int
+
+    STRUCT = struct.Struct(">B2xI")
+
+
+@dataclass(frozen=True)
+class PointerEvent:
+    """§7.5.5: pointer position and the state of buttons 1-8 (bit 0 = left)."""
+
+    button_mask: int
+    x: int
+    y: int
+
+    STRUCT = struct.Struct(">BHH")
+
+
+@dataclass(frozen=True)
+class ClientCutText:
+    """§7.5.6: clipboard text (Latin-1); `text` holds at most CUT_TEXT_LIMIT bytes."""
+
+    text: bytes
+
+
+@dataclass(frozen=True)
+class Screen:
+    """One SCREEN of an ExtendedDesktopSize layout (rfbproto §ExtendedDesktopSize)."""
+
+    id: int
+    x: int
+    y: int
+    width: int
+    height: int
+    flags: int
+
+    STRUCT = struct.Struct(">IHHHHI")
+
+
+@dataclass(frozen=True)
+class SetDesktopSize:
+    """rfbproto §SetDesktopSize: the client asks for a new framebuffer layout."""
+
+    width: int
+    height: int
+    screens: tuple[Screen, ...]
+
+
+def _parse_set_pixel_format(header: bytes, body: bytes) -> SetPixelFormat:
+    pixel_format = PixelFormat.from_bytes(header[3:19])
+    pixel_format.check()
+    return SetPixelFormat(pixel_format)
+
+
+def _parse_set_encodings(header: bytes, body: bytes) -> SetEncodings:
+    return SetEncodings(struct.unpack(f">{len(body) // 4}i", body))
+
+
+def _parse_update_request(header: bytes, body: bytes) -> FramebufferUpdateRequest:
+    incremental, x, y, width, height = FramebufferUpdateRequest.STRUCT.unpack(header)
+    return FramebufferUpdateRequest(incremental != 0, x, y, width, height)
+
+
+def _parse_key_event(header: bytes, body: bytes) -> KeyEvent:
+    down, keysym = KeyEvent.STRUCT.unpack(header)
+    return KeyEvent(down != 0, keysym)
+
+
+def _parse_pointer_event(header: bytes, body: bytes) -> PointerEvent:
+    return PointerEvent(*PointerEvent.STRUCT.unpack(header))
+
+
+def _parse_set_desktop_size(header: bytes, body: bytes) -> SetDesktopSize:
+    width, height, count = struct.unpack(">xHHB", header[:6])
+    screens = tuple(
+        Screen(*Screen.STRUCT.unpack_from(body, 16 * i)) for i in range(count)
+    )
+    return SetDesktopSize(width, height, screens)
+
+
+def _encodings_length(header: bytes) -> int:
+    return 4 * struct.unpack(">xH", header)[0]
+
+
+def _screens_length(header: bytes) -> int:
+    count = header[5]
+    if not 1 <= count <= MAX_SCREENS:
+        raise ProtocolError(f"SetDesktopSize with {count} screens")
+    return 16 * count
+
+
+# type: (header length after the type byte, body length from the header, parser)
+_CLIENT_MESSAGES = {
+    ClientMsg.SET_PIXEL_FORMAT: (19, None, _parse_set_pixel_format),
+    ClientMsg.SET_ENCODINGS: (3, _encodings_length, _parse_set_encodings),
+    ClientMsg.FRAMEBUFFER_UPDATE_REQUEST: (9, None, _parse_update_request),
+    ClientMsg.KEY_EVENT: (7, None, _parse_key_event),
+    ClientMsg.POINTER_EVENT: (5, None, _parse_pointer_event),
+    ClientMsg.SET_DESKTOP_SIZE: (7, _screens_length, _parse_set_desktop_size),
+}
+_CUT_TEXT_HEADER = struct.Struct(">3xI")
+
+
+class ClientReader:
+    """Turns the bytes a viewer sends after ServerInit into client messages.
+
+    Feed it with `feed(data)`; then call `next_message()` until it returns None, which means
+    "need more bytes".  A partial message stays buffered; nothing is consumed twice.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._cut_text: bytearray | None = None
+        self._cut_remaining = 0
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def next_message(self):
+        """Return the next complete message, or None if more bytes are needed."""
+        if self._cut_text is not None:
+            return self._continue_cut_text()
+        if not self._buffer:
+            return None
+        kind = self._buffer[0]
+        if kind == ClientMsg.CLIENT_CUT_TEXT:
+            return self._start_cut_text()
+        if kind not in _CLIENT_MESSAGES:
+            raise ProtocolError(f"unknown client message type {kind}")
+        header_length, body_length, parse = _CLIENT_MESSAGES[kind]
+        if len(self._buffer) < 1 + header_length:
+            return None
+        header = bytes(self._buffer[1 : 1 + header_length])
+        length = body_length(header) if body_length else 0
+        end = 1 + header_length + length
+        if len(self._buffer) < end:
+            return None
+        body = bytes(self._buffer[1 + header_length : end])
+        del self._buffer[:end]
+        return parse(header, body)
+
+    def _start_cut_text(self):
+        if len(self._buffer) < 8:
+            return None
+        (length,) = _CUT_TEXT_HEADER.unpack(self._buffer[1:8])
+        if length >= 0x80000000:
+            raise ProtocolError(f"ClientCutText length {length:#x} (extended clipboard not offered)")
+        del self._buffer[:8]
+        self._cut_text = bytearray()
+        self._cut_remaining = length
+        return self._continue_cut_text()
+
+    def _continue_cut_text(self):
+        taken = self._buffer[: self._cut_remaining]
+        del self._buffer[: len(taken)]
+        self._cut_remaining -= len(taken)
+        room = CUT_TEXT_LIMIT - len(self._cut_text)
+        self._cut_text += taken[:room]
+        if self._cut_remaining:
+            return None
+        message = ClientCutText(bytes(self._cut_text))
+        self._cut_text = None
+        return message
+
+
+# --- Server-to-client messages, §7.6 ---------------------------------------------------
+
+_RECT_HEADER = struct.Struct(">HHHHi")
+
+
+def framebuffer_update(rects: list[bytes]) -> bytes:
+    """FramebufferUpdate, §7.6.1: a header and already encoded rectangles."""
+    return struct.pack(">BxH", ServerMsg.FRAMEBUFFER_UPDATE, len(rects)) + b"".join(rects)
+
+
+def rect_header(x: int, y: int, width: int, height: int, encoding: int) -> bytes:
+    return _RECT_HEADER.pack(x, y, width, height, encoding)
+
+
+def copy_rect(x: int, y: int, width: int, height: int, src_x: int, src_y: int) -> bytes:
+    """A CopyRect rectangle, §7.7.2: copy (src_x, src_y) of the client's framebuffer here."""
+    return rect_header(x, y, width, height, Encoding.COPY_RECT) + struct.pack(">HH", src_x, src_y)
+
+
+def desktop_size(width: int, height: int) -> bytes:
+    """A DesktopSize pseudo-rectangle, §7.8.2."""
+    return rect_header(0, 0, width, height, Encoding.DESKTOP_SIZE)
+
+
+def extended_desktop_size(width: int, height: int, reason: int, status: int) -> bytes:
+    """An ExtendedDesktopSize pseudo-rectangle with one screen covering the framebuffer."""
+    screen = Screen.STRUCT.pack(0, 0, 0, width, height, 0)
+    return (
+        rect_header(reason, status, width, height, Encoding.EXTENDED_DESKTOP_SIZE)
+        + struct.pack(">B3x", 1)
+        + screen
+    )
+
+
+def bell() -> bytes:
+    """Bell, §7.6.3."""
+    return bytes([ServerMsg.BELL])
+
+
+def server_cut_text(text: bytes) -> bytes:
+    """ServerCutText, §7.6.4."""
+    return struct.pack(">B3xI", ServerMsg.SERVER_CUT_TEXT, len(text)) + text

@@ -48,11 +48,12 @@ import keymap
 log = logging.getLogger("vncterm.console")
 
 SCROLLBACK_LINES = 1000
-OUTBOX_LIMIT = 64 * 1024
+OUTBOX_LIMIT = 1024 * 1024  # room for a few pastes of rfb.CUT_TEXT_LIMIT
 REOPEN_DELAY = 1.0
 WHEEL_LINES = 3
 WHEEL_UP, WHEEL_DOWN = 1 << 3, 1 << 4
 PAGE_UP, PAGE_DOWN = 0xFF55, 0xFF56
+DECCKM = 1 << 5  # pyte keeps private mode n as n << 5 but names no constant for mode 1
 
 
 # --- Sources -----------------------------------------------------------------------------
@@ -100,7 +101,7 @@ class PtySource(FdSource):
     def open(self) -> None:
         self.fd = os.open(self.path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
         if os.isatty(self.fd):
-            tty.setraw(self.fd)
+            tty.setraw(self.fd, termios.TCSANOW)
 
 
 class CommandSource(FdSource):
@@ -379,7 +380,7 @@ class Console:
             self.scroll_view(self.lines - 1 if keysym == PAGE_UP else 1 - self.lines)
             return
         with self.lock:
-            application_cursor = pyte.modes.DECCKM in self.terminal.mode
+            application_cursor = DECCKM in self.terminal.mode
         data = keymap.key_bytes(keysym, modifiers, application_cursor)
         if data:
             self.scroll_view(-self._view_offset)

@@ -4,8 +4,9 @@ Fonts.  A text console should look like one, so the preferred font is a Linux co
 (PSF1 or PSF2, optionally gzipped, with its Unicode table), parsed here in a few lines because
 Pillow cannot read PSF.  X bitmap fonts (.pcf, .bdf) go through Pillow's own converters and
 TrueType fonts through `ImageFont.truetype`.  Characters the primary font lacks (CJK, symbols
-outside a 512-glyph console font) fall back to DejaVu Sans Mono scaled to the cell.  Bold is
-drawn by overstriking one pixel to the right, as the VGA console did.
+outside a 512-glyph console font) fall back to DejaVu Sans Mono and then Droid Sans Fallback
+(CJK), scaled to the cell; a character no font has is drawn as a hollow box.  Bold is drawn by
+overstriking one pixel to the right, as the VGA console did.
 
 Colours follow pyte's names: the 16 ANSI colours in the Linux console's palette (bold turns the
 8 normal ones bright), and 256-colour or truecolour cells as hex strings.
@@ -33,8 +34,10 @@ CONSOLE_FONTS = (
     "/usr/share/consolefonts/default8x16.psf.gz",
 )
 DEJAVU_MONO = "/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf"
+FALLBACK_FONTS = (DEJAVU_MONO, "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf")
 TRUETYPE_SIZE = 16
 GLYPH_CACHE_LIMIT = 8192
+NOT_A_CHARACTER = "\U0010fffd"  # no font has it, so it shows the font's missing-glyph box
 
 PALETTE = [
     (0x00, 0x00, 0x00), (0xAA, 0x00, 0x00), (0x00, 0xAA, 0x00), (0xAA, 0x55, 0x00),
@@ -143,8 +146,14 @@ class PillowFont:
             ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (bottom, 0)
             cell = (max(1, right), max(1, ascent + descent))
         self.cell = cell
+        self._missing = {cells: self._draw(NOT_A_CHARACTER, cells).tobytes() for cells in (1, 2)}
 
     def glyph(self, character: str, cells: int) -> Image.Image | None:
+        """The character's mask, or None where the font would draw its missing-glyph box."""
+        mask = self._draw(character, cells)
+        return None if mask.tobytes() == self._missing[cells] else mask
+
+    def _draw(self, character: str, cells: int) -> Image.Image:
         mask = Image.new("L", (self.cell[0] * cells, self.cell[1]))
         ImageDraw.Draw(mask).text((0, 0), character, font=self.font, fill=255)
         return mask
@@ -157,7 +166,9 @@ def _truetype(path: str, height: int | None = None) -> PillowFont:
         ascent, descent = font.getmetrics()
         size = max(4, round(size * height / (ascent + descent)))
         font = ImageFont.truetype(path, size)
-    return PillowFont(font)
+    result = PillowFont(font)
+    result.path = path
+    return result
 
 
 def _x_bitmap(path: str) -> PillowFont:
@@ -189,14 +200,16 @@ def load_font(path: str | None) -> tuple[object, str]:
 
 
 class Glyphs:
-    """Cell images by key, from a primary font with a fallback for missing characters."""
+    """Cell images by key, from a primary font with fallbacks for missing characters."""
 
     def __init__(self, font) -> None:
         self.font = font
         self.cell = font.cell
-        self._fallback = None
-        if not isinstance(font, PillowFont) and os.path.exists(DEJAVU_MONO):
-            self._fallback = _truetype(DEJAVU_MONO, height=self.cell[1])
+        self._fonts = [font] + [
+            _truetype(path, height=self.cell[1])
+            for path in FALLBACK_FONTS
+            if os.path.exists(path) and getattr(font, "path", None) != path
+        ]
         self._cache: dict = {}
 
     def cell_image(self, key) -> Image.Image:
@@ -210,8 +223,8 @@ class Glyphs:
     def _draw(self, character, fg, bg, bold, underline, cells) -> Image.Image:
         width, height = self.cell[0] * cells, self.cell[1]
         image = Image.new("RGB", (width, height), bg)
-        mask = self._mask(character, cells) if character.strip() else None
-        if mask is not None:
+        if character.strip():
+            mask = self._mask(character, cells)
             image.paste(fg, (0, 0), mask)
             if bold:
                 image.paste(fg, (1, 0), mask)
@@ -219,13 +232,18 @@ class Glyphs:
             image.paste(fg, (0, height - 1, width, height))
         return image
 
-    def _mask(self, character: str, cells: int) -> Image.Image | None:
-        mask = self.font.glyph(character, cells)
-        if mask is None and self._fallback is not None:
-            mask = self._fallback.glyph(character, cells)
-        if mask is None:
-            mask = self.font.glyph("?", cells)
-        return mask.crop((0, 0, self.cell[0] * cells, self.cell[1])) if mask else None
+    def _mask(self, character: str, cells: int) -> Image.Image:
+        for font in self._fonts:
+            mask = font.glyph(character, cells)
+            if mask is not None:
+                return mask.crop((0, 0, self.cell[0] * cells, self.cell[1]))
+        return self._box(cells)
+
+    def _box(self, cells: int) -> Image.Image:
+        width, height = self.cell[0] * cells, self.cell[1]
+        mask = Image.new("L", (width, height))
+        ImageDraw.Draw(mask).rectangle((1, 1, width - 2, height - 2), outline=255)
+        return mask
 
 
 # --- Colours and the renderer -------------------------------------------------------------

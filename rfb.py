@@ -423,7 +423,7 @@ class ClientReader:
             return None
         (length,) = _CUT_TEXT_HEADER.unpack(self._buffer[1:8])
         if length >= 0x80000000:
-            raise ProtocolError(f"ClientCutText length {length:#x} (extended clipboard not offered)")
+            raise ProtocolError(f"ClientCutText length {length:#x}: extended clipboard not offered")
         del self._buffer[:8]
         self._cut_text = bytearray()
         self._cut_remaining = length
@@ -458,7 +458,8 @@ def rect_header(x: int, y: int, width: int, height: int, encoding: int) -> bytes
 
 def copy_rect(x: int, y: int, width: int, height: int, src_x: int, src_y: int) -> bytes:
     """A CopyRect rectangle, §7.7.2: copy (src_x, src_y) of the client's framebuffer here."""
-    return rect_header(x, y, width, height, Encoding.COPY_RECT) + struct.pack(">HH", src_x, src_y)
+    header = rect_header(x, y, width, height, Encoding.COPY_RECT)
+    return header + struct.pack(">HH", src_x, src_y)
 
 
 def desktop_size(width: int, height: int) -> bytes:

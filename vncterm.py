@@ -260,9 +260,9 @@ class ViewerSession(socketserver.BaseRequestHandler):
             self.sock.sendall(rfb.security_result(version, True))
         if not rfb.parse_client_init(self.recv_exactly(1)):
             self.server.disconnect_others(self)
-        width, height = self.display.size
-        self.size = self.display.size
-        self.sock.sendall(rfb.server_init(width, height, rfb.DEFAULT_PIXEL_FORMAT, self.server.name))
+        self.size = width, height = self.display.size
+        pixel_format = rfb.DEFAULT_PIXEL_FORMAT
+        self.sock.sendall(rfb.server_init(width, height, pixel_format, self.server.name))
 
     # The session loop.
 
@@ -407,13 +407,12 @@ class ViewerSession(socketserver.BaseRequestHandler):
     def encode(self, changes: Changes) -> list[bytes]:
         width, height = self.size
         rects = []
-        if changes.full:
+        damage = changes.rects
+        if changes.full or (changes.scroll and not self.encoder.supports(Encoding.COPY_RECT)):
             damage = [(0, 0, width, height)]
-        else:
-            damage = changes.rects
-            if changes.scroll:
-                rects.append(self.encoder.copy_rect(
-                    0, 0, width, height - changes.scroll, 0, changes.scroll))
+        elif changes.scroll:
+            rects.append(self.encoder.copy_rect(
+                0, 0, width, height - changes.scroll, 0, changes.scroll))
         for x, y, w, h in merge(damage):
             rects += self.encoder.encode(x, y, changes.image.crop((x, y, x + w, y + h)))
         return rects

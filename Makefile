@@ -1,0 +1,34 @@
+# vncterm: `make run` serves your shell to VNC viewers, `make test` runs every test.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+PEER_PACKAGES := tigervnc-standalone-server tigervnc-tools tigervnc-viewer x11vnc xvfb xterm \
+	xdotool vncsnapshot imagemagick xfonts-base x11-utils x11-xserver-utils gvncviewer \
+	novnc websockify chromium fonts-dejavu-core
+
+.PHONY: help run test lint peers clean
+
+help: ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
+
+run: $(VENV)/.ready ## Serve your shell on 127.0.0.1:5900 (extra options: make run ARGS="...")
+	$(PY) vncterm.py $(ARGS)
+
+test: $(VENV)/.ready ## Run the unit, hostile-viewer and real-viewer tests
+	$(PY) -m pytest -q tests
+
+lint: $(VENV)/.ready ## Check the code with ruff
+	$(VENV)/bin/ruff check .
+
+peers: ## Install the real VNC viewers and servers the tests drive (Debian, needs root)
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(PEER_PACKAGES)
+
+clean: ## Remove the virtualenv and test artifacts
+	rm -rf $(VENV) tests/artifacts .pytest_cache .ruff_cache
+
+$(VENV)/.ready: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -r requirements-dev.txt
+	touch $@

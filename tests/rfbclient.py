@@ -1,0 +1,122 @@
+"""A small blocking RFB client for protocol edge cases in tests.
+
+It is written from RFC 6143 with `struct`, not with rfb.py, so it does not share the server's
+mistakes.  It decodes Raw (32-bit little-endian 888, the server's default format) and
+CopyRect into a Pillow image, follows DesktopSize and ExtendedDesktopSize, and counts bells.
+Real viewers prove the features; this client probes the corners they never visit.
+"""
+
+import socket
+import struct
+
+from PIL import Image
+
+RAW, COPY_RECT, DESKTOP_SIZE, EXTENDED_DESKTOP_SIZE = 0, 1, -223, -308
+
+
+class Client:
+    def __init__(self, port, version=b"RFB 003.008\n", shared=True, timeout=10.0):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.server_version = self.recv(12)
+        self.sock.sendall(version)
+        minor = int(version[8:11])
+        if minor >= 7:
+            count = self.recv(1)[0]
+            if count == 0:
+                raise ConnectionRefusedError(self.reason())
+            types = self.recv(count)
+            assert 1 in types, types
+            self.sock.sendall(b"\x01")
+            if minor >= 8:
+                assert self.recv(4) == b"\0\0\0\0"
+        else:
+            (kind,) = struct.unpack(">I", self.recv(4))
+            if kind == 0:
+                raise ConnectionRefusedError(self.reason())
+            assert kind == 1
+        self.sock.sendall(b"\x01" if shared else b"\x00")
+        self.width, self.height = struct.unpack(">HH", self.recv(4))
+        self.pixel_format = self.recv(16)
+        (length,) = struct.unpack(">I", self.recv(4))
+        self.name = self.recv(length).decode()
+        self.image = Image.new("RGB", (self.width, self.height))
+        self.bells = 0
+        self.rects = []
+        self.resizes = []
+
+    def recv(self, size):
+        data = bytearray()
+        while len(data) < size:
+            chunk = self.sock.recv(size - len(data))
+            if not chunk:
+                raise ConnectionError("server closed the connection")
+            data += chunk
+        return bytes(data)
+
+    def reason(self):
+        (length,) = struct.unpack(">I", self.recv(4))
+        return self.recv(length).decode()
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def set_encodings(self, *encodings):
+        self.send(struct.pack(f">BxH{len(encodings)}i", 2, len(encodings), *encodings))
+
+    def request(self, incremental=True, x=0, y=0, width=None, height=None):
+        width = self.width if width is None else width
+        height = self.height if height is None else height
+        self.send(struct.pack(">BBHHHH", 3, incremental, x, y, width, height))
+
+    def key(self, keysym, down=True):
+        self.send(struct.pack(">BBxxI", 4, down, keysym))
+
+    def type(self, text):
+        for character in text:
+            self.key(ord(character), True)
+            self.key(ord(character), False)
+
+    def read_update(self):
+        """Read messages until one FramebufferUpdate has been applied; return its rects."""
+        while True:
+            kind = self.recv(1)[0]
+            if kind == 2:
+                self.bells += 1
+            elif kind == 3:
+                (length,) = struct.unpack(">3xI", self.recv(7))
+                self.recv(length)
+            elif kind == 0:
+                (count,) = struct.unpack(">xH", self.recv(3))
+                rects = [self.read_rect() for _ in range(count)]
+                self.rects += rects
+                return rects
+            else:
+                raise AssertionError(f"unexpected server message {kind}")
+
+    def read_rect(self):
+        x, y, width, height, encoding = struct.unpack(">HHHHi", self.recv(12))
+        if encoding == RAW:
+            data = self.recv(width * height * 4)
+            self.image.paste(Image.frombytes("RGB", (width, height), data, "raw", "BGRX"), (x, y))
+        elif encoding == COPY_RECT:
+            src_x, src_y = struct.unpack(">HH", self.recv(4))
+            region = self.image.crop((src_x, src_y, src_x + width, src_y + height))
+            self.image.paste(region, (x, y))
+        elif encoding == DESKTOP_SIZE:
+            self.resize(width, height)
+        elif encoding == EXTENDED_DESKTOP_SIZE:
+            count = self.recv(4)[0]
+            self.recv(16 * count)
+            self.resizes.append((x, y, width, height))
+            self.resize(width, height)
+        else:
+            raise AssertionError(f"unexpected encoding {encoding}")
+        return (x, y, width, height, encoding)
+
+    def resize(self, width, height):
+        if (width, height) != (self.width, self.height):
+            self.width, self.height = width, height
+            self.image = Image.new("RGB", (width, height))
+
+    def close(self):
+        self.sock.close()

@@ -1,0 +1,276 @@
+"""console.py: the terminal's change tracking, scrollback, status line and every source.
+
+The change tracking is checked against two oracles that do not share our code: a plain
+`pyte.Screen` fed the same bytes (our scroll shortcut must not change what the screen shows),
+and a "viewer" that only ever applies frames (scroll, then the changed rows) and must end up
+with exactly the screen's cells.
+"""
+
+import os
+import socket
+import threading
+import time
+import tty
+
+import pyte
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import console
+import keymap
+
+COLUMNS, LINES = 20, 6
+
+PIECES = st.sampled_from([
+    "abc", "hello world", "\r\n", "\n", "\r", "\x1b[2J", "\x1b[H", "\x1b[3;4H", "\x1b[K",
+    "\x1b[1;31mred\x1b[0m", "\x1b[2;4r", "\x1b[r", "\x1bM", "\x1b[2L", "\x1b[3M", "\x1b[5P",
+    "\x1b[?25l", "\x1b[?25h", "中文", "\t", "\x08", "x" * 25, "\x1b[?7l", "\x1b[?7h",
+    "\x1b[10B", "\x1b[4@", "\x1bD", "\x1bE", "\x1b[S",
+])
+
+
+class FakeSource:
+    name = "fake"
+    restarts = True
+
+    def __init__(self):
+        self.written = bytearray()
+
+    def write(self, data):
+        self.written += data
+        return len(data)
+
+
+def cells_of(screen):
+    return [[screen.buffer[y][x] for x in range(COLUMNS)] for y in range(LINES)]
+
+
+def new_console(columns=COLUMNS, lines=LINES):
+    return console.Console(FakeSource(), columns, lines)
+
+
+def text_of(cells):
+    return "".join(cell.data for cell in cells)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(PIECES, max_size=40))
+def test_terminal_shows_what_plain_pyte_shows(pieces):
+    ours = console.Terminal(COLUMNS, LINES)
+    theirs = pyte.Screen(COLUMNS, LINES)
+    ours_stream, theirs_stream = pyte.Stream(ours), pyte.Stream(theirs)
+    for piece in pieces:
+        ours_stream.feed(piece)
+        theirs_stream.feed(piece)
+    assert cells_of(ours) == cells_of(theirs)
+    assert (ours.cursor.x, ours.cursor.y) == (theirs.cursor.x, theirs.cursor.y)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(PIECES, max_size=40), st.integers(min_value=1, max_value=5))
+def test_frames_keep_a_viewer_exact(pieces, every):
+    term = new_console()
+    term._set_status("")
+    viewer = [None] * LINES
+    for index, piece in enumerate(pieces):
+        term.feed(piece.encode())
+        if index % every == 0:
+            apply_frame(viewer, term.take_frame())
+    apply_frame(viewer, term.take_frame())
+    screen = cells_of(term.terminal)
+    cursor = term.terminal.cursor
+    expected_cursor = None if cursor.hidden else (min(cursor.x, COLUMNS - 1), cursor.y)
+    assert viewer == screen
+    assert term._cursor == expected_cursor
+
+
+def apply_frame(viewer, frame):
+    if frame.scroll:
+        viewer[:] = viewer[frame.scroll :] + [None] * frame.scroll
+    for row, cells in frame.rows.items():
+        viewer[row] = cells
+
+
+def test_full_screen_scroll_is_counted_not_redrawn():
+    term = new_console()
+    term._set_status("")
+    term.feed(b"\r\n".join(b"line %d" % i for i in range(LINES)))
+    term.take_frame()
+    term.feed(b"\r\nnext\r\nlast")
+    frame = term.take_frame()
+    assert frame.scroll == 2
+    assert sorted(frame.rows) == [LINES - 3, LINES - 2, LINES - 1]
+    assert text_of(frame.rows[LINES - 1]).rstrip() == "last"
+
+
+def test_scrollback_pages_through_history():
+    term = new_console()
+    term._set_status("")
+    term.feed(b"\r\n".join(b"line %d" % i for i in range(30)))
+    term.take_frame()
+    shift = keymap.Modifiers()
+    shift.update(0xFFE1, True)
+    term.key(console.PAGE_UP, shift)
+    frame = term.take_frame()
+    assert text_of(frame.rows[0]).rstrip() == "line %d" % (30 - LINES - (LINES - 1))
+    assert frame.cursor is None or frame.cursor[1] >= LINES - 1
+    term.pointer(console.WHEEL_DOWN)
+    term.pointer(console.WHEEL_DOWN)
+    frame = term.take_frame()
+    assert text_of(frame.rows[LINES - 1]).rstrip() == "line 29"
+    assert term.source.written == b""
+
+
+def test_any_key_returns_to_the_bottom_and_is_typed():
+    term = new_console()
+    term._set_status("")
+    term.feed(b"\r\n".join(b"line %d" % i for i in range(30)))
+    term.pointer(console.WHEEL_UP)
+    term.take_frame()
+    term.key(ord("q"), keymap.Modifiers())
+    frame = term.take_frame()
+    assert text_of(frame.rows[LINES - 1]).rstrip() == "line 29"
+    assert term._outbox == b"q"
+
+
+def test_status_line_covers_the_bottom_row():
+    term = new_console()
+    term._set_status("console closed: fake")
+    frame = term.take_frame()
+    bottom = frame.rows[LINES - 1]
+    assert "console closed" in text_of(bottom)
+    assert all(cell.reverse for cell in bottom)
+
+
+def test_terminal_queries_are_answered():
+    term = new_console()
+    term.feed(b"ab\x1b[6n")
+    assert term._outbox == b"\x1b[1;3R"
+
+
+def test_bell_is_counted():
+    term = new_console()
+    term.feed(b"\x07x\x07")
+    assert term.bells == 2
+
+
+def test_paste_sends_cr_line_ends():
+    term = new_console()
+    term.paste(b"one\ntwo\r\nthr\xe9e")
+    assert term._outbox == "one\rtwo\rthrée".encode()
+
+
+def test_outbox_is_bounded():
+    term = new_console()
+    term.write(b"x" * console.OUTBOX_LIMIT)
+    term.write(b"more")
+    assert len(term._outbox) == console.OUTBOX_LIMIT
+
+
+# --- Real sources, with the reader thread --------------------------------------------------
+
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def screen_text(term):
+    with term.lock:
+        return "\n".join(term.terminal.display)
+
+
+def guest_pty():
+    """A pty pair whose far end is raw, as qemu's and xenconsoled's are."""
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    return master, slave
+
+
+def test_pty_source_reads_writes_and_reopens(tmp_path):
+    link = tmp_path / "console"
+    master, slave = guest_pty()
+    link.symlink_to(os.ttyname(slave))
+    term = console.Console(console.PtySource(str(link)), 40, 5)
+    term.start()
+    try:
+        os.write(master, b"booting guest\r\n")
+        assert wait_for(lambda: "booting guest" in screen_text(term))
+        term.key(ord("x"), keymap.Modifiers())
+        assert wait_for(lambda: os.read(master, 10) == b"x")
+        os.close(slave)
+        os.close(master)
+        assert wait_for(lambda: term.status.startswith(("console closed", "waiting")))
+        master, slave = guest_pty()
+        link.unlink()
+        link.symlink_to(os.ttyname(slave))
+        assert wait_for(lambda: term.status == "", timeout=5)
+        os.write(master, b"rebooted\r\n")
+        assert wait_for(lambda: "rebooted" in screen_text(term))
+    finally:
+        term.stop()
+        os.close(master)
+        os.close(slave)
+
+
+def test_command_source_runs_in_a_sized_pty_and_reports_exit():
+    closed = threading.Event()
+    source = console.CommandSource("sh -c 'stty size; echo $TERM; tty -s && echo tty'", 33, 7)
+    term = console.Console(source, 33, 7, on_closed=closed.set)
+    term.start()
+    try:
+        assert closed.wait(10)
+        text = screen_text(term)
+        assert "7 33" in text and "xterm-256color" in text and "tty" in text
+        assert "console closed" in term.status
+    finally:
+        term.stop()
+
+
+def test_command_source_restarts_when_asked():
+    counter = []
+    source = console.CommandSource("echo run", 20, 4, restart=True)
+    term = console.Console(source, 20, 4)
+    original_open = source.open
+    source.open = lambda: (counter.append(1), original_open())
+    term.start()
+    try:
+        assert wait_for(lambda: len(counter) >= 2)
+    finally:
+        term.stop()
+
+
+def test_serial_url_source_over_a_socket():
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    term = console.Console(console.SerialSource(f"socket://127.0.0.1:{port}", 9600), 40, 5)
+    term.start()
+    try:
+        peer, _ = listener.accept()
+        assert wait_for(lambda: term.status == "")  # pyserial discards input that beats open()
+        peer.sendall(b"login: ")
+        assert wait_for(lambda: "login:" in screen_text(term))
+        term.key(ord("r"), keymap.Modifiers())
+        assert peer.recv(10) == b"r"
+        peer.close()
+        assert wait_for(lambda: term.status != "")
+        peer, _ = listener.accept()
+        assert wait_for(lambda: term.status == "")
+        peer.sendall(b"again")
+        assert wait_for(lambda: "again" in screen_text(term))
+        peer.close()
+    finally:
+        term.stop()
+        listener.close()
+
+
+def test_log_file_gets_the_raw_stream(tmp_path):
+    path = tmp_path / "console.log"
+    with open(path, "ab") as log_file:
+        term = console.Console(FakeSource(), 20, 4, log_file=log_file)
+        term.feed(b"\x1b[31mraw\x1b[0m")
+    assert path.read_bytes() == b"\x1b[31mraw\x1b[0m"

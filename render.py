@@ -2,11 +2,12 @@
 
 Fonts.  A text console should look like one, so the preferred font is a Linux console font
 (PSF1 or PSF2, optionally gzipped, with its Unicode table), parsed here in a few lines because
-Pillow cannot read PSF.  X bitmap fonts (.pcf, .bdf) go through Pillow's own converters and
-TrueType fonts through `ImageFont.truetype`.  Characters the primary font lacks (CJK, symbols
-outside a 512-glyph console font) fall back to DejaVu Sans Mono and then Droid Sans Fallback
-(CJK), scaled to the cell; a character no font has is drawn as a hollow box.  Bold is drawn by
-overstriking one pixel to the right, as the VGA console did.
+Pillow cannot read PSF.  X bitmap fonts (.pcf, .bdf, gzipped or not) go through Pillow's own
+converters, which keep Latin-1 only, and TrueType fonts through `ImageFont.truetype`.
+Characters the primary font lacks (CJK, symbols outside a 512-glyph console font) fall back to
+DejaVu Sans Mono and then Droid Sans Fallback (CJK), scaled to the cell; a character no font
+has is drawn as a hollow box.  Bold is drawn by overstriking one pixel to the right, as the
+VGA console did.
 
 Colours follow pyte's names: the 16 ANSI colours in the Linux console's palette (bold turns the
 8 normal ones bright), and 256-colour or truecolour cells as hex strings.
@@ -22,6 +23,7 @@ All of this runs only when a viewer asks for an update.
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import struct
 import tempfile
@@ -37,7 +39,7 @@ DEJAVU_MONO = "/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf"
 FALLBACK_FONTS = (DEJAVU_MONO, "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf")
 TRUETYPE_SIZE = 16
 GLYPH_CACHE_LIMIT = 8192
-NOT_A_CHARACTER = "\U0010fffd"  # no font has it, so it shows the font's missing-glyph box
+NOT_A_CHARACTER = "\U0010fffd"  # no TrueType font has it: it draws the missing-glyph box
 
 PALETTE = [
     (0x00, 0x00, 0x00), (0xAA, 0x00, 0x00), (0x00, 0xAA, 0x00), (0xAA, 0x55, 0x00),
@@ -146,10 +148,14 @@ class PillowFont:
             ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (bottom, 0)
             cell = (max(1, right), max(1, ascent + descent))
         self.cell = cell
-        self._missing = {cells: self._draw(NOT_A_CHARACTER, cells).tobytes() for cells in (1, 2)}
+        self._latin1 = not isinstance(font, ImageFont.FreeTypeFont)
+        missing = " " if self._latin1 else NOT_A_CHARACTER
+        self._missing = {cells: self._draw(missing, cells).tobytes() for cells in (1, 2)}
 
     def glyph(self, character: str, cells: int) -> Image.Image | None:
-        """The character's mask, or None where the font would draw its missing-glyph box."""
+        """The character's mask, or None where the font has no glyph for it."""
+        if self._latin1 and ord(character[0]) > 0xFF:
+            return None
         mask = self._draw(character, cells)
         return None if mask.tobytes() == self._missing[cells] else mask
 
@@ -172,9 +178,12 @@ def _truetype(path: str, height: int | None = None) -> PillowFont:
 
 
 def _x_bitmap(path: str) -> PillowFont:
-    reader = PcfFontFile.PcfFontFile if path.endswith(".pcf") else BdfFontFile.BdfFontFile
+    reader = PcfFontFile.PcfFontFile if ".pcf" in path else BdfFontFile.BdfFontFile
     with open(path, "rb") as file:
-        converted = reader(file)
+        data = file.read()
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    converted = reader(io.BytesIO(data))
     with tempfile.TemporaryDirectory() as directory:
         base = os.path.join(directory, "font")
         converted.save(base)
@@ -192,7 +201,7 @@ def load_font(path: str | None) -> tuple[object, str]:
     try:
         if ".psf" in os.path.basename(path):
             return PsfFont(path), path
-        if path.endswith((".pcf", ".bdf")):
+        if path.endswith((".pcf", ".pcf.gz", ".bdf", ".bdf.gz")):
             return _x_bitmap(path), path
         return _truetype(path), path
     except (OSError, ValueError, struct.error, SyntaxError) as error:

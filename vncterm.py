@@ -374,7 +374,6 @@ class ViewerSession(socketserver.BaseRequestHandler):
         pseudo = self.pseudo_rects()
         if pseudo:
             self.outbox += rfb.framebuffer_update(pseudo)
-            return
         changes = self.display.changes(None if self.full_request else self.token)
         if changes is None:
             return

@@ -173,3 +173,47 @@ def test_wide_character_spans_two_cells():
     right_half = renderer.image.crop((width, 0, 2 * width, height))
     assert right_half.getextrema() != ((0, 0), (0, 0), (0, 0)), "second cell left blank"
     assert isinstance(renderer.image, Image.Image)
+
+
+BDF = """STARTFONT 2.1
+FONT -test-fixed-medium-r-normal--4-40-75-75-c-80-iso8859-1
+SIZE 4 75 75
+FONTBOUNDINGBOX 8 4 0 0
+STARTPROPERTIES 2
+FONT_ASCENT 4
+FONT_DESCENT 0
+ENDPROPERTIES
+CHARS 2
+STARTCHAR M
+ENCODING 77
+SWIDTH 500 0
+DWIDTH 8 0
+BBX 8 4 0 0
+BITMAP
+FF
+81
+91
+FF
+ENDCHAR
+STARTCHAR A
+ENCODING 65
+SWIDTH 500 0
+DWIDTH 8 0
+BBX 8 4 0 0
+BITMAP
+FF
+81
+89
+FF
+ENDCHAR
+ENDFONT
+"""
+
+
+def test_bdf_font(tmp_path):
+    path = tmp_path / "font.bdf"
+    path.write_text(BDF)
+    font, _ = render.load_font(str(path))
+    assert font.cell == (8, 4)
+    assert bits(font.glyph("A", 1)) == GLYPH_B
+    assert font.glyph("中", 2) is None

@@ -3,9 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 ARGS ?=
-PEER_PACKAGES := tigervnc-standalone-server tigervnc-tools tigervnc-viewer x11vnc xvfb xterm \
-	xdotool vncsnapshot imagemagick xfonts-base x11-utils x11-xserver-utils gvncviewer \
-	novnc websockify chromium fonts-dejavu-core
+PEER_PACKAGES := python3-venv tigervnc-standalone-server tigervnc-tools tigervnc-viewer x11vnc \
+	xvfb xterm xdotool x11-utils x11-xserver-utils xfonts-base vncsnapshot gvncviewer imagemagick \
+	novnc websockify chromium console-setup-linux fonts-dejavu-core fonts-droid-fallback \
+	python3-pyte python3-pil python3-serial
+APT := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300
 
 .PHONY: help run test lint peers clean
 
@@ -22,8 +24,8 @@ lint: $(VENV)/.ready ## Check the code with ruff
 	$(VENV)/bin/ruff check .
 
 peers: ## Install the real VNC viewers and servers the tests drive (Debian, needs root)
-	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(PEER_PACKAGES)
+	$(APT) update -qq
+	$(APT) install -y --no-install-recommends $(PEER_PACKAGES)
 
 clean: ## Remove the virtualenv and test artifacts
 	rm -rf $(VENV) tests/artifacts .pytest_cache .ruff_cache

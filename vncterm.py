@@ -15,23 +15,24 @@ reading altogether is dropped past a hard limit or a stall timeout.  Nobody else
 
 A session never knows where pixels come from; it talks to a *display*:
 
-    display.size                 (width, height) in pixels
-    display.changes(token)       what changed since `token`, or None: a `Changes`
-    display.listeners            callables to poke when something changed
+    display.size                       (width, height) in pixels
+    display.changes(token, copy_rect)  what changed since `token`: a damage.Changes, or None
+    display.listeners                  callables to poke when something changed
     display.key(keysym, modifiers), display.pointer(mask, x, y), display.paste(text)
-    display.bells                a counter of terminal bells
+    display.bells                      a counter of terminal bells
 
 `ConsoleDisplay` is the text console (console.py + render.py).  Damage is tracked once per
-display in a `DamageLog` of numbered generations; each viewer keeps only the number it last
-saw, and asks for the scroll and rectangles since then, so viewers at different speeds share
-one rendering and a slow one simply gets a bigger, merged update (RFB is pull-based:
-changes coalesce until the viewer asks again).  Scrolls become CopyRect.
+display (damage.py) in numbered generations; each viewer keeps only the number it last saw,
+so viewers at different speeds share one rendering and a slow one simply gets a bigger,
+merged update (RFB is pull-based: changes coalesce until the viewer asks again).  Scrolls
+become CopyRect.  Every update request is served as if it covered the whole framebuffer: the
+viewers we know all ask for the whole screen, and RFC 6143 §7.5.3 lets a server send more
+than was asked.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import logging
 import os
 import selectors
@@ -41,9 +42,9 @@ import socketserver
 import sys
 import threading
 import time
-from dataclasses import dataclass
 
 import console
+import damage
 import encoders
 import keymap
 import render
@@ -57,79 +58,9 @@ HARD_OUTBOX = 8 * 1024 * 1024
 WRITE_STALL_TIMEOUT = 30.0
 HANDSHAKE_TIMEOUT = 10.0
 MAX_VIEWERS = 32
-DAMAGE_HISTORY = 256
 
 
-# --- Damage ------------------------------------------------------------------------------
-
-
-def clip(rect, width, height):
-    """The part of (x, y, w, h) inside the framebuffer, or None."""
-    x, y, w, h = rect
-    x0, y0 = max(x, 0), max(y, 0)
-    x1, y1 = min(x + w, width), min(y + h, height)
-    return (x0, y0, x1 - x0, y1 - y0) if x1 > x0 and y1 > y0 else None
-
-
-def merge(rects):
-    """Join vertically touching rectangles when the union wastes little area."""
-    merged = []
-    for x, y, w, h in sorted(rects, key=lambda r: (r[1], r[0])):
-        if merged:
-            px, py, pw, ph = merged[-1]
-            ux0, ux1 = min(px, x), max(px + pw, x + w)
-            uy1 = max(py + ph, y + h)
-            if y <= py + ph and (ux1 - ux0) * (uy1 - py) <= 1.25 * (pw * ph + w * h):
-                merged[-1] = (ux0, py, ux1 - ux0, uy1 - py)
-                continue
-        merged.append((x, y, w, h))
-    return merged
-
-
-@dataclass
-class Changes:
-    """Scroll the viewer's picture up by `scroll` pixels, then repaint `rects` from `image`.
-
-    `full` means the viewer must be repainted entirely (it has seen nothing yet, or fell
-    too far behind); `token` is what to pass next time.
-    """
-
-    token: int
-    scroll: int
-    rects: list
-    image: object
-    full: bool
-
-
-class DamageLog:
-    """Numbered generations of damage; viewers ask what changed since the one they saw."""
-
-    def __init__(self, size) -> None:
-        self.size = size
-        self.generation = 0
-        self._events = collections.deque(maxlen=DAMAGE_HISTORY)
-
-    def record(self, scroll: int, rects: list) -> None:
-        self.generation += 1
-        self._events.append((self.generation, scroll, rects))
-
-    def since(self, token):
-        """(scroll, rects) that bring a viewer from `token` to now, or None if unknown."""
-        if token is None or not self._events or token < self._events[0][0] - 1:
-            return None
-        width, height = self.size
-        scroll, rects = 0, []
-        for generation, step, new in self._events:
-            if generation <= token:
-                continue
-            if step:
-                scroll += step
-                moved = (clip((x, y - step, w, h), width, height) for x, y, w, h in rects)
-                rects = [r for r in moved if r]
-            rects.extend(new)
-        if scroll >= height:
-            return None
-        return scroll, rects
+# --- The text console as a display -----------------------------------------------------
 
 
 class ConsoleDisplay:
@@ -139,7 +70,7 @@ class ConsoleDisplay:
         self.console = console_
         self.renderer = render.Renderer(glyphs, console_.columns, console_.lines)
         self.size = self.renderer.size
-        self.damage = DamageLog(self.size)
+        self.damage = damage.DamageLog(self.size)
         self.listeners = console_.listeners
         self.lock = threading.Lock()
 
@@ -147,20 +78,14 @@ class ConsoleDisplay:
     def bells(self) -> int:
         return self.console.bells
 
-    def changes(self, token) -> Changes | None:
+    def changes(self, token, copy_rect: bool = True) -> damage.Changes | None:
         with self.lock:
             frame = self.console.take_frame()
             if frame.scroll or frame.rows:
                 scroll, rects = self.renderer.apply(frame)
                 if scroll or rects:
                     self.damage.record(scroll, rects)
-            if token == self.damage.generation:
-                return None
-            since = self.damage.since(token)
-            image = self.renderer.image.copy()
-            if since is None:
-                return Changes(self.damage.generation, 0, [], image, True)
-            return Changes(self.damage.generation, since[0], since[1], image, False)
+            return self.damage.changes(token, self.renderer.image, copy_rect)
 
     def key(self, keysym: int, modifiers: keymap.Modifiers) -> None:
         self.console.key(keysym, modifiers)
@@ -269,7 +194,7 @@ class ViewerSession(socketserver.BaseRequestHandler):
     def serve(self) -> None:
         self.sock.setblocking(False)
         self.token = None
-        self.request_region = None
+        self.update_requested = False
         self.full_request = False
         self.announced = False
         self.desktop_size_reply = None
@@ -331,16 +256,7 @@ class ViewerSession(socketserver.BaseRequestHandler):
         self.encoder.set_encodings(message.encodings)
 
     def on_FramebufferUpdateRequest(self, message: rfb.FramebufferUpdateRequest) -> None:
-        width, height = self.size
-        region = clip((message.x, message.y, message.width, message.height), width, height)
-        region = region or (0, 0, 0, 0)
-        if self.request_region is not None:
-            x0 = min(region[0], self.request_region[0])
-            y0 = min(region[1], self.request_region[1])
-            x1 = max(region[0] + region[2], self.request_region[0] + self.request_region[2])
-            y1 = max(region[1] + region[3], self.request_region[1] + self.request_region[3])
-            region = (x0, y0, x1 - x0, y1 - y0)
-        self.request_region = region
+        self.update_requested = True
         self.full_request = self.full_request or not message.incremental
 
     def on_KeyEvent(self, message: rfb.KeyEvent) -> None:
@@ -369,12 +285,13 @@ class ViewerSession(socketserver.BaseRequestHandler):
 
     def send_update(self) -> None:
         """Answer the pending update request, if there is one and something to send."""
-        if self.request_region is None or len(self.outbox) > SOFT_OUTBOX:
+        if not self.update_requested or len(self.outbox) > SOFT_OUTBOX:
             return
         pseudo = self.pseudo_rects()
         if pseudo:
             self.outbox += rfb.framebuffer_update(pseudo)
-        changes = self.display.changes(None if self.full_request else self.token)
+        token = None if self.full_request else self.token
+        changes = self.display.changes(token, self.encoder.supports(Encoding.COPY_RECT))
         if changes is None:
             return
         self.token = changes.token
@@ -382,7 +299,7 @@ class ViewerSession(socketserver.BaseRequestHandler):
         if not rects:
             return
         self.outbox += rfb.framebuffer_update(rects)
-        self.request_region = None
+        self.update_requested = False
         self.full_request = False
 
     def pseudo_rects(self) -> list[bytes]:
@@ -403,17 +320,14 @@ class ViewerSession(socketserver.BaseRequestHandler):
             return [rfb.extended_desktop_size(width, height, 1, status)]
         return []
 
-    def encode(self, changes: Changes) -> list[bytes]:
+    def encode(self, changes: damage.Changes) -> list[bytes]:
         width, height = self.size
         rects = []
-        damage = changes.rects
-        if changes.full or (changes.scroll and not self.encoder.supports(Encoding.COPY_RECT)):
-            damage = [(0, 0, width, height)]
-        elif changes.scroll:
+        if changes.scroll:
             rects.append(self.encoder.copy_rect(
                 0, 0, width, height - changes.scroll, 0, changes.scroll))
-        for x, y, w, h in merge(damage):
-            rects += self.encoder.encode(x, y, changes.image.crop((x, y, x + w, y + h)))
+        for x, y, tile in changes.tiles:
+            rects += self.encoder.encode(x, y, tile)
         return rects
 
 

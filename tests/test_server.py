@@ -127,7 +127,7 @@ def settle(client, server_image, rounds=50):
 
 def server_image(h):
     """The console's current picture (rendering whatever the guest wrote since last asked)."""
-    return lambda: h.display.changes(None).image
+    return lambda: h.display.changes(None).tiles[0][2]
 
 
 @pytest.mark.parametrize("version", [

@@ -255,6 +255,7 @@ class Console:
         self.terminal.answer = self.write
         self.stream = pyte.ByteStream(self.terminal)
         self.status = f"waiting for {source.name}"
+        self.notice = ""
         self.log_file = log_file
         self.on_closed = on_closed
         self.listeners: set = set()
@@ -285,17 +286,17 @@ class Console:
             try:
                 self.source.open()
             except OSError as error:
-                self._set_status(f"waiting for {self.source.name}: {error.strerror or error}")
+                self.set_status(f"waiting for {self.source.name}: {error.strerror or error}")
                 self._sleep(REOPEN_DELAY)
                 continue
             log.info("console %s opened", self.source.name)
-            self._set_status("")
+            self.set_status("")
             self._pump()
             self.source.close()
             if self._stopping:
                 break
             log.info("console %s closed", self.source.name)
-            self._set_status(f"console closed: {self.source.name}")
+            self.set_status(f"console closed: {self.source.name}")
             if not self.source.restarts:
                 if self.on_closed:
                     self.on_closed()
@@ -348,10 +349,19 @@ class Console:
         for listener in list(self.listeners):
             listener()
 
-    def _set_status(self, status: str) -> None:
+    def set_status(self, status: str) -> None:
+        """The source's state, shown on the bottom row while not empty."""
         with self.lock:
             if status != self.status:
                 self.status = status
+                self._full = True
+        self._notify()
+
+    def set_notice(self, notice: str) -> None:
+        """A hint shown on the bottom row while the source has no status to show."""
+        with self.lock:
+            if notice != self.notice:
+                self.notice = notice
                 self._full = True
         self._notify()
 
@@ -420,9 +430,11 @@ class Console:
             rows, terminal.dirty = terminal.dirty, set()
             if self._view_offset:
                 self._view_offset = min(self._view_offset + scroll, len(terminal.history))
-            if self._full or self._view_offset or self.status or scroll >= self.lines:
+            if self._full or self._view_offset or scroll >= self.lines:
                 self._full = False
                 scroll, rows = 0, set(range(self.lines))
+            elif scroll and self._banner:
+                rows |= {self.lines - 1 - scroll, self.lines - 1}
             cursor = self._cursor_cell()
             if cursor != self._cursor:
                 if self._cursor is not None and self._cursor[1] >= scroll:
@@ -438,13 +450,17 @@ class Console:
     def _cursor_cell(self) -> tuple[int, int] | None:
         cursor = self.terminal.cursor
         row = cursor.y + self._view_offset
-        if cursor.hidden or row >= self.lines or (self.status and row == self.lines - 1):
+        if cursor.hidden or row >= self.lines or (self._banner and row == self.lines - 1):
             return None
         return min(cursor.x, self.columns - 1), row
 
+    @property
+    def _banner(self) -> str:
+        return self.status or self.notice
+
     def _cells(self, row: int) -> list:
-        if self.status and row == self.lines - 1:
-            text = f" {self.status} ".center(self.columns)[: self.columns]
+        if self._banner and row == self.lines - 1:
+            text = f" {self._banner} ".center(self.columns)[: self.columns]
             return [pyte.screens.Char(c, reverse=True) for c in text]
         history = self.terminal.history
         if row < self._view_offset:

@@ -1,96 +1,250 @@
-"""Pixels to bytes: each viewer's pixel format and its best encoding (RFC 6143 §7.4, §7.7).
+"""Pixels to bytes: each viewer's best encoding, with its compression state (RFC 6143 §7.7).
 
-The displays keep their pixels as Pillow RGB images.  A viewer asks for its own pixel format
-(8, 16 or 32 bits per pixel, either byte order, any channel layout) and lists the encodings it
-can decode.  `ViewerEncoder` holds that per-viewer state, the per-viewer compression state of
-the encodings that have one, and a count of the rectangles it sent per encoding (the log
-shows it when the viewer leaves, and tests read it to prove which encoding was used).
+A viewer lists the encodings it can decode, most preferred first.  `ViewerEncoder` holds one
+viewer's pixel format (a `pixels.PixelConverter`), the encoding we use for it (the first one
+in the viewer's list that we implement, as TigerVNC's server chooses; Raw is always allowed),
+the compression and JPEG quality levels it asked for with pseudo-encodings, its encoders and
+a count of the rectangles sent per encoding (the log shows it when the viewer leaves, and
+tests read it to prove which encoding was used).
 
-Pixel format conversion never loops over pixels in Python.  For every byte of the output
-pixel we work out, per colour channel, a 256-entry lookup table that scales the 8-bit channel
-to the viewer's maximum, shifts it into place and keeps the bits that land in that byte.
-Pillow applies the tables (`Image.point`), adds the channel planes of a byte together (the
-channels never overlap, so addition is bitwise or) and interleaves the byte planes
-(`Image.merge`).  The common 32-bit formats come out as a plain band shuffle.
+An encoder is a class with `encode(x, y, image, converter, levels) -> list[bytes]` (whole
+rectangles, header included).  It is made the first time a viewer's preference picks it and
+kept for the whole connection, across SetPixelFormat and SetEncodings, because the zlib
+streams of Zlib, ZRLE and Tight must match the viewer's inflaters byte for byte until the
+viewer leaves (rfb-notes §6.6).  Adding an encoding means adding a class and a line in
+`ENCODERS`.
 
-An encoder is a class with `encode(x, y, image, converter) -> list[bytes]` (the rectangles,
-header included), instantiated per viewer, so it can keep state such as zlib streams for as
-long as the viewer stays connected.  Adding an encoding means adding a class and a line in `ENCODERS`.
+* Raw (0, §7.7.1): the pixels in the viewer's format.
+* Hextile (5, §7.7.4): 16x16 tiles, each solid, background plus subrectangles of one
+  foreground colour (console text), coloured subrectangles, or raw, whichever is shortest.
+  Background and foreground carry over from tile to tile, except after a raw tile (both) and
+  after a tile with coloured subrectangles (the foreground): decoders disagree about those
+  (rfb-notes §6.2), so we send them again.
+* Zlib (6, rfbproto §zlib): Raw pixels through one deflate stream per viewer.
+* Tight (7): in tight.py.
+* ZRLE (16, §7.7.6): 64x64 tiles through one deflate stream per viewer; each tile is solid, a
+  packed palette, palette runs, plain runs or raw CPIXELs, whichever is shortest.
+
+Hextile, ZRLE and Tight first reduce the image to the colours the viewer can show (`reduce`),
+so that colour counts and runs are those of the viewer's pixels.  The per-pixel work is
+Pillow's, zlib's and bytes methods'; Python loops over tiles, rows, palettes and runs only (see
+pixels.py).
+
+Trade-offs: Python's zlib cannot change the level of a live stream, so Zlib and ZRLE take the
+viewer's compression level when their stream starts (Tight can reset its streams and follows
+every change); a viewer that sends no level gets zlib's default, 6.  Choices between
+sub-encodings compare exact sizes before zlib, which is cheap and what TigerVNC estimates
+too; we never compress twice to pick the smaller.
 """
 
 from __future__ import annotations
 
+import struct
+import zlib
 from collections import Counter
+from dataclasses import dataclass
 
-from PIL import Image, ImageChops
+from PIL import Image
 
+import pixels
 import rfb
+import tight
+from pixels import PixelConverter
 from rfb import Encoding, PixelFormat
 
-
-def _byte_lut(maximum: int, shift: int, byte_shift: int) -> list[int] | None:
-    """The table mapping an 8-bit channel to its bits in one byte of the pixel, or None."""
-    table = [(((v * maximum + 127) // 255) << shift >> byte_shift) & 0xFF for v in range(256)]
-    return table if any(table) else None
-
-
-_IDENTITY = list(range(256))
+JPEG_QUALITY_LEVELS = range(-32, -22)
+COMPRESSION_LEVELS = range(-256, -246)
+DEFAULT_COMPRESSION = 6
+MAX_COORDINATE = 0xFFFF
 
 
-class PixelConverter:
-    """Converts RGB images to a viewer's pixel format with Pillow doing the per-pixel work."""
+@dataclass(frozen=True)
+class Levels:
+    """The viewer's compression level (0-9) and JPEG quality level (0-9, None: no JPEG)."""
 
-    _MODES = {1: "L", 2: "LA", 4: "RGBA"}
+    compression: int = DEFAULT_COMPRESSION
+    quality: int | None = None
 
-    def __init__(self, pixel_format: PixelFormat) -> None:
-        self.pixel_format = pixel_format
-        size = pixel_format.bytes_per_pixel
-        self._mode = self._MODES[size]
-        self._planes = []
-        for index in range(size):
-            significance = size - 1 - index if pixel_format.big_endian else index
-            plane = []
-            for band, (maximum, shift) in enumerate(pixel_format.channels):
-                table = _byte_lut(maximum, shift, 8 * significance)
-                if table is not None:
-                    plane.append((band, None if table == _IDENTITY else table))
-            self._planes.append(plane)
-
-    def convert(self, image: Image.Image) -> bytes:
-        """The image's pixels, row by row, in the viewer's format."""
-        bands = image.split()
-        planes = [self._plane(bands, plane, image.size) for plane in self._planes]
-        if len(planes) == 1:
-            return planes[0].tobytes()
-        return Image.merge(self._mode, planes).tobytes()
-
-    @staticmethod
-    def _plane(bands, contributions, size) -> Image.Image:
-        result = None
-        for band, table in contributions:
-            part = bands[band] if table is None else bands[band].point(table)
-            result = part if result is None else ImageChops.add(result, part)
-        return result if result is not None else Image.new("L", size, 0)
+    @classmethod
+    def from_encodings(cls, encodings: tuple[int, ...]) -> Levels:
+        """The first compression and quality pseudo-encodings in a SetEncodings list."""
+        compression = next((e - COMPRESSION_LEVELS[0] for e in encodings
+                            if e in COMPRESSION_LEVELS), DEFAULT_COMPRESSION)
+        quality = next((e - JPEG_QUALITY_LEVELS[0] for e in encodings
+                        if e in JPEG_QUALITY_LEVELS), None)
+        return cls(compression, quality)
 
 
 class RawEncoder:
     """Raw, RFC 6143 §7.7.1: every pixel in the viewer's format."""
 
-    encoding = Encoding.RAW
-
-    def encode(self, x: int, y: int, image: Image.Image, converter: PixelConverter) -> list[bytes]:
+    def encode(self, x, y, image, converter, levels) -> list[bytes]:
         width, height = image.size
         return [rfb.rect_header(x, y, width, height, Encoding.RAW) + converter.convert(image)]
+
+
+class ZlibEncoder:
+    """Zlib, rfbproto §zlib: U32 length, then Raw pixels from one deflate stream per viewer."""
+
+    def __init__(self) -> None:
+        self._stream = None
+
+    def encode(self, x, y, image, converter, levels) -> list[bytes]:
+        if self._stream is None:
+            self._stream = zlib.compressobj(levels.compression)
+        data = self._stream.compress(converter.convert(image))
+        data += self._stream.flush(zlib.Z_SYNC_FLUSH)
+        width, height = image.size
+        return [rfb.rect_header(x, y, width, height, Encoding.ZLIB)
+                + struct.pack(">I", len(data)) + data]
+
+
+class HextileEncoder:
+    """Hextile, RFC 6143 §7.7.4: 16x16 tiles of background, foreground and subrectangles."""
+
+    RAW, BACKGROUND, FOREGROUND, ANY_SUBRECTS, SUBRECTS_COLOURED = 1, 2, 4, 8, 16
+
+    def encode(self, x, y, image, converter, levels) -> list[bytes]:
+        image = converter.reduce(image)
+        width, height = image.size
+        parts = [rfb.rect_header(x, y, width, height, Encoding.HEXTILE)]
+        background = foreground = None
+        for box in pixels.tiles(width, height, 16, 16):
+            data, background, foreground = self._tile(
+                image.crop(box), converter, background, foreground)
+            parts.append(data)
+        return [b"".join(parts)]
+
+    def _tile(self, tile, converter, background, foreground):
+        """One tile's bytes, and the background and foreground the next tile inherits."""
+        colours = pixels.palette(tile, 256)
+        size = converter.bytes_per_pixel
+        palette = converter.convert(pixels.strip(colours))
+        if len(colours) == 1:
+            if colours[0] == background:
+                return b"\0", background, foreground
+            return bytes([self.BACKGROUND]) + palette, colours[0], foreground
+        mask, body = self.ANY_SUBRECTS, []
+        if colours[0] != background:
+            mask |= self.BACKGROUND
+            body.append(palette[:size])
+        subrects = _subrects(tile, colours)
+        if len(colours) == 2:
+            if colours[1] != foreground:
+                mask |= self.FOREGROUND
+                body.append(palette[size : 2 * size])
+            body.append(bytes([len(subrects)]))
+            body += [_hextile_subrect(*rect[:4]) for rect in subrects]
+            next_foreground = colours[1]
+        else:
+            mask |= self.SUBRECTS_COLOURED
+            body.append(bytes([len(subrects)]))
+            body += [palette[index * size : (index + 1) * size] + _hextile_subrect(x, y, w, h)
+                     for x, y, w, h, index in subrects]
+            next_foreground = None
+        data = b"".join(body)
+        if len(subrects) > 255 or len(data) >= tile.width * tile.height * size:
+            return bytes([self.RAW]) + converter.convert(tile), None, None
+        return bytes([mask]) + data, colours[0], next_foreground
+
+
+def _hextile_subrect(x: int, y: int, width: int, height: int) -> bytes:
+    return bytes([x << 4 | y, (width - 1) << 4 | (height - 1)])
+
+
+def _subrects(tile: Image.Image, colours) -> list[list[int]]:
+    """Rectangles [x, y, w, h, colour index] covering every pixel not of colours[0].
+
+    Each row's runs of one colour become rectangles; a run exactly below one of the same
+    colour and span on the row above makes that rectangle one row taller.
+    """
+    width = tile.width
+    data = pixels.indices(tile, colours)
+    rects, above = [], {}
+    for y in range(tile.height):
+        here, x = {}, 0
+        for value, count in pixels.runs(data[y * width : (y + 1) * width], 1):
+            if value != b"\0":
+                key = (x, count, value)
+                rect = above.get(key)
+                if rect is None:
+                    rect = [x, y, count, 0, value[0]]
+                    rects.append(rect)
+                rect[3] += 1
+                here[key] = rect
+            x += count
+        above = here
+    return rects
+
+
+class ZrleEncoder:
+    """ZRLE, RFC 6143 §7.7.6: 64x64 tiles, run-length and palette coded, through one zlib stream."""
+
+    RAW, SOLID, PLAIN_RLE = 0, 1, 128
+
+    def __init__(self) -> None:
+        self._stream = None
+
+    def encode(self, x, y, image, converter, levels) -> list[bytes]:
+        if self._stream is None:
+            self._stream = zlib.compressobj(levels.compression)
+        image = converter.reduce(image)
+        width, height = image.size
+        tiles = b"".join(self._tile(image.crop(box), converter)
+                         for box in pixels.tiles(width, height, 64, 64))
+        data = self._stream.compress(tiles) + self._stream.flush(zlib.Z_SYNC_FLUSH)
+        return [rfb.rect_header(x, y, width, height, Encoding.ZRLE)
+                + struct.pack(">I", len(data)) + data]
+
+    def _tile(self, tile, converter) -> bytes:
+        colours = pixels.palette(tile, 127)
+        if colours is None:
+            return self._unpaletted(tile, converter)
+        palette = converter.convert_compact(pixels.strip(colours))
+        if len(colours) == 1:
+            return bytes([self.SOLID]) + palette
+        data = pixels.indices(tile, colours)
+        # Palette RLE is subencoding 128 + palette size; a run of one is the bare index.
+        options = [bytes([self.PLAIN_RLE + len(colours)]) + palette + b"".join(
+            value if count == 1 else bytes([value[0] | 128]) + _run_length(count)
+            for value, count in pixels.runs(data, 1))]
+        if len(colours) <= 16:
+            bits = 1 if len(colours) == 2 else 2 if len(colours) <= 4 else 4
+            options.append(bytes([len(colours)]) + palette
+                           + pixels.pack(data, tile.width, tile.height, bits))
+        best = min(options, key=len)
+        if len(best) > 1 + tile.width * tile.height * converter.compact_size:
+            return bytes([self.RAW]) + converter.convert_compact(tile)
+        return best
+
+    def _unpaletted(self, tile, converter) -> bytes:
+        """Plain RLE or raw CPIXELs, whichever is shorter, for a tile of many colours."""
+        raw = converter.convert_compact(tile)
+        pixel_runs = pixels.runs(raw, converter.compact_size)
+        if 2 * len(pixel_runs) > tile.width * tile.height:
+            return bytes([self.RAW]) + raw
+        rle = bytes([self.PLAIN_RLE]) + b"".join(
+            value + _run_length(count) for value, count in pixel_runs)
+        return min(bytes([self.RAW]) + raw, rle, key=len)
+
+
+def _run_length(count: int) -> bytes:
+    """A ZRLE run length: count - 1 in bytes of 255 and a final byte below 255."""
+    return b"\xff" * ((count - 1) // 255) + bytes([(count - 1) % 255])
 
 
 # Encoders we implement.  The viewer's order of preference decides among them.
 ENCODERS = {
     Encoding.RAW: RawEncoder,
+    Encoding.HEXTILE: HextileEncoder,
+    Encoding.ZLIB: ZlibEncoder,
+    Encoding.TIGHT: tight.TightEncoder,
+    Encoding.ZRLE: ZrleEncoder,
 }
 
 
 class ViewerEncoder:
-    """One viewer's pixel format, accepted encodings and encoder state.
+    """One viewer's pixel format, accepted encodings, levels and encoder state.
 
     An encoder is created the first time the viewer's preference picks it and then kept for
     the whole connection: a viewer's inflater state must survive SetPixelFormat and
@@ -102,6 +256,7 @@ class ViewerEncoder:
         self.sent: Counter[str] = Counter()
         self.converter = PixelConverter(rfb.DEFAULT_PIXEL_FORMAT)
         self.encoding = Encoding.RAW
+        self.levels = Levels()
         self._encoders = {}
 
     @property
@@ -109,21 +264,29 @@ class ViewerEncoder:
         return self.converter.pixel_format
 
     def set_pixel_format(self, pixel_format: PixelFormat) -> None:
+        pixel_format.check()
         self.converter = PixelConverter(pixel_format)
 
     def set_encodings(self, encodings: tuple[int, ...]) -> None:
         """Remember what the viewer accepts; use its first listed encoding that we implement."""
         self.encodings = frozenset(encodings)
         self.encoding = next((Encoding(e) for e in encodings if e in ENCODERS), Encoding.RAW)
+        self.levels = Levels.from_encodings(encodings)
 
     def supports(self, encoding: int) -> bool:
         return encoding in self.encodings
 
     def encode(self, x: int, y: int, image: Image.Image) -> list[bytes]:
+        """The rectangles that paint `image` at (x, y) in the viewer's chosen encoding."""
+        width, height = image.size
+        if image.mode != "RGB" or width < 1 or height < 1:
+            raise ValueError(f"cannot encode a {width}x{height} {image.mode} image")
+        if x < 0 or y < 0 or x + width > MAX_COORDINATE or y + height > MAX_COORDINATE:
+            raise ValueError(f"a {width}x{height} rectangle at ({x}, {y}) is off the 16-bit grid")
         encoder = self._encoders.get(self.encoding)
         if encoder is None:
             encoder = self._encoders[self.encoding] = ENCODERS[self.encoding]()
-        rects = encoder.encode(x, y, image, self.converter)
+        rects = encoder.encode(x, y, image, self.converter, self.levels)
         self.sent[self.encoding.name.lower()] += len(rects)
         return rects
 

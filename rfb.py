@@ -95,7 +95,7 @@ VERSION_3_7 = (3, 7)
 VERSION_3_8 = (3, 8)
 SERVER_VERSION = b"RFB 003.008\n"
 VERSION_LENGTH = 12
-_VERSION_RE = re.compile(rb"RFB (\d{3})\.(\d{3})\n")
+VERSION_RE = re.compile(rb"RFB (\d{3})\.(\d{3})\n")
 
 
 def parse_client_version(data: bytes) -> tuple[int, int]:
@@ -104,7 +104,7 @@ def parse_client_version(data: bytes) -> tuple[int, int]:
     RFC 6143 §7.1.1 says any unknown minor should be treated as 3.3; the deployed servers
     (TigerVNC, libvncserver) treat 3.9 and above as 3.8, and so do we.
     """
-    match = _VERSION_RE.fullmatch(data)
+    match = VERSION_RE.fullmatch(data)
     if not match:
         raise ProtocolError(f"bad protocol version string {data!r}")
     major, minor = int(match[1]), int(match[2])
@@ -377,7 +377,23 @@ _CLIENT_MESSAGES = {
     ClientMsg.POINTER_EVENT: (5, None, _parse_pointer_event),
     ClientMsg.SET_DESKTOP_SIZE: (7, _screens_length, _parse_set_desktop_size),
 }
-_CUT_TEXT_HEADER = struct.Struct(">3xI")
+CUT_TEXT_HEADER = struct.Struct(">3xI")
+
+
+class CappedBody:
+    """A length-prefixed body consumed as it arrives, keeping at most CUT_TEXT_LIMIT bytes."""
+
+    def __init__(self, length: int) -> None:
+        self.kept = bytearray()
+        self.remaining = length
+
+    def consume(self, buffer: bytearray) -> bytes | None:
+        """Take what `buffer` holds of the body; the kept bytes once the body is complete."""
+        taken = buffer[: self.remaining]
+        del buffer[: len(taken)]
+        self.remaining -= len(taken)
+        self.kept += taken[: CUT_TEXT_LIMIT - len(self.kept)]
+        return None if self.remaining else bytes(self.kept)
 
 
 class ClientReader:
@@ -389,8 +405,7 @@ class ClientReader:
 
     def __init__(self) -> None:
         self._buffer = bytearray()
-        self._cut_text: bytearray | None = None
-        self._cut_remaining = 0
+        self._cut_text: CappedBody | None = None
 
     def feed(self, data: bytes) -> None:
         self._buffer += data
@@ -398,7 +413,7 @@ class ClientReader:
     def next_message(self):
         """Return the next complete message, or None if more bytes are needed."""
         if self._cut_text is not None:
-            return self._continue_cut_text()
+            return self._cut_text_message()
         if not self._buffer:
             return None
         kind = self._buffer[0]
@@ -421,30 +436,24 @@ class ClientReader:
     def _start_cut_text(self):
         if len(self._buffer) < 8:
             return None
-        (length,) = _CUT_TEXT_HEADER.unpack(self._buffer[1:8])
+        (length,) = CUT_TEXT_HEADER.unpack(self._buffer[1:8])
         if length >= 0x80000000:
             raise ProtocolError(f"ClientCutText length {length:#x}: extended clipboard not offered")
         del self._buffer[:8]
-        self._cut_text = bytearray()
-        self._cut_remaining = length
-        return self._continue_cut_text()
+        self._cut_text = CappedBody(length)
+        return self._cut_text_message()
 
-    def _continue_cut_text(self):
-        taken = self._buffer[: self._cut_remaining]
-        del self._buffer[: len(taken)]
-        self._cut_remaining -= len(taken)
-        room = CUT_TEXT_LIMIT - len(self._cut_text)
-        self._cut_text += taken[:room]
-        if self._cut_remaining:
+    def _cut_text_message(self):
+        text = self._cut_text.consume(self._buffer)
+        if text is None:
             return None
-        message = ClientCutText(bytes(self._cut_text))
         self._cut_text = None
-        return message
+        return ClientCutText(text)
 
 
 # --- Server-to-client messages, §7.6 ---------------------------------------------------
 
-_RECT_HEADER = struct.Struct(">HHHHi")
+RECT_HEADER = struct.Struct(">HHHHi")
 
 
 def framebuffer_update(rects: list[bytes]) -> bytes:
@@ -453,7 +462,7 @@ def framebuffer_update(rects: list[bytes]) -> bytes:
 
 
 def rect_header(x: int, y: int, width: int, height: int, encoding: int) -> bytes:
-    return _RECT_HEADER.pack(x, y, width, height, encoding)
+    return RECT_HEADER.pack(x, y, width, height, encoding)
 
 
 def copy_rect(x: int, y: int, width: int, height: int, src_x: int, src_y: int) -> bytes:

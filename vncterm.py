@@ -6,7 +6,7 @@ or no source at all (the user's shell) renders a console as pixels and serves it
 
 The shape is CPython's socketserver: `Server` is a `ThreadingTCPServer` with the usual
 lifecycle (`serve_forever`, `shutdown`, `server_close` joining the viewer threads), and each
-viewer gets a `ViewerSession` thread.  The session does the handshake as straight-line
+viewer gets a `viewer.ViewerSession` thread.  The session does the handshake as straight-line
 blocking code under a timeout (RFC 6143 §7.1-7.3, parsed by `rfb`), then runs a small event
 loop on `selectors` over the viewer's socket and a wake-up socketpair that the console pokes
 when something changed.  Writes are non-blocking into a per-viewer outbox: a viewer whose
@@ -35,29 +35,25 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import selectors
 import signal
 import socket
 import socketserver
 import sys
 import threading
-import time
 
 import console
 import damage
-import encoders
 import keymap
 import render
 import rfb
-from rfb import Encoding
+import viewer
+import vncproxy
 
 log = logging.getLogger("vncterm")
 
-SOFT_OUTBOX = 256 * 1024
-HARD_OUTBOX = 8 * 1024 * 1024
-WRITE_STALL_TIMEOUT = 30.0
 HANDSHAKE_TIMEOUT = 10.0
 MAX_VIEWERS = 32
+DESKTOP_NOTICE = "guest desktop up: Ctrl-Alt-F7 or Ctrl-Alt-7 shows it (viewers that can resize)"
 
 
 # --- The text console as a display -----------------------------------------------------
@@ -73,6 +69,8 @@ class ConsoleDisplay:
         self.damage = damage.DamageLog(self.size)
         self.listeners = console_.listeners
         self.lock = threading.Lock()
+        self.cursor = None
+        self.cut_text = (0, b"")
 
     @property
     def bells(self) -> int:
@@ -87,8 +85,9 @@ class ConsoleDisplay:
                     self.damage.record(scroll, rects)
             return self.damage.changes(token, self.renderer.image, copy_rect)
 
-    def key(self, keysym: int, modifiers: keymap.Modifiers) -> None:
-        self.console.key(keysym, modifiers)
+    def key(self, keysym: int, down: bool, modifiers: keymap.Modifiers) -> None:
+        if down and keysym not in keymap.MODIFIER_KEYSYMS:
+            self.console.key(keysym, modifiers)
 
     def pointer(self, button_mask: int, x: int, y: int) -> None:
         self.console.pointer(button_mask)
@@ -97,278 +96,55 @@ class ConsoleDisplay:
         self.console.paste(text)
 
 
-# --- A viewer ----------------------------------------------------------------------------
-
-
-class ViewerGone(Exception):
-    """The viewer closed its connection or stopped reading; nothing to report."""
-
-
-class ViewerSession(socketserver.BaseRequestHandler):
-    """One viewer: the handshake, then updates out and input in until it leaves."""
-
-    def setup(self) -> None:
-        self.peer = "%s:%s" % self.client_address[:2]
-        self.sock = self.request
-        self.display = self.server.display
-        self.encoder = encoders.ViewerEncoder()
-        self.reader = rfb.ClientReader()
-        self.modifiers = keymap.Modifiers()
-        self.outbox = bytearray()
-        self.closing = False
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_w.setblocking(False)
-        self._poked = False
-        self.server.add_session(self)
-
-    def handle(self) -> None:
-        try:
-            self.handshake()
-            log.info("viewer %s connected", self.peer)
-            self.serve()
-        except rfb.ProtocolError as error:
-            log.warning("viewer %s: protocol error: %s", self.peer, error)
-        except (ViewerGone, OSError) as error:
-            log.info("viewer %s: gone (%s)", self.peer, error or "closed")
-        except Exception:
-            log.exception("viewer %s: internal error", self.peer)
-
-    def finish(self) -> None:
-        self.display.listeners.discard(self.poke)
-        self.server.remove_session(self)
-        self._wake_r.close()
-        self._wake_w.close()
-        log.info("viewer %s disconnected; rects sent: %s", self.peer,
-                 dict(self.encoder.sent) or "none")
-
-    def close(self) -> None:
-        """Ask the session to end (from any thread)."""
-        self.closing = True
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def poke(self) -> None:
-        """Something changed on the display (called from other threads)."""
-        if not self._poked:
-            self._poked = True
-            try:
-                self._wake_w.send(b"!")
-            except OSError:
-                pass
-
-    # The handshake, RFC 6143 §7.1-7.3: the program counter is the state.
-
-    def recv_exactly(self, size: int) -> bytes:
-        data = bytearray()
-        while len(data) < size:
-            chunk = self.sock.recv(size - len(data))
-            if not chunk:
-                raise ViewerGone("closed during the handshake")
-            data += chunk
-        return bytes(data)
-
-    def handshake(self) -> None:
-        self.sock.settimeout(self.server.handshake_timeout)
-        self.sock.sendall(rfb.SERVER_VERSION)
-        version = rfb.parse_client_version(self.recv_exactly(rfb.VERSION_LENGTH))
-        if self.server.too_many(self):
-            self.sock.sendall(rfb.security_refusal(version, "too many viewers"))
-            raise ViewerGone("refused: too many viewers")
-        types = self.server.security_types
-        self.sock.sendall(rfb.security_offer(version, types))
-        chosen = types[0]
-        if version != rfb.VERSION_3_3:
-            chosen = rfb.parse_security_choice(self.recv_exactly(1), types)
-        if rfb.needs_security_result(version, chosen):
-            self.sock.sendall(rfb.security_result(version, True))
-        if not rfb.parse_client_init(self.recv_exactly(1)):
-            self.server.disconnect_others(self)
-        self.size = width, height = self.display.size
-        pixel_format = rfb.DEFAULT_PIXEL_FORMAT
-        self.sock.sendall(rfb.server_init(width, height, pixel_format, self.server.name))
-
-    # The session loop.
-
-    def serve(self) -> None:
-        self.sock.setblocking(False)
-        self.token = None
-        self.update_requested = False
-        self.full_request = False
-        self.announced = False
-        self.desktop_size_reply = None
-        self.bells = self.display.bells
-        self.last_write = time.monotonic()
-        self.display.listeners.add(self.poke)
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.sock, selectors.EVENT_READ)
-            selector.register(self._wake_r, selectors.EVENT_READ)
-            while not self.closing:
-                events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.outbox else 0)
-                selector.modify(self.sock, events)
-                timeout = WRITE_STALL_TIMEOUT / 4 if self.outbox else None
-                for key, mask in selector.select(timeout):
-                    if key.fileobj is self._wake_r:
-                        self._poked = False
-                        self._wake_r.recv(4096)
-                    elif mask & selectors.EVENT_READ:
-                        self.receive()
-                self.send_bells()
-                self.send_update()
-                self.flush()
-
-    def receive(self) -> None:
-        try:
-            data = self.sock.recv(65536)
-        except BlockingIOError:
-            return
-        if not data:
-            raise ViewerGone("closed by the viewer")
-        self.reader.feed(data)
-        while (message := self.reader.next_message()) is not None:
-            self.dispatch(message)
-
-    def dispatch(self, message) -> None:
-        handler = getattr(self, "on_" + type(message).__name__)
-        handler(message)
-
-    def flush(self) -> None:
-        if self.outbox:
-            try:
-                sent = self.sock.send(self.outbox)
-            except BlockingIOError:
-                sent = 0
-            if sent:
-                del self.outbox[:sent]
-                self.last_write = time.monotonic()
-            elif time.monotonic() - self.last_write > WRITE_STALL_TIMEOUT:
-                raise ViewerGone(f"not reading for {WRITE_STALL_TIMEOUT:.0f} s")
-        if len(self.outbox) > HARD_OUTBOX:
-            raise ViewerGone(f"{len(self.outbox)} bytes queued and not read")
-
-    # Client messages, RFC 6143 §7.5.
-
-    def on_SetPixelFormat(self, message: rfb.SetPixelFormat) -> None:
-        self.encoder.set_pixel_format(message.pixel_format)
-
-    def on_SetEncodings(self, message: rfb.SetEncodings) -> None:
-        self.encoder.set_encodings(message.encodings)
-
-    def on_FramebufferUpdateRequest(self, message: rfb.FramebufferUpdateRequest) -> None:
-        self.update_requested = True
-        self.full_request = self.full_request or not message.incremental
-
-    def on_KeyEvent(self, message: rfb.KeyEvent) -> None:
-        if self.modifiers.update(message.keysym, message.down) or not message.down:
-            return
-        self.display.key(message.keysym, self.modifiers)
-
-    def on_PointerEvent(self, message: rfb.PointerEvent) -> None:
-        width, height = self.size
-        x, y = min(message.x, width - 1), min(message.y, height - 1)
-        self.display.pointer(message.button_mask, x, y)
-
-    def on_ClientCutText(self, message: rfb.ClientCutText) -> None:
-        self.display.paste(message.text)
-
-    def on_SetDesktopSize(self, message: rfb.SetDesktopSize) -> None:
-        self.desktop_size_reply = rfb.ExtendedDesktopSizeStatus.PROHIBITED
-
-    # Server messages, RFC 6143 §7.6.
-
-    def send_bells(self) -> None:
-        bells = self.display.bells
-        if bells != self.bells:
-            self.bells = bells
-            self.outbox += rfb.bell()
-
-    def send_update(self) -> None:
-        """Answer the pending update request, if there is one and something to send."""
-        if not self.update_requested or len(self.outbox) > SOFT_OUTBOX:
-            return
-        pseudo = self.pseudo_rects()
-        if pseudo:
-            self.outbox += rfb.framebuffer_update(pseudo)
-        token = None if self.full_request else self.token
-        changes = self.display.changes(token, self.encoder.supports(Encoding.COPY_RECT))
-        if changes is None:
-            return
-        self.token = changes.token
-        rects = self.encode(changes)
-        if not rects:
-            return
-        self.outbox += rfb.framebuffer_update(rects)
-        self.update_requested = False
-        self.full_request = False
-
-    def pseudo_rects(self) -> list[bytes]:
-        """Size announcements, which go in an update of their own (rfbproto §7.1)."""
-        width, height = self.display.size
-        extended = self.encoder.supports(Encoding.EXTENDED_DESKTOP_SIZE)
-        if self.size != (width, height):
-            self.size = (width, height)
-            self.full_request = True
-            if extended:
-                return [rfb.extended_desktop_size(width, height, 0, 0)]
-            return [rfb.desktop_size(width, height)]
-        if extended and not self.announced:
-            self.announced = True
-            return [rfb.extended_desktop_size(width, height, 0, 0)]
-        if extended and self.desktop_size_reply is not None:
-            status, self.desktop_size_reply = self.desktop_size_reply, None
-            return [rfb.extended_desktop_size(width, height, 1, status)]
-        return []
-
-    def encode(self, changes: damage.Changes) -> list[bytes]:
-        width, height = self.size
-        rects = []
-        if changes.scroll:
-            rects.append(self.encoder.copy_rect(
-                0, 0, width, height - changes.scroll, 0, changes.scroll))
-        for x, y, tile in changes.tiles:
-            rects += self.encoder.encode(x, y, tile)
-        return rects
-
-
 # --- The server ----------------------------------------------------------------------------
 
 
 class Server(socketserver.ThreadingTCPServer):
-    """Accepts viewers, one thread each, and knows them all."""
+    """Accepts viewers, one thread each, and knows them all and the displays they can show."""
 
     allow_reuse_address = True
     daemon_threads = False
     block_on_close = True
 
-    def __init__(self, address, display, name: str, max_viewers: int = MAX_VIEWERS,
+    def __init__(self, address, console_display, name: str, max_viewers: int = MAX_VIEWERS,
                  handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
-        self.display = display
+        self.console = console_display
+        self.desktop = None
         self.name = name
         self.max_viewers = max_viewers
         self.handshake_timeout = handshake_timeout
         self.security_types = [rfb.SecurityType.NONE]
         self.exit_when_idle = False
-        self.sessions: set[ViewerSession] = set()
+        self.sessions: set[viewer.ViewerSession] = set()
         self._sessions_lock = threading.Lock()
-        super().__init__(address, ViewerSession)
+        super().__init__(address, viewer.ViewerSession)
 
-    def add_session(self, session: ViewerSession) -> None:
+    def desktop_changed(self, desktop) -> None:
+        """The guest desktop came up, was replaced, or went (None): tell every viewer."""
+        self.desktop = desktop
+        self.console.console.set_notice(DESKTOP_NOTICE if desktop else "")
+        event = vncproxy.DESKTOP_UP if desktop else vncproxy.DESKTOP_DOWN
+        with self._sessions_lock:
+            sessions = list(self.sessions)
+        for session in sessions:
+            session.post(event, desktop)
+
+    def add_session(self, session: viewer.ViewerSession) -> None:
         with self._sessions_lock:
             self.sessions.add(session)
 
-    def remove_session(self, session: ViewerSession) -> None:
+    def remove_session(self, session: viewer.ViewerSession) -> None:
         with self._sessions_lock:
             self.sessions.discard(session)
             idle = not self.sessions
         if idle and self.exit_when_idle:
             self.stop_soon()
 
-    def too_many(self, session: ViewerSession) -> bool:
+    def too_many(self, session: viewer.ViewerSession) -> bool:
         with self._sessions_lock:
             return len(self.sessions) > self.max_viewers
 
-    def disconnect_others(self, keep: ViewerSession) -> None:
+    def disconnect_others(self, keep: viewer.ViewerSession) -> None:
         """A viewer asked for exclusive access (ClientInit shared-flag 0)."""
         with self._sessions_lock:
             others = [s for s in self.sessions if s is not keep]
@@ -432,12 +208,39 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-viewers", type=int, default=MAX_VIEWERS, metavar="N",
                         help=f"simultaneous viewers ({MAX_VIEWERS})")
     parser.add_argument("--verbose", action="store_true", help="log every viewer event")
+    desktop = parser.add_argument_group("guest desktop (the VNC proxy)")
+    desktop.add_argument("--reverse-listen", default="127.0.0.1", metavar="ADDR",
+                         help="address for the guest's reverse connection (127.0.0.1)")
+    desktop.add_argument("--reverse-port", type=int, default=5500, metavar="P",
+                         help="port for the guest's reverse connection (5500; 0 picks one)")
+    desktop.add_argument("--no-desktop", action="store_true",
+                         help="accept no guest desktop")
+    desktop.add_argument("--desktop-connect", metavar="HOST:PORT", type=parse_address,
+                         help="dial a guest VNC server that only listens, retrying until it "
+                              "answers")
+    desktop.add_argument("--desktop-password-file", metavar="FILE",
+                         help="VNC password for the guest's server (first line of FILE)")
     args = parser.parse_args(argv)
     if args.domain is not None:
         parser.error("--domain needs the Xen integration, which is not built yet")
-    if not 0 <= args.port <= 65535:
-        parser.error(f"--port {args.port} is not a TCP port")
+    for option in ("port", "reverse_port"):
+        if not 0 <= getattr(args, option) <= 65535:
+            parser.error(f"--{option.replace('_', '-')} {getattr(args, option)} is not a port")
     return args
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def read_password(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    with open(path, "rb") as file:
+        return file.readline().rstrip(b"\r\n")
 
 
 def make_source(args):
@@ -450,6 +253,17 @@ def make_source(args):
     command = args.command or os.environ.get("SHELL") or "/bin/sh"
     source = console.CommandSource(command, columns, lines, restart=args.restart)
     return source, f"{command.split()[0]} on {socket.gethostname()}"
+
+
+def start_desktops(args, server: Server) -> vncproxy.Desktops:
+    """Accept (or dial) the guest's desktop, as the options say."""
+    desktops = vncproxy.Desktops(server.desktop_changed, read_password(args.desktop_password_file))
+    if not args.no_desktop:
+        host, port = desktops.listen((args.reverse_listen, args.reverse_port))
+        print(f"vncterm: guest desktops connect to {host}:{port}", flush=True)
+    if args.desktop_connect:
+        desktops.dial(args.desktop_connect)
+    return desktops
 
 
 def main(argv=None) -> int:
@@ -474,6 +288,13 @@ def main(argv=None) -> int:
         print(f"vncterm: cannot listen on {args.listen}:{args.port}: {error}", file=sys.stderr)
         return 1
     term.on_closed = server.console_closed
+    try:
+        desktops = start_desktops(args, server)
+    except OSError as error:
+        print(f"vncterm: guest desktop: {error} (see --reverse-port, --no-desktop)",
+              file=sys.stderr)
+        server.server_close()
+        return 1
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: server.stop_soon())
     host, port = server.server_address[:2]
@@ -483,6 +304,7 @@ def main(argv=None) -> int:
     try:
         server.serve_forever()
     finally:
+        desktops.stop()
         server.server_close()
         term.stop()
         if log_file:

@@ -70,7 +70,7 @@ def test_terminal_shows_what_plain_pyte_shows(pieces):
 @given(st.lists(PIECES, max_size=40), st.integers(min_value=1, max_value=5))
 def test_frames_keep_a_viewer_exact(pieces, every):
     term = new_console()
-    term._set_status("")
+    term.set_status("")
     viewer = [None] * LINES
     for index, piece in enumerate(pieces):
         term.feed(piece.encode())
@@ -93,7 +93,7 @@ def apply_frame(viewer, frame):
 
 def test_full_screen_scroll_is_counted_not_redrawn():
     term = new_console()
-    term._set_status("")
+    term.set_status("")
     term.feed(b"\r\n".join(b"line %d" % i for i in range(LINES)))
     term.take_frame()
     term.feed(b"\r\nnext\r\nlast")
@@ -105,7 +105,7 @@ def test_full_screen_scroll_is_counted_not_redrawn():
 
 def test_scrollback_pages_through_history():
     term = new_console()
-    term._set_status("")
+    term.set_status("")
     term.feed(b"\r\n".join(b"line %d" % i for i in range(30)))
     term.take_frame()
     shift = keymap.Modifiers()
@@ -123,7 +123,7 @@ def test_scrollback_pages_through_history():
 
 def test_any_key_returns_to_the_bottom_and_is_typed():
     term = new_console()
-    term._set_status("")
+    term.set_status("")
     term.feed(b"\r\n".join(b"line %d" % i for i in range(30)))
     term.pointer(console.WHEEL_UP)
     term.take_frame()
@@ -135,7 +135,7 @@ def test_any_key_returns_to_the_bottom_and_is_typed():
 
 def test_status_line_covers_the_bottom_row():
     term = new_console()
-    term._set_status("console closed: fake")
+    term.set_status("console closed: fake")
     frame = term.take_frame()
     bottom = frame.rows[LINES - 1]
     assert "console closed" in text_of(bottom)

@@ -94,7 +94,7 @@ def test_cells_are_drawn_in_their_colours(tmp_path):
     glyphs = render.Glyphs(render.PsfFont(str(path)))
     renderer = render.Renderer(glyphs, 2, 1)
     term = console.Console(FakeSource(), 2, 1)
-    term._set_status("")
+    term.set_status("")
     term.feed(b"\x1b[?25l\x1b[31;44mA\x1b[0m")
     renderer.apply(term.take_frame())
     cell = renderer.image.crop((0, 0, 8, 4))
@@ -135,7 +135,7 @@ PIECES = st.sampled_from([
 def test_incremental_rendering_matches_a_fresh_rendering(pieces, every):
     glyphs = render.Glyphs(render.load_font(None)[0])
     term = console.Console(FakeSource(), 12, 4)
-    term._set_status("")
+    term.set_status("")
     renderer = render.Renderer(glyphs, 12, 4)
     for index, piece in enumerate(pieces):
         term.feed(piece.encode())
@@ -151,7 +151,7 @@ def test_incremental_rendering_matches_a_fresh_rendering(pieces, every):
 def test_only_changed_cells_are_reported():
     glyphs = render.Glyphs(render.load_font(None)[0])
     term = console.Console(FakeSource(), 20, 3)
-    term._set_status("")
+    term.set_status("")
     renderer = render.Renderer(glyphs, 20, 3)
     term.feed(b"hello")
     renderer.apply(term.take_frame())
@@ -165,7 +165,7 @@ def test_only_changed_cells_are_reported():
 def test_wide_character_spans_two_cells():
     glyphs = render.Glyphs(render.load_font(None)[0])
     term = console.Console(FakeSource(), 4, 1)
-    term._set_status("")
+    term.set_status("")
     term.feed("\x1b[?25l中".encode())
     renderer = render.Renderer(glyphs, 4, 1)
     renderer.apply(term.take_frame())

@@ -1,0 +1,354 @@
+"""The client side of RFB, sans-IO: what the proxy needs to talk to a guest's VNC server.
+
+vncproxy.py connects to (or is reverse-connected by) the guest's Xvnc, x11vnc or installer,
+and speaks RFB as the *client* (RFC 6143 §7.1-7.3, §7.5, §7.6).  Like rfb.py, this module only
+turns bytes into events and events into bytes; vncproxy.py does the I/O.
+
+The guest is untrusted.  Every size it announces is capped before anything is allocated
+(`check_desktop_size`, name and reason lengths), and `ServerReader` checks every rectangle
+against the current framebuffer before it uses a byte of it.  We ask the guest only for
+encodings that are cheap and safe to decode in Python on a local link (Raw, CopyRect, the two
+resize pseudo-encodings and Cursor), so each rectangle's length follows from its header and
+Raw rows are handed out as they arrive: a huge update never sits in memory.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from rfb import (
+    CUT_TEXT_HEADER,
+    RECT_HEADER,
+    VERSION_3_3,
+    VERSION_3_7,
+    VERSION_3_8,
+    VERSION_RE,
+    CappedBody,
+    ClientMsg,
+    Encoding,
+    ExtendedDesktopSizeStatus,
+    PixelFormat,
+    ProtocolError,
+    ServerMsg,
+)
+
+MAX_DESKTOP_SIDE = 8192
+MAX_DESKTOP_PIXELS = 4096 * 4096
+MAX_NAME = 4096
+MAX_REASON = 1024
+MAX_CURSOR_SIDE = 256
+
+
+def parse_server_version(data: bytes) -> tuple[int, int]:
+    """Map a server's ProtocolVersion to the version a client answers (rfb-notes §1.2)."""
+    match = VERSION_RE.fullmatch(data)
+    if not match:
+        raise ProtocolError(f"bad protocol version string {data!r}")
+    major, minor = int(match[1]), int(match[2])
+    if (major, minor) < (3, 3):
+        raise ProtocolError(f"unsupported protocol version {major}.{minor}")
+    if major > 3 or minor >= 8:
+        return VERSION_3_8
+    return VERSION_3_7 if minor == 7 else VERSION_3_3
+
+
+def version_bytes(version: tuple[int, int]) -> bytes:
+    return b"RFB %03d.%03d\n" % version
+
+
+def check_reason_length(length: int) -> None:
+    if length > MAX_REASON:
+        raise ProtocolError(f"reason string of {length} bytes")
+
+
+def parse_server_init_header(data: bytes) -> tuple[int, int, PixelFormat, int]:
+    """The first 24 bytes of ServerInit, checked: (width, height, pixel format, name length)."""
+    width, height = struct.unpack(">HH", data[:4])
+    pixel_format = PixelFormat.from_bytes(data[4:20])
+    (name_length,) = struct.unpack(">I", data[20:24])
+    check_desktop_size(width, height)
+    if name_length > MAX_NAME:
+        raise ProtocolError(f"desktop name of {name_length} bytes")
+    return width, height, pixel_format, name_length
+
+
+def check_desktop_size(width: int, height: int) -> None:
+    if not (1 <= width <= MAX_DESKTOP_SIDE and 1 <= height <= MAX_DESKTOP_SIDE):
+        raise ProtocolError(f"desktop size {width}x{height} is out of range")
+    if width * height > MAX_DESKTOP_PIXELS:
+        raise ProtocolError(f"desktop size {width}x{height} is too large")
+
+
+def vnc_auth_response(challenge: bytes, password: bytes) -> bytes:
+    """VNC Authentication, RFC 6143 §7.2.2: DES-encrypt the challenge with the password.
+
+    VNC uses each key byte with its bits reversed (the low bit is DES's first bit).  DES comes
+    from pycryptodome, imported here so that only users of VNC authentication need it.
+    """
+    from Crypto.Cipher import DES
+
+    key = bytes(int(f"{byte:08b}"[::-1], 2) for byte in password[:8].ljust(8, b"\0"))
+    return DES.new(key, DES.MODE_ECB).encrypt(challenge)
+
+
+def set_pixel_format(pixel_format: PixelFormat) -> bytes:
+    return struct.pack(">B3x", ClientMsg.SET_PIXEL_FORMAT) + pixel_format.to_bytes()
+
+
+def set_encodings(encodings: list[int]) -> bytes:
+    count = len(encodings)
+    return struct.pack(f">BxH{count}i", ClientMsg.SET_ENCODINGS, count, *encodings)
+
+
+def framebuffer_update_request(incremental: bool, width: int, height: int) -> bytes:
+    return struct.pack(">BBHHHH", ClientMsg.FRAMEBUFFER_UPDATE_REQUEST, incremental, 0, 0,
+                       width, height)
+
+
+def key_event(down: bool, keysym: int) -> bytes:
+    return struct.pack(">BB2xI", ClientMsg.KEY_EVENT, down, keysym)
+
+
+def pointer_event(button_mask: int, x: int, y: int) -> bytes:
+    return struct.pack(">BBHH", ClientMsg.POINTER_EVENT, button_mask, x, y)
+
+
+def client_cut_text(text: bytes) -> bytes:
+    return struct.pack(">B3xI", ClientMsg.CLIENT_CUT_TEXT, len(text)) + text
+
+
+@dataclass(frozen=True)
+class RawRows:
+    """Some whole rows of a Raw rectangle, 4 bytes per pixel in the format we set."""
+
+    x: int
+    y: int
+    width: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class CopyRect:
+    """Copy the (width x height) area at (src_x, src_y) to (x, y)."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    src_x: int
+    src_y: int
+
+
+@dataclass(frozen=True)
+class DesktopResize:
+    """DesktopSize or ExtendedDesktopSize: the framebuffer is now width x height."""
+
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class CursorShape:
+    """The Cursor pseudo-encoding: a pointer image, its visibility mask and its hotspot."""
+
+    hotspot_x: int
+    hotspot_y: int
+    width: int
+    height: int
+    pixels: bytes
+    mask: bytes
+
+
+@dataclass(frozen=True)
+class UpdateEnd:
+    """The last rectangle of a FramebufferUpdate has been read."""
+
+
+@dataclass(frozen=True)
+class Bell:
+    """§7.6.3."""
+
+
+@dataclass(frozen=True)
+class ServerCutText:
+    """§7.6.4; `text` holds at most CUT_TEXT_LIMIT bytes."""
+
+    text: bytes
+
+
+class ServerReader:
+    """Turns the bytes a guest server sends after ServerInit into events, checked.
+
+    We ask the server for a 4-byte pixel format and for Raw, CopyRect, DesktopSize,
+    ExtendedDesktopSize and Cursor only, so the size of every rectangle follows from its
+    header.  Each rectangle is checked against the current framebuffer before a byte of it is
+    used.  Raw pixels come out a few whole rows at a time, as they arrive, so a huge rectangle
+    never sits in memory; server cut text beyond the cap is discarded as it streams in.
+    """
+
+    ENCODINGS = (Encoding.COPY_RECT, Encoding.RAW, Encoding.EXTENDED_DESKTOP_SIZE,
+                 Encoding.DESKTOP_SIZE, Encoding.CURSOR)
+    BYTES_PER_PIXEL = 4
+    _RECT_READERS = {
+        Encoding.RAW: "_raw_rect",
+        Encoding.COPY_RECT: "_copy_rect",
+        Encoding.DESKTOP_SIZE: "_desktop_size",
+        Encoding.EXTENDED_DESKTOP_SIZE: "_extended_desktop_size",
+        Encoding.CURSOR: "_cursor",
+    }
+
+    def __init__(self, width: int, height: int) -> None:
+        self.width, self.height = width, height
+        self._buffer = bytearray()
+        self._rects_left = 0
+        self._update_done = False
+        self._raw: list | None = None
+        self._cut_text: CappedBody | None = None
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    @property
+    def mid_message(self) -> bool:
+        """True while a message has started but not finished."""
+        return bool(self._buffer or self._rects_left or self._cut_text)
+
+    def next_event(self):
+        """The next event, or None if more bytes are needed."""
+        if self._update_done:
+            self._update_done = False
+            return UpdateEnd()
+        if self._raw is not None:
+            return self._raw_rows()
+        if self._cut_text is not None:
+            return self._cut_text_event()
+        if self._rects_left:
+            return self._rect()
+        if not self._buffer:
+            return None
+        kind = self._buffer[0]
+        if kind == ServerMsg.FRAMEBUFFER_UPDATE:
+            return self._update_header()
+        if kind == ServerMsg.BELL:
+            del self._buffer[:1]
+            return Bell()
+        if kind == ServerMsg.SERVER_CUT_TEXT:
+            return self._start_cut_text()
+        raise ProtocolError(f"unexpected server message type {kind}")
+
+    def _take(self, size: int) -> bytes:
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+    def _update_header(self):
+        if len(self._buffer) < 4:
+            return None
+        (count,) = struct.unpack(">2xH", self._take(4))
+        if count == 0:
+            return UpdateEnd()
+        self._rects_left = count
+        return self._rect()
+
+    def _finish_rect(self) -> None:
+        self._rects_left -= 1
+        self._update_done = self._rects_left == 0
+
+    def _rect(self):
+        if len(self._buffer) < 12:
+            return None
+        x, y, width, height, encoding = RECT_HEADER.unpack(self._buffer[:12])
+        reader = self._RECT_READERS.get(encoding)
+        if reader is None:
+            raise ProtocolError(f"rectangle in encoding {encoding}, which was not requested")
+        return getattr(self, reader)(x, y, width, height)
+
+    def _check_inside(self, x: int, y: int, width: int, height: int) -> None:
+        if x + width > self.width or y + height > self.height:
+            raise ProtocolError(
+                f"rectangle {width}x{height}+{x}+{y} outside the {self.width}x{self.height} "
+                "framebuffer")
+
+    def _raw_rect(self, x, y, width, height):
+        self._check_inside(x, y, width, height)
+        del self._buffer[:12]
+        if width == 0 or height == 0:
+            self._finish_rect()
+            return self.next_event()
+        self._raw = [x, y, width, height]
+        return self._raw_rows()
+
+    def _raw_rows(self):
+        x, y, width, rows_left = self._raw
+        row_bytes = width * self.BYTES_PER_PIXEL
+        rows = min(rows_left, len(self._buffer) // row_bytes)
+        if rows == 0:
+            return None
+        self._raw[1] += rows
+        self._raw[3] -= rows
+        if self._raw[3] == 0:
+            self._raw = None
+            self._finish_rect()
+        return RawRows(x, y, width, self._take(rows * row_bytes))
+
+    def _copy_rect(self, x, y, width, height):
+        if len(self._buffer) < 16:
+            return None
+        src_x, src_y = struct.unpack(">HH", self._buffer[12:16])
+        self._check_inside(x, y, width, height)
+        self._check_inside(src_x, src_y, width, height)
+        del self._buffer[:16]
+        self._finish_rect()
+        return CopyRect(x, y, width, height, src_x, src_y)
+
+    def _desktop_size(self, x, y, width, height):
+        del self._buffer[:12]
+        return self._desktop_size_checked(width, height)
+
+    def _extended_desktop_size(self, x, y, width, height):
+        if len(self._buffer) < 16:
+            return None
+        count = self._buffer[12]
+        if count == 0:
+            raise ProtocolError("ExtendedDesktopSize with no screens")
+        if len(self._buffer) < 16 + 16 * count:
+            return None
+        del self._buffer[: 16 + 16 * count]
+        if y != ExtendedDesktopSizeStatus.OK:
+            raise ProtocolError(f"ExtendedDesktopSize with status {y}, unasked for")
+        return self._desktop_size_checked(width, height)
+
+    def _desktop_size_checked(self, width, height):
+        check_desktop_size(width, height)
+        self._finish_rect()
+        self.width, self.height = width, height
+        return DesktopResize(width, height)
+
+    def _cursor(self, x, y, width, height):
+        if width > MAX_CURSOR_SIDE or height > MAX_CURSOR_SIDE:
+            raise ProtocolError(f"cursor of {width}x{height}")
+        if width and height and (x >= width or y >= height):
+            raise ProtocolError(f"cursor hotspot {x},{y} outside its {width}x{height} image")
+        pixels_size = width * height * self.BYTES_PER_PIXEL
+        mask_size = (width + 7) // 8 * height
+        if len(self._buffer) < 12 + pixels_size + mask_size:
+            return None
+        del self._buffer[:12]
+        pixels, mask = self._take(pixels_size), self._take(mask_size)
+        self._finish_rect()
+        return CursorShape(x, y, width, height, pixels, mask)
+
+    def _start_cut_text(self):
+        if len(self._buffer) < 8:
+            return None
+        (length,) = CUT_TEXT_HEADER.unpack(self._take(8)[1:])
+        self._cut_text = CappedBody(length)
+        return self._cut_text_event()
+
+    def _cut_text_event(self):
+        text = self._cut_text.consume(self._buffer)
+        if text is None:
+            return None
+        self._cut_text = None
+        return ServerCutText(text)

@@ -1,0 +1,182 @@
+"""Tight encoding (7): fills, palettes, zlib and JPEG, for one viewer (rfbproto §Tight).
+
+A Tight rectangle starts with a compression-control byte: its low four bits tell the viewer to
+reset zlib streams 0-3 before this rectangle, its high four bits pick the method.  We use:
+
+* fill (8): a rectangle of one colour is one TPIXEL;
+* palette filter, 2 colours: 1 bit per pixel, rows padded to a byte, zlib stream 1;
+* palette filter, 3-256 colours: 1 byte per pixel, zlib stream 2;
+* copy filter (basic compression with no filter byte): every pixel, zlib stream 0;
+* JPEG (9): only for photographic content, and only for a viewer that sent a JPEG quality
+  level and takes 16 or 32 bits per pixel.  Console text is never photographic, so it stays
+  lossless.
+
+A TPIXEL is 3 bytes R, G, B for 32-bit depth-24 formats with 8-bit channels, whatever their
+shifts and byte order; otherwise it is the viewer's PIXEL.  Filtered data under 12 bytes goes
+as it is; longer data goes through the stream as a compact length and zlib output flushed with
+Z_SYNC_FLUSH, so the viewer's inflater has all of it and the stream continues next time.
+
+Decisions and trade-offs.  Rectangles wider than 2048 pixels are split (TigerVNC's decoder
+refuses them), and so are rectangles over 65536 pixels, as TigerVNC's encoder does, which
+keeps every compact length under its 4 MiB limit.  Each piece is then cut into column groups
+(`_column_groups`): a line of `ls --color` has white text and a coloured name, three colours,
+which as one rectangle costs a byte a pixel, but as two rectangles of two colours costs a bit
+a pixel; for a screen of coloured text that halves the bytes, for 20 bytes of header a group.
+"Photographic" means more colours than a palette holds and more than one colour per
+`PHOTO_PIXELS_PER_COLOUR` pixels: a screen of coloured or anti-aliased text has at most a few
+thousand colours, a photograph tens of thousands.  The gradient filter is not implemented:
+console content is palette or photo, and the copy filter is the fallback.  The viewer's
+compression level is the zlib level; when it changes we start new streams and set their
+reset bits in the next rectangle.
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+
+import pixels
+import rfb
+from rfb import Encoding
+
+MAX_WIDTH = 2048
+MAX_AREA = 65536
+SLICE_WIDTH = 16
+PHOTO_PIXELS_PER_COLOUR = 16
+RAW_DATA_LIMIT = 12
+FILL, JPEG, FILTER_FOLLOWS = 8, 9, 4
+PALETTE_FILTER = 1
+FULL_COLOUR_STREAM, MONO_STREAM, INDEXED_STREAM = 0, 1, 2
+
+# JPEG quality and Pillow subsampling (0 = 4:4:4, 1 = 4:2:2, 2 = 4:2:0) for quality levels
+# 0-9, as TigerVNC's TightJPEGEncoder maps them.
+JPEG_SETTINGS = [(15, 2), (29, 2), (41, 2), (42, 1), (62, 1), (77, 1),
+                 (79, 0), (86, 0), (92, 0), (100, 0)]
+
+
+def compact_length(length: int) -> bytes:
+    """Tight's 1-3 byte length: 7 bits per byte, least significant first, 0x80 = more."""
+    if not 0 <= length <= 0x3FFFFF:
+        raise ValueError(f"length {length} does not fit Tight's compact length")
+    if length < 0x80:
+        return bytes([length])
+    if length < 0x4000:
+        return bytes([length & 0x7F | 0x80, length >> 7])
+    return bytes([length & 0x7F | 0x80, (length >> 7) & 0x7F | 0x80, length >> 14])
+
+
+def pieces(width: int, height: int):
+    """Boxes covering the rectangle, none wider than MAX_WIDTH or larger than MAX_AREA."""
+    piece_width = min(width, MAX_WIDTH)
+    piece_height = max(1, MAX_AREA // piece_width)
+    return pixels.tiles(width, height, piece_width, piece_height)
+
+
+class TightEncoder:
+    """Tight, rfbproto §Tight: one viewer's four zlib streams and the rectangles that use them."""
+
+    def __init__(self) -> None:
+        self._streams = [None] * 4
+        self._level = None
+        self._resets = 0
+
+    def encode(self, x, y, image, converter, levels) -> list[bytes]:
+        self._set_level(levels.compression)
+        quality = levels.quality if converter.bytes_per_pixel > 1 else None
+        image = converter.reduce(image)
+        rects = []
+        for left, top, right, bottom in pieces(*image.size):
+            piece = image.crop((left, top, right, bottom))
+            for start, end in _column_groups(piece):
+                part = piece.crop((start, 0, end, piece.height))
+                header = rfb.rect_header(
+                    x + left + start, y + top, end - start, bottom - top, Encoding.TIGHT)
+                rects.append(header + self._piece(part, converter, quality))
+        return rects
+
+    def _set_level(self, level: int) -> None:
+        """Follow the viewer's compression level: new streams, and reset bits to announce them."""
+        if level != self._level:
+            for number, stream in enumerate(self._streams):
+                if stream is not None:
+                    self._resets |= 1 << number
+            self._streams = [None] * 4
+            self._level = level
+
+    def _piece(self, piece, converter, quality) -> bytes:
+        colours = pixels.palette(piece, 256)
+        if colours is None:
+            if quality is not None and _photographic(piece):
+                return self._jpeg(piece, quality)
+            return self._basic(FULL_COLOUR_STREAM, b"", _tpixels(piece, converter))
+        if len(colours) == 1:
+            return self._control(FILL) + _tpixels(pixels.strip(colours), converter)
+        data = pixels.indices(piece, colours)
+        palette = _tpixels(pixels.strip(colours), converter)
+        head = bytes([PALETTE_FILTER, len(colours) - 1]) + palette
+        if len(colours) == 2:
+            return self._basic(MONO_STREAM, head, pixels.pack(data, *piece.size, 1))
+        return self._basic(INDEXED_STREAM, head, data)
+
+    def _control(self, method: int) -> bytes:
+        """The compression-control byte, carrying any pending stream resets."""
+        control = method << 4 | self._resets
+        self._resets = 0
+        return bytes([control])
+
+    def _basic(self, stream_id: int, filter_part: bytes, data: bytes) -> bytes:
+        """Basic compression on one stream; a filter part means a filter-id byte follows."""
+        method = stream_id | (FILTER_FOLLOWS if filter_part else 0)
+        head = self._control(method) + filter_part
+        if len(data) < RAW_DATA_LIMIT:
+            return head + data
+        stream = self._streams[stream_id]
+        if stream is None:
+            stream = self._streams[stream_id] = zlib.compressobj(self._level)
+        compressed = stream.compress(data) + stream.flush(zlib.Z_SYNC_FLUSH)
+        return head + compact_length(len(compressed)) + compressed
+
+    def _jpeg(self, piece, quality: int) -> bytes:
+        jpeg_quality, subsampling = JPEG_SETTINGS[quality]
+        buffer = io.BytesIO()
+        piece.save(buffer, "JPEG", quality=jpeg_quality, subsampling=subsampling)
+        data = buffer.getvalue()
+        return self._control(JPEG) + compact_length(len(data)) + data
+
+
+def _column_groups(piece):
+    """Column ranges of the piece to send as one rectangle each, so that text gets 1 bit a pixel.
+
+    Slices SLICE_WIDTH columns wide join the group on their left while they are alike: one or
+    two colours with a group of at most two colours in all, a few colours with a group of a
+    few (at most 256 in all), many colours with many.
+    """
+    groups = []
+    for left, _, right, _ in pixels.tiles(piece.width, piece.height, SLICE_WIDTH, piece.height):
+        counts = piece.crop((left, 0, right, piece.height)).getcolors(256)
+        colours = None if counts is None else {colour for _, colour in counts}
+        if groups and _alike(groups[-1][2], colours):
+            groups[-1][1:] = [right, colours and groups[-1][2] | colours]
+        else:
+            groups.append([left, right, colours])
+    return [(left, right) for left, right, _ in groups]
+
+
+def _alike(group, colours) -> bool:
+    """May a slice of these colours join a group of those (None: more than 256)?"""
+    if group is None or colours is None:
+        return group is None and colours is None
+    if len(group) <= 2:
+        return len(group | colours) <= 2
+    return len(colours) > 2 and len(group | colours) <= 256
+
+
+def _photographic(image) -> bool:
+    """More colours than one per PHOTO_PIXELS_PER_COLOUR pixels: a photo, not text."""
+    area = image.width * image.height
+    return image.getcolors(max(256, area // PHOTO_PIXELS_PER_COLOUR)) is None
+
+
+def _tpixels(image, converter) -> bytes:
+    """The image's pixels as TPIXELs: R, G, B for 888 formats, otherwise the viewer's PIXELs."""
+    return image.tobytes() if converter.is_888 else converter.convert(image)

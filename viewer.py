@@ -1,0 +1,387 @@
+"""One viewer's session: the handshake, then updates out and input in, and the VT switch.
+
+`ViewerSession` is a socketserver request handler, so each viewer has a thread of its own.
+The handshake (RFC 6143 §7.1-7.3) is straight-line blocking code under a timeout, each step
+parsed by rfb.py: the program counter is the state.  After ServerInit the session runs a small
+event loop on `selectors` over the viewer's socket and a wake-up socketpair.  Displays poke
+the socketpair when their picture changed, and the server posts desktop up/down events.
+
+Flow control.  Writes are non-blocking into an outbox.  RFB is pull-based: an update is built
+only when the viewer has asked for one, and only while less than `SOFT_OUTBOX` bytes wait to
+be read, so a slow viewer gets fewer, bigger updates and a stalled one gets none; one that has
+not read for `WRITE_STALL_TIMEOUT`, or lets `HARD_OUTBOX` pile up (bells and clipboard need no
+request), is dropped.  No viewer can hold up the console, the guest or another viewer.
+
+The VT switch.  A session shows one *display* at a time, the text console or the guest
+desktop (see vncterm.py for the display interface), and its state follows the table in
+vncproxy.py.  Switching releases every key and button still held on the display being left
+and drops key releases for keys pressed on the other one, so no key is stuck anywhere; then
+the viewer is resized (ExtendedDesktopSize where it listed it, else DesktopSize) and
+repainted in full.  A viewer that listed neither cannot be resized: it stays on the console
+(whose status line says why) unless the desktop happens to be its size; if it started on the
+desktop and the desktop goes, it sees the console in the top-left corner of its framebuffer.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import selectors
+import socket
+import socketserver
+import time
+
+from PIL import Image
+
+import damage
+import encoders
+import keymap
+import rfb
+import vncproxy
+from rfb import Encoding
+
+log = logging.getLogger("vncterm")
+
+SOFT_OUTBOX = 256 * 1024
+HARD_OUTBOX = 8 * 1024 * 1024
+WRITE_STALL_TIMEOUT = 30.0
+DOT_CURSOR = (1, 1, 3, 3, b"\xff\xff\xff\x00" * 9, b"\xe0\xe0\xe0")
+
+
+class ViewerGone(Exception):
+    """The viewer closed its connection or stopped reading; nothing to report."""
+
+
+class ViewerSession(socketserver.BaseRequestHandler):
+    """One viewer: the handshake, then updates out and input in until it leaves."""
+
+    def setup(self) -> None:
+        self.peer = "%s:%s" % self.client_address[:2]
+        self.sock = self.request
+        self.encoder = encoders.ViewerEncoder()
+        self.reader = rfb.ClientReader()
+        self.modifiers = keymap.Modifiers()
+        self.outbox = bytearray()
+        self.events: collections.deque = collections.deque()
+        self.held_keys: set[int] = set()
+        self.pointer = (0, 0, 0)
+        self.closing = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_w.setblocking(False)
+        self._poked = False
+        self.server.add_session(self)
+        desktop = self.server.desktop
+        self.state = vncproxy.DESKTOP if desktop else vncproxy.NO_DESKTOP
+        self.display = desktop or self.server.console
+
+    def handle(self) -> None:
+        try:
+            self.handshake()
+            log.info("viewer %s connected", self.peer)
+            self.serve()
+        except rfb.ProtocolError as error:
+            log.warning("viewer %s: protocol error: %s", self.peer, error)
+        except (ViewerGone, OSError) as error:
+            log.info("viewer %s: gone (%s)", self.peer, error or "closed")
+        except Exception:
+            log.exception("viewer %s: internal error", self.peer)
+
+    def finish(self) -> None:
+        self.release_input()
+        self.display.listeners.discard(self.poke)
+        self.server.remove_session(self)
+        self._wake_r.close()
+        self._wake_w.close()
+        log.info("viewer %s disconnected; rects sent: %s", self.peer,
+                 dict(self.encoder.sent) or "none")
+
+    def close(self) -> None:
+        """Ask the session to end (from any thread)."""
+        self.closing = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def poke(self) -> None:
+        """Something changed (called from other threads)."""
+        if not self._poked:
+            self._poked = True
+            try:
+                self._wake_w.send(b"!")
+            except OSError:
+                pass
+
+    def post(self, event: str, display) -> None:
+        """A desktop came or went (called from other threads)."""
+        self.events.append((event, display))
+        self.poke()
+
+    # The handshake, RFC 6143 §7.1-7.3: the program counter is the state.
+
+    def recv_exactly(self, size: int) -> bytes:
+        data = bytearray()
+        while len(data) < size:
+            chunk = self.sock.recv(size - len(data))
+            if not chunk:
+                raise ViewerGone("closed during the handshake")
+            data += chunk
+        return bytes(data)
+
+    def handshake(self) -> None:
+        self.sock.settimeout(self.server.handshake_timeout)
+        self.sock.sendall(rfb.SERVER_VERSION)
+        version = rfb.parse_client_version(self.recv_exactly(rfb.VERSION_LENGTH))
+        if self.server.too_many(self):
+            self.sock.sendall(rfb.security_refusal(version, "too many viewers"))
+            raise ViewerGone("refused: too many viewers")
+        types = self.server.security_types
+        self.sock.sendall(rfb.security_offer(version, types))
+        chosen = types[0]
+        if version != rfb.VERSION_3_3:
+            chosen = rfb.parse_security_choice(self.recv_exactly(1), types)
+        if rfb.needs_security_result(version, chosen):
+            self.sock.sendall(rfb.security_result(version, True))
+        if not rfb.parse_client_init(self.recv_exactly(1)):
+            self.server.disconnect_others(self)
+        self.size = width, height = self.display.size
+        pixel_format = rfb.DEFAULT_PIXEL_FORMAT
+        self.sock.sendall(rfb.server_init(width, height, pixel_format, self.server.name))
+
+    # The session loop.
+
+    def serve(self) -> None:
+        self.sock.setblocking(False)
+        self.token = None
+        self.update_requested = False
+        self.full_request = False
+        self.announced = False
+        self.desktop_size_reply = None
+        self.cursor_sent = None
+        self.seen_bells = self.display.bells
+        self.seen_cut_text = self.display.cut_text[0]
+        self.last_write = time.monotonic()
+        self.display.listeners.add(self.poke)
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.sock, selectors.EVENT_READ)
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            while not self.closing:
+                events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.outbox else 0)
+                selector.modify(self.sock, events)
+                timeout = WRITE_STALL_TIMEOUT / 4 if self.outbox else None
+                for key, mask in selector.select(timeout):
+                    if key.fileobj is self._wake_r:
+                        self._poked = False
+                        self._wake_r.recv(4096)
+                    elif mask & selectors.EVENT_READ:
+                        self.receive()
+                while self.events:
+                    self.switch(*self.events.popleft())
+                self.send_notifications()
+                self.send_update()
+                self.flush()
+
+    def receive(self) -> None:
+        try:
+            data = self.sock.recv(65536)
+        except BlockingIOError:
+            return
+        if not data:
+            raise ViewerGone("closed by the viewer")
+        self.reader.feed(data)
+        while (message := self.reader.next_message()) is not None:
+            getattr(self, "on_" + type(message).__name__)(message)
+
+    def flush(self) -> None:
+        if self.outbox:
+            try:
+                sent = self.sock.send(self.outbox)
+            except BlockingIOError:
+                sent = 0
+            if sent:
+                del self.outbox[:sent]
+                self.last_write = time.monotonic()
+            elif time.monotonic() - self.last_write > WRITE_STALL_TIMEOUT:
+                raise ViewerGone(f"not reading for {WRITE_STALL_TIMEOUT:.0f} s")
+        if len(self.outbox) > HARD_OUTBOX:
+            raise ViewerGone(f"{len(self.outbox)} bytes queued and not read")
+
+    # The VT switch.
+
+    @property
+    def can_resize(self) -> bool:
+        return self.encoder.supports(Encoding.EXTENDED_DESKTOP_SIZE) or self.encoder.supports(
+            Encoding.DESKTOP_SIZE)
+
+    def switch(self, event: str, desktop=None) -> None:
+        """Move through the VT-switch table; show the display the new state names."""
+        desktop = desktop or self.server.desktop
+        state = vncproxy.transition(self.state, event)
+        if state == vncproxy.DESKTOP and not self.can_show(desktop):
+            state = vncproxy.CONSOLE
+        self.state = state
+        target = desktop if state == vncproxy.DESKTOP else self.server.console
+        if target is not self.display:
+            log.info("viewer %s: switched to the %s", self.peer,
+                     "desktop" if target is desktop else "console")
+            self.show(target)
+
+    def can_show(self, desktop) -> bool:
+        return desktop is not None and (self.can_resize or desktop.size == self.size)
+
+    def show(self, display) -> None:
+        self.release_input()
+        self.display.listeners.discard(self.poke)
+        self.display = display
+        display.listeners.add(self.poke)
+        self.token = None
+        self.cursor_sent = None
+        self.seen_bells = display.bells
+        self.seen_cut_text = display.cut_text[0]
+
+    def release_input(self) -> None:
+        """Let go of every key and button held on the current display."""
+        for keysym in self.held_keys:
+            self.display.key(keysym, False, self.modifiers)
+        self.held_keys = set()
+        button_mask, x, y = self.pointer
+        if button_mask:
+            self.display.pointer(0, x, y)
+        self.pointer = (0, x, y)
+
+    # Client messages, RFC 6143 §7.5.
+
+    def on_SetPixelFormat(self, message: rfb.SetPixelFormat) -> None:
+        self.encoder.set_pixel_format(message.pixel_format)
+
+    def on_SetEncodings(self, message: rfb.SetEncodings) -> None:
+        self.encoder.set_encodings(message.encodings)
+
+    def on_FramebufferUpdateRequest(self, message: rfb.FramebufferUpdateRequest) -> None:
+        self.update_requested = True
+        self.full_request = self.full_request or not message.incremental
+
+    def on_KeyEvent(self, message: rfb.KeyEvent) -> None:
+        keysym, down = message.keysym, message.down
+        self.modifiers.update(keysym, down)
+        if down:
+            event = vncproxy.hotkey(keysym, self.modifiers.held)
+            if event is not None:
+                self.switch(event)
+                return
+            self.held_keys.add(keysym)
+        elif keysym in self.held_keys:
+            self.held_keys.discard(keysym)
+        else:
+            return
+        self.display.key(keysym, down, self.modifiers)
+
+    def on_PointerEvent(self, message: rfb.PointerEvent) -> None:
+        width, height = self.size
+        x, y = min(message.x, width - 1), min(message.y, height - 1)
+        self.pointer = (message.button_mask, x, y)
+        self.display.pointer(message.button_mask, x, y)
+
+    def on_ClientCutText(self, message: rfb.ClientCutText) -> None:
+        self.display.paste(message.text)
+
+    def on_SetDesktopSize(self, message: rfb.SetDesktopSize) -> None:
+        self.desktop_size_reply = rfb.ExtendedDesktopSizeStatus.PROHIBITED
+
+    # Server messages, RFC 6143 §7.6.
+
+    def send_notifications(self) -> None:
+        """Bell and clipboard from the display: they need no update request."""
+        if self.display.bells != self.seen_bells:
+            self.seen_bells = self.display.bells
+            self.outbox += rfb.bell()
+        serial, text = self.display.cut_text
+        if serial != self.seen_cut_text:
+            self.seen_cut_text = serial
+            self.outbox += rfb.server_cut_text(text)
+
+    def send_update(self) -> None:
+        """Answer the pending update request, if there is one and something to send."""
+        if not self.update_requested or len(self.outbox) > SOFT_OUTBOX:
+            return
+        pseudo = self.size_rects()
+        if pseudo:
+            self.outbox += rfb.framebuffer_update(pseudo)
+        token = None if self.full_request else self.token
+        same_size = self.display.size == self.size
+        copy_rect = same_size and self.encoder.supports(Encoding.COPY_RECT)
+        changes = self.display.changes(token, copy_rect)
+        cursor = self.cursor_rect()
+        if changes is None and not cursor:
+            return
+        rects = cursor
+        if changes is not None:
+            self.token = changes.token
+            rects += self.encode(changes)
+        self.outbox += rfb.framebuffer_update(rects)
+        self.update_requested = False
+        self.full_request = False
+
+    def size_rects(self) -> list[bytes]:
+        """Size announcements, which go in an update of their own (rfbproto §7.1)."""
+        width, height = self.display.size
+        extended = self.encoder.supports(Encoding.EXTENDED_DESKTOP_SIZE)
+        if self.size != (width, height) and self.can_resize:
+            self.size = (width, height)
+            self.full_request = True
+            self.announced = True
+            if extended:
+                return [rfb.extended_desktop_size(width, height, 0, 0)]
+            return [rfb.desktop_size(width, height)]
+        width, height = self.size
+        if extended and not self.announced:
+            self.announced = True
+            return [rfb.extended_desktop_size(width, height, 0, 0)]
+        if extended and self.desktop_size_reply is not None:
+            status, self.desktop_size_reply = self.desktop_size_reply, None
+            return [rfb.extended_desktop_size(width, height, 1, status)]
+        return []
+
+    def cursor_rect(self) -> list[bytes]:
+        """The display's pointer shape, for a viewer that draws it itself (Cursor, -239)."""
+        cursor = self.display.cursor
+        if not self.encoder.supports(Encoding.CURSOR) or self.cursor_sent is (cursor or DOT_CURSOR):
+            return []
+        self.cursor_sent = cursor or DOT_CURSOR
+        hot_x, hot_y, width, height, pixels, mask = (
+            (cursor.hotspot_x, cursor.hotspot_y, cursor.width, cursor.height, cursor.pixels,
+             cursor.mask) if cursor else DOT_CURSOR)
+        image = Image.frombytes("RGB", (width, height), pixels, "raw", "BGRX")
+        header = rfb.rect_header(hot_x, hot_y, width, height, Encoding.CURSOR)
+        return [header + self.encoder.converter.convert(image) + mask]
+
+    def encode(self, changes: damage.Changes) -> list[bytes]:
+        """The update's rectangles in the viewer's encoding, fitted to its framebuffer."""
+        width, height = self.size
+        rects = []
+        if changes.scroll:
+            rects.append(self.encoder.copy_rect(
+                0, 0, width, height - changes.scroll, 0, changes.scroll))
+        tiles = changes.tiles
+        if self.display.size != self.size:
+            tiles = self.fit(tiles, changes.full)
+        for x, y, tile in tiles:
+            rects += self.encoder.encode(x, y, tile)
+        return rects
+
+    def fit(self, tiles, full: bool):
+        """Crop tiles to a viewer that could not follow a resize; black where nothing is."""
+        width, height = self.size
+        fitted = []
+        for x, y, tile in tiles:
+            area = damage.clip((x, y, *tile.size), width, height)
+            if area:
+                fitted.append((x, y, tile.crop((0, 0, area[2], area[3]))))
+        if full:
+            shown_width, shown_height = self.display.size
+            for area in ((shown_width, 0, width - shown_width, height),
+                         (0, shown_height, min(shown_width, width), height - shown_height)):
+                area = damage.clip(area, width, height)
+                if area:
+                    fitted.append((area[0], area[1], Image.new("RGB", area[2:])))
+        return fitted

@@ -1,0 +1,437 @@
+"""The guest's desktop: a VNC proxy that viewers VT-switch to and from the text console.
+
+The guest's X server is Xvnc (or x11vnc, or an installer) and connects *to us* on the reverse
+port, the way `vncconfig -connect` and `x11vnc -connect` reach a listening viewer; or, with
+`--desktop-connect`, we dial a guest server that only listens.  Who opens the socket is the only
+difference: both end up in one `Upstream` thread that speaks RFB as the client (rfbclient.py),
+asks the guest for Raw, CopyRect, the resize pseudo-encodings and Cursor in our own pixel
+format, and decodes every update into a *shadow framebuffer*, the picture of a
+`DesktopDisplay`.
+
+Viewers never see a byte of the guest's stream.  They get pixels re-encoded from the shadow
+with their own encoders and zlib state, exactly as for the console, because a viewer's inflater
+cannot survive a splice of two servers' streams (rfb-notes §6.6, DESIGN "Why a shadow
+framebuffer").  So a VT switch is only: pick the other display, resize the viewer, repaint.
+Input goes the other way: keys, pointer and clipboard are forwarded to the guest as they come.
+
+Each viewer is in one state of the table `TRANSITIONS` below, with one function,
+`transition`, that moves it.  The hotkeys are Ctrl-Alt-F1..F6 (console) and Ctrl-Alt-F7
+(desktop), with Ctrl-Alt-1..6 and Ctrl-Alt-7 as the alternate that browsers and viewers pass
+through.  At most one desktop per console: a new guest connection replaces the old one, so a
+guest that rebooted without closing its socket is not locked out.
+
+The guest is untrusted: every size and rectangle is checked before use (rfbclient), the
+framebuffer is capped (rfbclient.MAX_DESKTOP_PIXELS), input it does not read is capped and then
+the guest is dropped, and a guest that stalls mid-message for `STALL_TIMEOUT` is dropped.  When
+the guest goes, viewers on its desktop return to the console.
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import socket
+import threading
+import time
+
+from PIL import Image
+
+import damage
+import rfb
+import rfbclient
+from rfb import SecurityType
+
+log = logging.getLogger("vncterm.proxy")
+
+HANDSHAKE_TIMEOUT = 10.0
+STALL_TIMEOUT = 30.0
+RETRY_DELAY = 2.0
+INPUT_LIMIT = 1024 * 1024
+
+# --- The VT switch, per viewer ----------------------------------------------------------------
+
+NO_DESKTOP = "no desktop"  # on the console; there is no guest desktop
+CONSOLE = "console"  # on the console; a guest desktop is up
+DESKTOP = "desktop"  # on the guest desktop
+
+DESKTOP_UP = "desktop up"
+DESKTOP_DOWN = "desktop down"
+TO_CONSOLE = "hotkey to console"
+TO_DESKTOP = "hotkey to desktop"
+
+TRANSITIONS = {
+    (NO_DESKTOP, DESKTOP_UP): DESKTOP,
+    (NO_DESKTOP, DESKTOP_DOWN): NO_DESKTOP,
+    (NO_DESKTOP, TO_CONSOLE): NO_DESKTOP,
+    (NO_DESKTOP, TO_DESKTOP): NO_DESKTOP,
+    (CONSOLE, DESKTOP_UP): DESKTOP,
+    (CONSOLE, DESKTOP_DOWN): NO_DESKTOP,
+    (CONSOLE, TO_CONSOLE): CONSOLE,
+    (CONSOLE, TO_DESKTOP): DESKTOP,
+    (DESKTOP, DESKTOP_UP): DESKTOP,
+    (DESKTOP, DESKTOP_DOWN): NO_DESKTOP,
+    (DESKTOP, TO_CONSOLE): CONSOLE,
+    (DESKTOP, TO_DESKTOP): DESKTOP,
+}
+
+
+def transition(state: str, event: str) -> str:
+    """The state a viewer moves to when `event` happens in `state`."""
+    try:
+        return TRANSITIONS[state, event]
+    except KeyError:
+        raise ValueError(f"no transition from {state!r} on {event!r}") from None
+
+
+CONTROL = {0xFFE3, 0xFFE4}
+ALT = {0xFFE9, 0xFFEA, 0xFFE7, 0xFFE8}
+F1, F7 = 0xFFBE, 0xFFC4
+HOTKEYS = {
+    **{F1 + n: TO_CONSOLE for n in range(6)},
+    **{ord("1") + n: TO_CONSOLE for n in range(6)},
+    F7: TO_DESKTOP,
+    ord("7"): TO_DESKTOP,
+}
+
+
+def hotkey(keysym: int, held: set[int]) -> str | None:
+    """The switch event a key press means with the keys `held`, or None."""
+    if held & CONTROL and held & ALT:
+        return HOTKEYS.get(keysym)
+    return None
+
+
+# --- The desktop as a display ---------------------------------------------------------------
+
+
+class DesktopDisplay:
+    """The shadow of the guest's screen, with the same interface as the console display."""
+
+    def __init__(self, width: int, height: int, upstream: Upstream) -> None:
+        self.size = (width, height)
+        self.image = Image.new("RGB", self.size)
+        self.damage = damage.DamageLog(self.size)
+        self.lock = threading.Lock()
+        self.listeners: set = set()
+        self.bells = 0
+        self.cut_text = (0, b"")
+        self.cursor = None
+        self.upstream = upstream
+        self._pending: list = []
+
+    def notify(self) -> None:
+        for listener in list(self.listeners):
+            listener()
+
+    def changes(self, token, copy_rect: bool = True) -> damage.Changes | None:
+        with self.lock:
+            return self.damage.changes(token, self.image, copy_rect)
+
+    def apply(self, event) -> None:
+        """Draw one decoded event from the guest into the shadow framebuffer."""
+        with self.lock:
+            if isinstance(event, rfbclient.RawRows):
+                rows = len(event.data) // (4 * event.width)
+                tile = Image.frombytes("RGB", (event.width, rows), event.data, "raw", "BGRX")
+                self.image.paste(tile, (event.x, event.y))
+                self._pending.append((event.x, event.y, event.width, rows))
+            elif isinstance(event, rfbclient.CopyRect):
+                source = (event.src_x, event.src_y,
+                          event.src_x + event.width, event.src_y + event.height)
+                self.image.paste(self.image.crop(source), (event.x, event.y))
+                self._pending.append((event.x, event.y, event.width, event.height))
+            elif isinstance(event, rfbclient.DesktopResize):
+                self.size = (event.width, event.height)
+                self.image = Image.new("RGB", self.size)
+                self.damage.reset(self.size)
+                self._pending.clear()
+            elif isinstance(event, rfbclient.CursorShape):
+                self.cursor = event
+            elif isinstance(event, rfbclient.UpdateEnd):
+                if self._pending:
+                    self.damage.record(0, damage.merge(self._pending))
+                    self._pending = []
+            elif isinstance(event, rfbclient.Bell):
+                self.bells += 1
+            elif isinstance(event, rfbclient.ServerCutText):
+                self.cut_text = (self.cut_text[0] + 1, event.text)
+        if not isinstance(event, rfbclient.RawRows | rfbclient.CopyRect):
+            self.notify()
+
+    def key(self, keysym: int, down: bool, modifiers) -> None:
+        self.upstream.send(rfbclient.key_event(down, keysym))
+
+    def pointer(self, button_mask: int, x: int, y: int) -> None:
+        width, height = self.size
+        self.upstream.send(rfbclient.pointer_event(
+            button_mask, min(x, width - 1), min(y, height - 1)))
+
+    def paste(self, text: bytes) -> None:
+        self.upstream.send(rfbclient.client_cut_text(text))
+
+
+# --- One guest connection -----------------------------------------------------------------------
+
+
+class GuestGone(Exception):
+    """The guest closed the connection or stopped talking."""
+
+
+class Upstream:
+    """RFB client to one guest server, on a socket someone else connected."""
+
+    def __init__(self, sock: socket.socket, peer: str, password: bytes | None) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.password = password
+        self.display: DesktopDisplay | None = None
+        self._outbox = bytearray()
+        self._outbox_lock = threading.Lock()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_w.setblocking(False)
+        self._closing = False
+
+    def run(self, on_up, on_down) -> None:
+        """Handshake, then mirror the guest until it goes; report both to the callbacks."""
+        try:
+            width, height = self.handshake()
+            self.display = DesktopDisplay(width, height, self)
+            log.info("guest desktop %s connected, %dx%d", self.peer, width, height)
+            on_up(self.display)
+            self.serve()
+        except rfb.ProtocolError as error:
+            log.warning("guest %s: protocol error: %s", self.peer, error)
+        except (GuestGone, OSError) as error:
+            log.info("guest %s: gone (%s)", self.peer, error)
+        except Exception:
+            log.exception("guest %s: internal error", self.peer)
+        finally:
+            self.sock.close()
+            self._wake_r.close()
+            self._wake_w.close()
+            if self.display is not None:
+                log.info("guest desktop %s disconnected", self.peer)
+                on_down(self.display)
+
+    def close(self) -> None:
+        """Ask the connection to end (from any thread)."""
+        self._closing = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def send(self, data: bytes) -> None:
+        """Queue input for the guest (from viewer threads); never blocks."""
+        with self._outbox_lock:
+            if len(self._outbox) + len(data) > INPUT_LIMIT:
+                self.close()
+                return
+            self._outbox += data
+        try:
+            self._wake_w.send(b"!")
+        except OSError:
+            pass
+
+    # The handshake, as a client (RFC 6143 §7.1-7.3).
+
+    def recv_exactly(self, size: int) -> bytes:
+        data = bytearray()
+        while len(data) < size:
+            chunk = self.sock.recv(size - len(data))
+            if not chunk:
+                raise GuestGone("closed during the handshake")
+            data += chunk
+        return bytes(data)
+
+    def handshake(self) -> tuple[int, int]:
+        self.sock.settimeout(HANDSHAKE_TIMEOUT)
+        version = rfbclient.parse_server_version(self.recv_exactly(rfb.VERSION_LENGTH))
+        self.sock.sendall(rfbclient.version_bytes(version))
+        chosen = self.choose_security(version)
+        if chosen == SecurityType.VNC_AUTHENTICATION:
+            challenge = self.recv_exactly(16)
+            self.sock.sendall(rfbclient.vnc_auth_response(challenge, self.password))
+        if rfb.needs_security_result(version, chosen):
+            self.check_security_result(version)
+        self.sock.sendall(b"\x01")
+        width, height, _, name_length = rfbclient.parse_server_init_header(self.recv_exactly(24))
+        self.recv_exactly(name_length)
+        self.sock.sendall(
+            rfbclient.set_pixel_format(rfb.DEFAULT_PIXEL_FORMAT)
+            + rfbclient.set_encodings(list(rfbclient.ServerReader.ENCODINGS))
+            + rfbclient.framebuffer_update_request(False, width, height))
+        return width, height
+
+    def choose_security(self, version) -> int:
+        usable = [SecurityType.NONE]
+        if self.password is not None:
+            usable.append(SecurityType.VNC_AUTHENTICATION)
+        if version == rfb.VERSION_3_3:
+            offered = [int.from_bytes(self.recv_exactly(4), "big")]
+        else:
+            offered = list(self.recv_exactly(self.recv_exactly(1)[0]))
+        if offered in ([], [SecurityType.INVALID]):
+            raise rfb.ProtocolError(f"guest refused the connection: {self.read_reason()}")
+        for kind in usable:
+            if kind in offered:
+                if version != rfb.VERSION_3_3:
+                    self.sock.sendall(bytes([kind]))
+                return kind
+        hint = "" if self.password else " (give --desktop-password-file for VNC authentication)"
+        raise rfb.ProtocolError(f"guest offers security types {offered}, none usable{hint}")
+
+    def check_security_result(self, version) -> None:
+        if self.recv_exactly(4) != b"\0\0\0\0":
+            reason = self.read_reason() if version == rfb.VERSION_3_8 else "no reason given"
+            raise rfb.ProtocolError(f"guest refused authentication: {reason}")
+
+    def read_reason(self) -> str:
+        length = int.from_bytes(self.recv_exactly(4), "big")
+        rfbclient.check_reason_length(length)
+        return self.recv_exactly(length).decode("utf-8", "replace")
+
+    # Mirroring.
+
+    def serve(self) -> None:
+        self.sock.setblocking(False)
+        reader = rfbclient.ServerReader(*self.display.size)
+        last_data = time.monotonic()
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.sock, selectors.EVENT_READ)
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            while not self._closing:
+                events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self._outbox else 0)
+                selector.modify(self.sock, events)
+                timeout = STALL_TIMEOUT / 4 if reader.mid_message else None
+                for key, _ in selector.select(timeout):
+                    if key.fileobj is self._wake_r:
+                        self._wake_r.recv(4096)
+                    elif self.receive(reader):
+                        last_data = time.monotonic()
+                self.flush()
+                if reader.mid_message and time.monotonic() - last_data > STALL_TIMEOUT:
+                    raise GuestGone(f"stalled mid-message for {STALL_TIMEOUT:.0f} s")
+
+    def receive(self, reader: rfbclient.ServerReader) -> bool:
+        try:
+            data = self.sock.recv(1 << 20)
+        except BlockingIOError:
+            return False
+        if not data:
+            raise GuestGone("closed by the guest")
+        reader.feed(data)
+        while (event := reader.next_event()) is not None:
+            self.display.apply(event)
+            if isinstance(event, rfbclient.UpdateEnd):
+                self.send(rfbclient.framebuffer_update_request(True, *self.display.size))
+        return True
+
+    def flush(self) -> None:
+        with self._outbox_lock:
+            if not self._outbox:
+                return
+            try:
+                sent = self.sock.send(self._outbox)
+            except BlockingIOError:
+                return
+            del self._outbox[:sent]
+
+
+# --- Where guest connections come from ------------------------------------------------------
+
+
+class Desktops:
+    """Reverse connections and dialled guests, at most one desktop at a time.
+
+    `on_change(display_or_None)` is called (from an upstream thread) when a desktop comes up,
+    is replaced, or goes away.  A new guest replaces the current desktop only once its
+    handshake has succeeded, so a bad connection cannot knock out a good desktop.
+    """
+
+    def __init__(self, on_change, password: bytes | None = None) -> None:
+        self.on_change = on_change
+        self.password = password
+        self.current: Upstream | None = None
+        self._upstreams: set[Upstream] = set()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._listener: socket.socket | None = None
+        self._stopping = threading.Event()
+
+    def listen(self, address: tuple[str, int]) -> tuple[str, int]:
+        """Accept reverse connections on `address`; return the address bound."""
+        self._listener = socket.create_server(address)
+        self._start(self._accept_loop, "reverse-listener")
+        return self._listener.getsockname()[:2]
+
+    def dial(self, address: tuple[str, int]) -> None:
+        """Keep a connection to a listening guest server, retrying until it answers."""
+        self._start(lambda: self._dial_loop(address), "desktop-dialer")
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._listener is not None:
+            self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+        with self._lock:
+            upstreams = list(self._upstreams)
+        for upstream in upstreams:
+            upstream.close()
+        for thread in self._threads:
+            thread.join()
+
+    def _start(self, target, name: str) -> None:
+        self._threads = [thread for thread in self._threads if thread.is_alive()]
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                sock, address = self._listener.accept()
+            except OSError:
+                return
+            peer = "%s:%s" % address[:2]
+            self._start(lambda sock=sock, peer=peer: self._run(sock, peer), f"upstream-{peer}")
+
+    def _dial_loop(self, address) -> None:
+        while not self._stopping.is_set():
+            try:
+                sock = socket.create_connection(address, timeout=HANDSHAKE_TIMEOUT)
+            except OSError as error:
+                log.debug("desktop %s:%s not answering: %s", *address, error)
+            else:
+                self._run(sock, "%s:%s" % address)
+            self._stopping.wait(RETRY_DELAY)
+
+    def _run(self, sock: socket.socket, peer: str) -> None:
+        upstream = Upstream(sock, peer, self.password)
+        with self._lock:
+            if self._stopping.is_set():
+                sock.close()
+                return
+            self._upstreams.add(upstream)
+        try:
+            upstream.run(lambda display: self._up(upstream, display),
+                         lambda display: self._down(upstream))
+        finally:
+            with self._lock:
+                self._upstreams.discard(upstream)
+
+    def _up(self, upstream: Upstream, display: DesktopDisplay) -> None:
+        with self._lock:
+            previous, self.current = self.current, upstream
+        if previous is not None:
+            log.info("guest %s replaces the desktop of %s", upstream.peer, previous.peer)
+            previous.close()
+        self.on_change(display)
+
+    def _down(self, upstream: Upstream) -> None:
+        with self._lock:
+            current = self.current is upstream
+            if current:
+                self.current = None
+        if current:
+            self.on_change(None)

@@ -6,7 +6,7 @@ ARGS ?=
 PEER_PACKAGES := python3-venv tigervnc-standalone-server tigervnc-tools tigervnc-viewer x11vnc \
 	xvfb xterm xdotool x11-utils x11-xserver-utils xfonts-base vncsnapshot gvncviewer imagemagick \
 	novnc websockify chromium console-setup-linux fonts-dejavu-core fonts-droid-fallback \
-	python3-pyte python3-pil python3-serial
+	python3-pyte python3-pil python3-serial python3-pycryptodome
 APT := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300
 
 .PHONY: help run test lint peers clean

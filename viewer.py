@@ -171,8 +171,10 @@ class ViewerSession(socketserver.BaseRequestHandler):
                 timeout = WRITE_STALL_TIMEOUT / 4 if self.outbox else None
                 for key, mask in selector.select(timeout):
                     if key.fileobj is self._wake_r:
-                        self._poked = False
+                        # Drain first, then re-arm: a poke that lands in between finds
+                        # _poked still set, but the change it announces is read below.
                         self._wake_r.recv(4096)
+                        self._poked = False
                     elif mask & selectors.EVENT_READ:
                         self.receive()
                 while self.events:

@@ -41,6 +41,7 @@ class Client:
         self.name = self.recv(length).decode()
         self.image = Image.new("RGB", (self.width, self.height))
         self.bells = 0
+        self.cut_texts = []
         self.rects = []
         self.resizes = []
 
@@ -84,7 +85,7 @@ class Client:
                 self.bells += 1
             elif kind == 3:
                 (length,) = struct.unpack(">3xI", self.recv(7))
-                self.recv(length)
+                self.cut_texts.append(self.recv(length))
             elif kind == 0:
                 (count,) = struct.unpack(">xH", self.recv(3))
                 rects = [self.read_rect() for _ in range(count)]

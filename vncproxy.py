@@ -319,7 +319,7 @@ class Upstream:
         except BlockingIOError:
             return False
         if not data:
-            raise GuestGone("closed by the guest")
+            raise GuestGone("replaced or stopped" if self._closing else "closed by the guest")
         reader.feed(data)
         while (event := reader.next_event()) is not None:
             self.display.apply(event)

@@ -58,6 +58,7 @@ class ViewerSession(socketserver.BaseRequestHandler):
     def setup(self) -> None:
         self.peer = "%s:%s" % self.client_address[:2]
         self.sock = self.request
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.encoder = encoders.ViewerEncoder()
         self.reader = rfb.ClientReader()
         self.modifiers = keymap.Modifiers()

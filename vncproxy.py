@@ -181,6 +181,7 @@ class Upstream:
     """RFB client to one guest server, on a socket someone else connected."""
 
     def __init__(self, sock: socket.socket, peer: str, password: bytes | None) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = sock
         self.peer = peer
         self.password = password

@@ -55,9 +55,14 @@ missing_peers = set()
 skipped_tests = set()
 
 
-def require(peer):
-    """Skip (or, under CI=true, fail) the test unless program or module `peer` is installed."""
-    if shutil.which(peer) or importlib.util.find_spec(peer):
+def require(peer, installed=None):
+    """Skip (or, under CI=true, fail) the test unless program or module `peer` is installed.
+
+    `installed`, when given, is the test's own answer to "is it there?".
+    """
+    if installed is None:
+        installed = shutil.which(peer) or importlib.util.find_spec(peer)
+    if installed:
         return
     reason = f"peer {peer!r} is not installed (install it with: {INSTALL_COMMAND})"
     if os.environ.get("CI") == "true":
@@ -109,11 +114,11 @@ def read_text(path):
 class VncTerm:
     """A vncterm.py subprocess serving one console; .port, .proc, .address and stop()."""
 
-    def __init__(self, command, log_path, port=0, options=(), timeout=20):
+    def __init__(self, command, log_path, port=0, options=(), timeout=20, python=sys.executable):
         self.log_path = log_path
         self.output = []
         self.port = None
-        argv = [sys.executable, "vncterm.py", *options, "--command", command,
+        argv = [python, "vncterm.py", "--reverse-port", "0", *options, "--command", command,
                 "--port", str(port), "--size", f"{COLUMNS}x{ROWS}"]
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL,

@@ -17,6 +17,7 @@ RAW, COPY_RECT, DESKTOP_SIZE, EXTENDED_DESKTOP_SIZE = 0, 1, -223, -308
 class Client:
     def __init__(self, port, version=b"RFB 003.008\n", shared=True, timeout=10.0):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server_version = self.recv(12)
         self.sock.sendall(version)
         minor = int(version[8:11])

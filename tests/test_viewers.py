@@ -18,6 +18,8 @@ Screens are polled rather than slept on: a capture is retaken until the pattern 
 timeout passes, and the final failure lists every cell that was wrong.
 """
 
+import subprocess
+
 import pytest
 
 import peers
@@ -147,3 +149,23 @@ def test_viewers_share_one_console(start_vncterm, tmp_path, xvfb, artifacts):
     assert looks(PATTERN, "first") == clean
     peers.vncdo(server, "type", "next", "key", "enter")
     assert looks(REPAINTED, "repainted") == clean
+
+
+def debian_python_has_the_packages():
+    check = "import pyte, PIL, serial"
+    return subprocess.run(["/usr/bin/python3", "-c", check], capture_output=True).returncode == 0
+
+
+def test_runs_from_a_checkout_with_debian_packages(tmp_path, artifacts):
+    """No venv: Debian's python3 with python3-pyte, python3-pil and python3-serial."""
+    peers.require("python3-pyte", debian_python_has_the_packages())
+    peers.require("vncsnapshot")
+    script = tmp_path / "console.sh"
+    script.write_text(peers.paint_command(PATTERN) + "\nexec cat\n")
+    server = peers.VncTerm(f"sh {script}", artifacts / "vncterm.log", python="/usr/bin/python3")
+    try:
+        errors = peers.until_no_errors(lambda: peers.framebuffer_errors(
+            peers.vncsnapshot_capture(server, artifacts / "vncsnapshot.jpg"), PATTERN))
+        assert not errors, "\n".join(errors)
+    finally:
+        server.stop()

@@ -28,6 +28,7 @@ the guest goes, viewers on its desktop return to the console.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import selectors
 import socket
@@ -436,3 +437,56 @@ class Desktops:
                 self.current = None
         if current:
             self.on_change(None)
+
+
+# --- Command line ---------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("guest desktop (the VNC proxy)")
+    group.add_argument("--reverse-listen", default="127.0.0.1", metavar="ADDR",
+                       help="address for the guest's reverse connection (127.0.0.1)")
+    group.add_argument("--reverse-port", type=port_number, default=5500, metavar="P",
+                       help="port for the guest's reverse connection (5500; 0 picks one)")
+    group.add_argument("--no-desktop", action="store_true", help="accept no guest desktop")
+    group.add_argument("--desktop-connect", metavar="HOST:PORT", type=address,
+                       help="dial a guest VNC server that only listens, retrying until it "
+                            "answers")
+    group.add_argument("--desktop-password-file", metavar="FILE",
+                       help="VNC password for the guest's server (first line of FILE)")
+
+
+def port_number(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port")
+    return int(text)
+
+
+def address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def read_password(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    with open(path, "rb") as file:
+        return file.readline().rstrip(b"\r\n")
+
+
+def start(args, server) -> Desktops:
+    """Accept (or dial) the guest's desktop, as the options say."""
+    desktops = Desktops(server.desktop_changed, read_password(args.desktop_password_file))
+    if not args.no_desktop:
+        try:
+            host, port = desktops.listen((args.reverse_listen, args.reverse_port))
+        except OSError as error:
+            raise OSError(f"cannot listen for guest desktops on {args.reverse_listen}:"
+                          f"{args.reverse_port}: {error.strerror} (see --reverse-port, "
+                          "--no-desktop)") from error
+        print(f"vncterm: guest desktops connect to {host}:{port}", flush=True)
+    if args.desktop_connect:
+        desktops.dial(args.desktop_connect)
+    return desktops

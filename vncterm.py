@@ -53,6 +53,8 @@ log = logging.getLogger("vncterm")
 
 HANDSHAKE_TIMEOUT = 10.0
 MAX_VIEWERS = 32
+# Optional parts, each with add_arguments(parser) and start(args, server) -> something to stop().
+FEATURES = (vncproxy,)
 DESKTOP_NOTICE = "guest desktop up: Ctrl-Alt-F7 or Ctrl-Alt-7 shows it (viewers that can resize)"
 
 
@@ -208,39 +210,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-viewers", type=int, default=MAX_VIEWERS, metavar="N",
                         help=f"simultaneous viewers ({MAX_VIEWERS})")
     parser.add_argument("--verbose", action="store_true", help="log every viewer event")
-    desktop = parser.add_argument_group("guest desktop (the VNC proxy)")
-    desktop.add_argument("--reverse-listen", default="127.0.0.1", metavar="ADDR",
-                         help="address for the guest's reverse connection (127.0.0.1)")
-    desktop.add_argument("--reverse-port", type=int, default=5500, metavar="P",
-                         help="port for the guest's reverse connection (5500; 0 picks one)")
-    desktop.add_argument("--no-desktop", action="store_true",
-                         help="accept no guest desktop")
-    desktop.add_argument("--desktop-connect", metavar="HOST:PORT", type=parse_address,
-                         help="dial a guest VNC server that only listens, retrying until it "
-                              "answers")
-    desktop.add_argument("--desktop-password-file", metavar="FILE",
-                         help="VNC password for the guest's server (first line of FILE)")
+    for feature in FEATURES:
+        feature.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.domain is not None:
         parser.error("--domain needs the Xen integration, which is not built yet")
-    for option in ("port", "reverse_port"):
-        if not 0 <= getattr(args, option) <= 65535:
-            parser.error(f"--{option.replace('_', '-')} {getattr(args, option)} is not a port")
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port {args.port} is not a TCP port")
     return args
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
-
-
-def read_password(path: str | None) -> bytes | None:
-    if path is None:
-        return None
-    with open(path, "rb") as file:
-        return file.readline().rstrip(b"\r\n")
 
 
 def make_source(args):
@@ -253,17 +230,6 @@ def make_source(args):
     command = args.command or os.environ.get("SHELL") or "/bin/sh"
     source = console.CommandSource(command, columns, lines, restart=args.restart)
     return source, f"{command.split()[0]} on {socket.gethostname()}"
-
-
-def start_desktops(args, server: Server) -> vncproxy.Desktops:
-    """Accept (or dial) the guest's desktop, as the options say."""
-    desktops = vncproxy.Desktops(server.desktop_changed, read_password(args.desktop_password_file))
-    if not args.no_desktop:
-        host, port = desktops.listen((args.reverse_listen, args.reverse_port))
-        print(f"vncterm: guest desktops connect to {host}:{port}", flush=True)
-    if args.desktop_connect:
-        desktops.dial(args.desktop_connect)
-    return desktops
 
 
 def main(argv=None) -> int:
@@ -288,11 +254,14 @@ def main(argv=None) -> int:
         print(f"vncterm: cannot listen on {args.listen}:{args.port}: {error}", file=sys.stderr)
         return 1
     term.on_closed = server.console_closed
+    started = []
     try:
-        desktops = start_desktops(args, server)
-    except OSError as error:
-        print(f"vncterm: guest desktop: {error} (see --reverse-port, --no-desktop)",
-              file=sys.stderr)
+        for feature in FEATURES:
+            started.append(feature.start(args, server))
+    except (OSError, ValueError) as error:
+        print(f"vncterm: {error}", file=sys.stderr)
+        for feature in reversed(started):
+            feature.stop()
         server.server_close()
         return 1
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -304,7 +273,8 @@ def main(argv=None) -> int:
     try:
         server.serve_forever()
     finally:
-        desktops.stop()
+        for feature in reversed(started):
+            feature.stop()
         server.server_close()
         term.stop()
         if log_file:

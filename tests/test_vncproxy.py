@@ -343,6 +343,7 @@ def test_keys_go_to_the_guest_and_none_stay_stuck(proxy):
     client.key(ord("b"))
     client.key(ord("b"), down=False)
     assert console_reads(p.master) == b"b"
+    assert wait_for(lambda: len(guest.key_events()) >= 6)
     events = guest.key_events()
     assert events[0] == (True, ord("a"))
     assert set(events[1:]) == {(True, CONTROL_L), (True, ALT_L), (False, ord("a")),

@@ -29,11 +29,13 @@ the guest goes, viewers on its desktop return to the console.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import selectors
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 from PIL import Image
 
@@ -178,6 +180,10 @@ class GuestGone(Exception):
     """The guest closed the connection or stopped talking."""
 
 
+class AuthenticationRefused(rfb.ProtocolError):
+    """The guest wants a password we do not have, or refused the one we gave."""
+
+
 class Upstream:
     """RFB client to one guest server, on a socket someone else connected."""
 
@@ -192,6 +198,7 @@ class Upstream:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_w.setblocking(False)
         self._closing = False
+        self.refused = False
 
     def run(self, on_up, on_down) -> None:
         """Handshake, then mirror the guest until it goes; report both to the callbacks."""
@@ -201,6 +208,9 @@ class Upstream:
             log.info("guest desktop %s connected, %dx%d", self.peer, width, height)
             on_up(self.display)
             self.serve()
+        except AuthenticationRefused as error:
+            self.refused = True
+            log.error("guest %s: %s", self.peer, error)
         except rfb.ProtocolError as error:
             log.warning("guest %s: protocol error: %s", self.peer, error)
         except (GuestGone, OSError) as error:
@@ -281,12 +291,12 @@ class Upstream:
                     self.sock.sendall(bytes([kind]))
                 return kind
         hint = "" if self.password else " (give --desktop-password-file for VNC authentication)"
-        raise rfb.ProtocolError(f"guest offers security types {offered}, none usable{hint}")
+        raise AuthenticationRefused(f"guest offers security types {offered}, none usable{hint}")
 
     def check_security_result(self, version) -> None:
         if self.recv_exactly(4) != b"\0\0\0\0":
             reason = self.read_reason() if version == rfb.VERSION_3_8 else "no reason given"
-            raise rfb.ProtocolError(f"guest refused authentication: {reason}")
+            raise AuthenticationRefused(f"guest refused authentication: {reason}")
 
     def read_reason(self) -> str:
         length = int.from_bytes(self.recv_exactly(4), "big")
@@ -343,23 +353,43 @@ class Upstream:
 # --- Where guest connections come from ------------------------------------------------------
 
 
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+def allow_only(networks) -> Callable[[str], bool]:
+    """A check for a peer's address: is it in one of `networks`?"""
+    def allowed(host: str) -> bool:
+        address = ipaddress.ip_address(host)
+        address = getattr(address, "ipv4_mapped", None) or address
+        return any(address in network for network in networks)
+    return allowed
+
+
+LOOPBACK_ONLY = allow_only(LOOPBACK)
+
+
 class Desktops:
     """Reverse connections and dialled guests, at most one desktop at a time.
 
     `on_change(display_or_None)` is called (from an upstream thread) when a desktop comes up,
     is replaced, or goes away.  A new guest replaces the current desktop only once its
-    handshake has succeeded, so a bad connection cannot knock out a good desktop.
+    handshake has succeeded, so a bad connection cannot knock out a good desktop.  A reverse
+    connection from an address that `allow` refuses is closed before a byte is exchanged.
     """
 
-    def __init__(self, on_change, password: bytes | None = None) -> None:
+    def __init__(self, on_change, password: bytes | None = None,
+                 allow: Callable[[str], bool] = LOOPBACK_ONLY) -> None:
         self.on_change = on_change
         self.password = password
+        self.allow = allow
         self.current: Upstream | None = None
         self._upstreams: set[Upstream] = set()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._listener: socket.socket | None = None
         self._stopping = threading.Event()
+        self._no_desktop = threading.Event()
+        self._no_desktop.set()
 
     def listen(self, address: tuple[str, int]) -> tuple[str, int]:
         """Accept reverse connections on `address`; return the address bound."""
@@ -373,6 +403,7 @@ class Desktops:
 
     def stop(self) -> None:
         self._stopping.set()
+        self._no_desktop.set()
         if self._listener is not None:
             self._listener.shutdown(socket.SHUT_RDWR)
             self._listener.close()
@@ -396,24 +427,34 @@ class Desktops:
             except OSError:
                 return
             peer = "%s:%s" % address[:2]
+            if not self.allow(address[0]):
+                log.warning("guest connection from %s refused: not a --reverse-allow address",
+                            peer)
+                sock.close()
+                continue
             self._start(lambda sock=sock, peer=peer: self._run(sock, peer), f"upstream-{peer}")
 
     def _dial_loop(self, address) -> None:
+        """Dial while no other desktop is up; give up for good if the guest refuses us."""
         while not self._stopping.is_set():
+            self._no_desktop.wait()
             try:
                 sock = socket.create_connection(address, timeout=HANDSHAKE_TIMEOUT)
             except OSError as error:
                 log.debug("desktop %s:%s not answering: %s", *address, error)
             else:
-                self._run(sock, "%s:%s" % address)
+                if self._run(sock, "%s:%s" % address).refused:
+                    log.error("stopped dialling %s:%s: fix --desktop-password-file and restart",
+                              *address)
+                    return
             self._stopping.wait(RETRY_DELAY)
 
-    def _run(self, sock: socket.socket, peer: str) -> None:
+    def _run(self, sock: socket.socket, peer: str) -> Upstream:
         upstream = Upstream(sock, peer, self.password)
         with self._lock:
             if self._stopping.is_set():
                 sock.close()
-                return
+                return upstream
             self._upstreams.add(upstream)
         try:
             upstream.run(lambda display: self._up(upstream, display),
@@ -421,10 +462,12 @@ class Desktops:
         finally:
             with self._lock:
                 self._upstreams.discard(upstream)
+        return upstream
 
     def _up(self, upstream: Upstream, display: DesktopDisplay) -> None:
         with self._lock:
             previous, self.current = self.current, upstream
+            self._no_desktop.clear()
         if previous is not None:
             log.info("guest %s replaces the desktop of %s", upstream.peer, previous.peer)
             previous.close()
@@ -435,6 +478,7 @@ class Desktops:
             current = self.current is upstream
             if current:
                 self.current = None
+                self._no_desktop.set()
         if current:
             self.on_change(None)
 
@@ -448,6 +492,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="address for the guest's reverse connection (127.0.0.1)")
     group.add_argument("--reverse-port", type=port_number, default=5500, metavar="P",
                        help="port for the guest's reverse connection (5500; 0 picks one)")
+    group.add_argument("--reverse-allow", action="append", type=ipaddress.ip_network,
+                       metavar="ADDR[/PREFIX]",
+                       help="who may connect to the reverse port (repeatable; loopback)")
     group.add_argument("--no-desktop", action="store_true", help="accept no guest desktop")
     group.add_argument("--desktop-connect", metavar="HOST:PORT", type=address,
                        help="dial a guest VNC server that only listens, retrying until it "
@@ -478,7 +525,8 @@ def read_password(path: str | None) -> bytes | None:
 
 def start(args, server) -> Desktops:
     """Accept (or dial) the guest's desktop, as the options say."""
-    desktops = Desktops(server.desktop_changed, read_password(args.desktop_password_file))
+    desktops = Desktops(server.desktop_changed, read_password(args.desktop_password_file),
+                        allow_only(args.reverse_allow or LOOPBACK))
     if not args.no_desktop:
         try:
             host, port = desktops.listen((args.reverse_listen, args.reverse_port))

@@ -1,0 +1,614 @@
+"""The VNC proxy against real guest servers and real viewers: the desktop arrives, and VT switches.
+
+vncterm is also a VNC proxy: a guest's X server (TigerVNC's Xvnc through `vncconfig -connect`,
+or x11vnc `-connect`) reverse-connects to it, or vncterm dials one that only listens
+(`--desktop-connect`), and every viewer is switched to that desktop; Ctrl-Alt-F1..F6 (or
+Ctrl-Alt-1..6) takes a viewer back to the text console and Ctrl-Alt-F7 (or Ctrl-Alt-7) to the
+desktop again.  These tests drive that with programs written by other people on both sides.
+
+The expected pictures come from the tests alone.  The console paints coloured blocks with its
+own printf (peers.py), placed clear of the bottom row, where vncterm writes its status line and
+the "guest desktop up" notice.  The guest's root window is painted with `xsetroot -solid` in a
+colour no console cell has, and an xterm sits at a known place, so a desktop check is "the
+capture is the size given to Xvnc's -geometry (or xrandr), the root colour shows at spots away
+from the xterm, and the xterm's white shows where -geometry put it".  Nothing is read back from
+vncterm except its --verbose log, which is used only to know when to look (a guest arrived, a
+guest left), never as the evidence.
+
+Viewers: vncdotool's command line (one session per call: a hotkey, then captures in the same
+session), vncdotool's Python API kept connected in a child process (`VncdoViewer`, Raw), because
+some checks need a viewer that was already there when the desktop came or went, vncsnapshot
+(Raw, RFB 3.3) and TigerVNC's vncviewer under Xvfb (Tight, continuous updates) read back by
+screenshot.  Under Xvfb, Ctrl-Alt-F1 never reaches vncviewer (the X server's keymap turns it into
+a VT-switch action and swallows it), so vncviewer switches with the Ctrl-Alt-1 / Ctrl-Alt-7
+alternates, which is what those alternates are for.
+
+Screens are polled, not slept on: a capture is retaken until it is right or a timeout passes,
+and the failure then lists what was wrong.  Every process a test starts is stopped by its own
+handle at teardown (fixtures, or try/finally), never by name.
+"""
+
+import os
+import queue
+import re
+import socket
+import struct
+import subprocess
+import sys
+import threading
+
+import pytest
+from PIL import ImageChops
+
+import peers
+from peers import Block
+
+PATTERN = (Block("red", 2, 1), Block("green", 72, 1), Block("blue", 2, 19))
+DESKTOP_SIZE = (1024, 768)
+SMALLER_SIZE = (800, 600)
+ROOT = "#ff8000"
+ROOT_RGB = (255, 128, 0)
+OTHER_ROOT = "#00c0c0"
+OTHER_ROOT_RGB = (0, 192, 192)
+XTERM_GEOMETRY = "80x10+100+100"
+XTERM_INSIDE = (300, 150)
+COLOUR_TOLERANCE = 40
+PASSWORD = "s3cret!-longer-than-8"  # VNC authentication uses the first 8 characters
+
+REVERSE = re.compile(r"vncterm: guest desktops connect to 127\.0\.0\.1:(\d+)")
+ARRIVED = re.compile(r"guest desktop \S+ connected, (\d+)x(\d+)")
+LEFT = re.compile(r"guest desktop \S+ disconnected")
+
+
+def hotkey(key):
+    """vncdo actions for Ctrl-Alt-KEY, pressed and released the way a person does."""
+    return ("keydown", "ctrl", "keydown", "alt", "key", key, "keyup", "alt", "keyup", "ctrl")
+
+
+# --- vncterm and its log -----------------------------------------------------------------------
+
+
+def start_proxy(start_vncterm, folder, options=()):
+    """vncterm --verbose with a reverse port of its own, on a console that paints PATTERN."""
+    script = folder / "console.sh"
+    script.write_text(f"{peers.paint_command(PATTERN)}\nexec cat > {folder / 'typed.txt'}\n")
+    return start_vncterm(f"sh {script}", options=("--verbose", "--reverse-port", "0", *options))
+
+
+def reverse_port(server):
+    """The reverse port vncterm printed (its stdout line comes before the listening line)."""
+    for line in server.output:
+        if match := REVERSE.fullmatch(line):
+            return int(match[1])
+    raise AssertionError(f"vncterm never said where guests connect\n{server.report()}")
+
+
+def log_count(server, pattern):
+    """How many lines of vncterm's stderr log match pattern."""
+    return len(pattern.findall(peers.read_text(server.log_path)))
+
+
+def wait_for_log(server, pattern, count=1, timeout=20.0):
+    """Wait until the log holds `count` matches of pattern; fail with the log if it never does."""
+    if not peers.wait_until(lambda: log_count(server, pattern) >= count, timeout):
+        raise AssertionError(
+            f"no {count}th log line matching {pattern.pattern!r}\n{server.report()}")
+
+
+# --- Guest X servers ---------------------------------------------------------------------------
+
+
+class Xvnc(peers.Xvfb):
+    """TigerVNC's Xvnc as the guest's X server, on a display number of its own choosing."""
+
+    def __init__(self, folder, name="Xvnc", size=DESKTOP_SIZE, options=()):
+        self.folder = folder
+        self.children = []
+        self.log_path = folder / f"{name}.log"
+        read_end, write_end = os.pipe()
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                ["Xvnc", "-displayfd", str(write_end), "-geometry", "%dx%d" % size, "-depth", "24",
+                 "-nolisten", "tcp", "-noreset", *options],
+                pass_fds=[write_end], stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        os.close(write_end)
+        try:
+            self.display = ":" + self._read_display_number(read_end)
+        finally:
+            os.close(read_end)
+        self.env = dict(os.environ, DISPLAY=self.display)
+
+    def paint(self, colour=ROOT, xterm_command=None):
+        """Paint the root; with xterm_command, start an xterm running it and wait for its window."""
+        self.run("xsetroot", "-solid", colour)
+        if xterm_command:
+            self.start(["xterm", "-geometry", XTERM_GEOMETRY, "-e", "sh", "-c", xterm_command],
+                       "xterm")
+            self.run("xdotool", "search", "--sync", "--onlyvisible", "--class", "XTerm")
+
+    def connect(self, server):
+        """vncconfig -connect to vncterm's reverse port; wait until vncterm has the desktop."""
+        before = log_count(server, ARRIVED)
+        # vncconfig exits 0 whether or not the connection worked: only vncterm's log can say.
+        self.run("vncconfig", "-display", self.display, "-connect",
+                 f"127.0.0.1:{reverse_port(server)}")
+        wait_for_log(server, ARRIVED, before + 1)
+
+
+def guest_peers():
+    for peer in ("Xvnc", "vncconfig", "xsetroot", "xterm", "xdotool", "vncdotool", "vncsnapshot"):
+        peers.require(peer)
+
+
+@pytest.fixture
+def guest(artifacts):
+    """Xvnc 1024x768 with no TCP listener and no authentication, for the test to paint."""
+    guest_peers()
+    server = Xvnc(artifacts, options=("-rfbport", "-1", "-SecurityTypes", "None"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def proxy(start_vncterm, tmp_path):
+    """vncterm --verbose --reverse-port 0 showing PATTERN on its console."""
+    return start_proxy(start_vncterm, tmp_path)
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# --- Viewers -----------------------------------------------------------------------------------
+
+DRIVER = r"""
+import sys
+from vncdotool import api
+
+client = api.connect(sys.argv[1], timeout=30)
+client.refreshScreen()
+print("connected", flush=True)
+for line in sys.stdin:
+    verb, *args = line.split()
+    getattr(client, verb)(*(int(a) if a.isdigit() else a for a in args))
+    print("done", flush=True)
+client.disconnect()
+api.shutdown()
+"""
+
+
+class VncdoViewer:
+    """vncdotool's API kept connected in a child process, driven one method call per line."""
+
+    def __init__(self, server, folder, name="vncdo-viewer"):
+        self.folder = folder
+        self.name = name
+        self.replies = queue.Queue()
+        with open(folder / f"{name}.log", "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", DRIVER, server.address], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1)
+        threading.Thread(target=self._read_replies, daemon=True).start()
+        self._expect("connected")
+
+    def _read_replies(self):
+        for line in self.proc.stdout:
+            self.replies.put(line.strip())
+        self.replies.put("exited")
+
+    def _expect(self, reply, timeout=30.0):
+        try:
+            got = self.replies.get(timeout=timeout)
+        except queue.Empty:
+            got = "nothing"
+        if got != reply:
+            log = peers.read_text(self.folder / f"{self.name}.log")[-3000:]
+            raise AssertionError(f"vncdotool viewer answered {got!r}, not {reply!r}\n{log}")
+
+    def do(self, *calls):
+        """Call vncdotool client methods in order, e.g. do('keyPress ctrl-alt-f1')."""
+        for call in calls:
+            try:
+                self.proc.stdin.write(call + "\n")
+                self.proc.stdin.flush()
+            except BrokenPipeError:
+                pass  # it exited; _expect says so, with its log
+            self._expect("done")
+
+    def capture(self, name):
+        """A capture of the whole framebuffer as this viewer has it now."""
+        path = self.folder / f"{name}.png"
+        # The first capture after a resize may be answered by an update already on its way.
+        self.do(f"captureScreen {path}", f"captureScreen {path}")
+        return peers.load_rgb(path)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def vncdo_viewers(artifacts):
+    """vncdo_viewers(server, name) -> a connected VncdoViewer; all are stopped at teardown."""
+    started = []
+
+    def connect(server, name="vncdo-viewer"):
+        viewer = VncdoViewer(server, artifacts, name)
+        started.append(viewer)
+        return viewer
+
+    yield connect
+    for viewer in started:
+        viewer.stop()
+
+
+def vncdo_capture(server, path, *actions):
+    """Do the actions, then capture twice in the same vncdo session (vncdotool 1.4.2's quirk)."""
+    peers.vncdo(server, *actions, "capture", str(path), "capture", str(path))
+    return peers.load_rgb(path)
+
+
+class TigerViewer:
+    """TigerVNC's vncviewer on an Xvfb screen, read back by screenshot, driven by xdotool."""
+
+    def __init__(self, xvfb, server, name="vncviewer", encoding="Tight"):
+        peers.require("vncviewer")
+        peers.require("xdotool")
+        self.xvfb = xvfb
+        self.name = name
+        self.shots = 0
+        xvfb.start(["vncviewer", "Shared=1", f"PreferredEncoding={encoding}", "AutoSelect=0",
+                    server.address], name)
+
+    def screenshot(self):
+        self.shots += 1
+        return self.xvfb.screenshot(f"{self.name}-{self.shots}")
+
+    def hotkey(self, key):
+        """Press Ctrl-Alt-KEY in the viewer's window (focused and clicked first: no WM here)."""
+        window = self.xvfb.run("xdotool", "search", "--sync", "--onlyvisible", "--class",
+                               "TigerVNC").split()[0]
+        self.xvfb.run("xdotool", "windowfocus", "--sync", window)
+        self.xvfb.run("xdotool", "mousemove", "--window", window, "5", "5", "click", "1")
+        self.xvfb.run("xdotool", "key", f"ctrl+alt+{key}")
+
+
+# --- What a picture must show ------------------------------------------------------------------
+
+
+def near(rgb, expected):
+    return all(abs(a - b) <= COLOUR_TOLERANCE for a, b in zip(rgb, expected, strict=True))
+
+
+def spots(size):
+    """Points of a desktop of this size that the xterm, the pointer and the menus never cover."""
+    width, height = size
+    return [(10, 10), (width - 10, 10), (10, height - 10), (width - 10, height - 10),
+            (width // 2, height - 40), (width - 60, height // 2)]
+
+
+def desktop_errors(image, size=DESKTOP_SIZE, colour=ROOT_RGB, xterm=True):
+    """Errors in a framebuffer capture that should be the guest desktop; [] when it is.
+
+    With xterm, the xterm's window must also be where -geometry put it (not the root colour):
+    the capture is the desktop with its windows, not merely something of the right colour.
+    """
+    if image.size != size:
+        return [f"capture is {image.width}x{image.height}, the desktop is {size[0]}x{size[1]}"]
+    errors = [f"desktop pixel {spot} is {image.getpixel(spot)}, the root is {colour}"
+              for spot in spots(size) if not near(image.getpixel(spot), colour)]
+    if xterm and near(image.getpixel(XTERM_INSIDE), colour):
+        errors.append(f"no xterm at {XTERM_INSIDE}: the root colour shows there")
+    return errors
+
+
+def console_errors(image, region=None):
+    """Errors in a capture (region None) or screenshot (region given) of the PATTERN console."""
+    if region is None:
+        if image.width % peers.COLUMNS or image.height % peers.ROWS:
+            return [f"a {image.width}x{image.height} capture is not "
+                    f"{peers.COLUMNS}x{peers.ROWS} whole cells: not the console"]
+        region = peers.whole_image(image)
+    expected = {(0, 0): "black", (peers.COLUMNS - 1, 0): "black"}
+    for block in PATTERN:
+        expected.update({cell: "black" for cell in block.border()})
+    for block in PATTERN:
+        expected.update({cell: block.colour for cell in block.cells()})
+    left, top, right, bottom = region
+    if left < 0 or top < 0 or right > image.width or bottom > image.height:
+        return [f"the console at {region} does not fit in the {image.width}x{image.height} image"]
+    errors = []
+    for (col, row), colour in sorted(expected.items()):
+        rgb = peers.cell_rgb(image, region, col, row)
+        if peers.colour_name(rgb) != colour:
+            errors.append(f"cell ({col},{row}): expected {colour}, got {rgb}")
+    return errors
+
+
+def screenshot_console_errors(image):
+    region = peers.find_console(image, PATTERN[0])
+    if region is None:
+        return ["no solid red marker block in the screenshot: the console is not shown"]
+    return console_errors(image, region)
+
+
+def colour_box(image, colour):
+    """The bounding box of the pixels near colour, or None."""
+    masks = [channel.point(lambda v, c=c: 255 if abs(v - c) <= COLOUR_TOLERANCE else 0)
+             for channel, c in zip(image.split(), colour, strict=True)]
+    return ImageChops.multiply(ImageChops.multiply(masks[0], masks[1]), masks[2]).getbbox()
+
+
+def screenshot_desktop_errors(image, size=DESKTOP_SIZE, colour=ROOT_RGB):
+    """Errors in a screenshot that should show the desktop, xterm included, at its own size."""
+    box = colour_box(image, colour)
+    if box is None:
+        return [f"no pixel of the root colour {colour} in the screenshot"]
+    shown = (box[2] - box[0], box[3] - box[1])
+    if shown != size:
+        return [f"the root colour covers {shown[0]}x{shown[1]} at {box[:2]}, "
+                f"the desktop is {size[0]}x{size[1]}"]
+    xterm = (box[0] + XTERM_INSIDE[0], box[1] + XTERM_INSIDE[1])
+    if near(image.getpixel(xterm), colour):
+        return [f"no xterm at {XTERM_INSIDE} of the desktop: the root colour shows there"]
+    if peers.find_console(image, PATTERN[0]) is not None:
+        return ["the console's red block is on the screen too"]
+    return []
+
+
+def expect_text(path, expected):
+    """Wait until the file holds exactly expected; fail showing what it holds."""
+    peers.wait_until(lambda: peers.read_text(path) == expected)
+    assert peers.read_text(path) == expected, f"{path.name} holds {peers.read_text(path)!r}"
+
+
+def settle(look):
+    """Retake a look until it finds no errors; assert on the last one."""
+    errors = peers.until_no_errors(look)
+    assert not errors, "\n".join(errors)
+
+
+def server_init_size(server):
+    """The framebuffer size in ServerInit, read with a handshake written here (RFC 6143 §7.3)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        reader = sock.makefile("rb")
+        assert reader.read(12).startswith(b"RFB 003.")
+        sock.sendall(b"RFB 003.008\n")
+        types = reader.read(reader.read(1)[0])
+        assert 1 in types, f"security types {list(types)} do not include None"
+        sock.sendall(b"\x01")
+        assert reader.read(4) == b"\0\0\0\0"
+        sock.sendall(b"\x01")
+        return struct.unpack(">HH", reader.read(4))
+
+
+# --- The tests ---------------------------------------------------------------------------------
+
+
+def test_tigervnc_guest_arrives_and_hotkeys_switch(proxy, guest, artifacts):
+    """vncconfig -connect: the desktop shows; F1/F7 and the 1/7 alternates switch one session."""
+    guest.paint(xterm_command="sleep 600")
+    guest.connect(proxy)
+    settle(lambda: desktop_errors(vncdo_capture(proxy, artifacts / "arrived.png")))
+    settle(lambda: desktop_errors(
+        peers.vncsnapshot_capture(proxy, artifacts / "arrived-vncsnapshot.jpg")))
+    settle(lambda: console_errors(
+        vncdo_capture(proxy, artifacts / "f1.png", *hotkey("f1"))))
+    settle(lambda: desktop_errors(
+        vncdo_capture(proxy, artifacts / "f1-f7.png", *hotkey("f1"), *hotkey("f7"))))
+    settle(lambda: console_errors(
+        vncdo_capture(proxy, artifacts / "1.png", *hotkey("1"))))
+    settle(lambda: desktop_errors(
+        vncdo_capture(proxy, artifacts / "1-7.png", *hotkey("1"), *hotkey("7"))))
+    settle(lambda: console_errors(
+        vncdo_capture(proxy, artifacts / "f7-f6.png", *hotkey("f7"), *hotkey("f6"))))
+
+
+def test_viewers_already_there_follow_the_guest_coming_and_going(proxy, guest, xvfb,
+                                                                  vncdo_viewers, artifacts):
+    """Viewers on the console are switched to a guest that arrives, and back when it leaves."""
+    tiger = TigerViewer(xvfb, proxy)
+    raw = vncdo_viewers(proxy)
+    settle(lambda: screenshot_console_errors(tiger.screenshot()))
+    settle(lambda: console_errors(raw.capture("raw-console-before")))
+    guest.paint(xterm_command="sleep 600")
+    guest.connect(proxy)
+    settle(lambda: screenshot_desktop_errors(tiger.screenshot()))
+    settle(lambda: desktop_errors(raw.capture("raw-desktop")))
+    guest.stop()
+    wait_for_log(proxy, LEFT)
+    settle(lambda: screenshot_console_errors(tiger.screenshot()))
+    settle(lambda: console_errors(raw.capture("raw-console-after")))
+    settle(lambda: console_errors(vncdo_capture(proxy, artifacts / "new.png")))
+    settle(lambda: console_errors(vncdo_capture(proxy, artifacts / "f7.png", *hotkey("f7"))))
+
+
+def test_x11vnc_guest_arrives_and_hotkeys_switch(proxy, artifacts, vncdo_viewers):
+    """x11vnc -connect_or_exit on an Xvfb: the desktop shows, hotkeys switch, its end ends it."""
+    for peer in ("Xvfb", "x11vnc", "xsetroot", "vncdotool"):
+        peers.require(peer)
+    folder = artifacts / "guest"
+    folder.mkdir()
+    screen = peers.Xvfb(folder, size="%dx%d" % DESKTOP_SIZE)
+    try:
+        x11vnc = screen.start(
+            ["x11vnc", "-display", screen.display, "-connect_or_exit",
+             f"127.0.0.1:{reverse_port(proxy)}", "-rfbport", "0", "-rfbportv6", "-1", "-nopw",
+             "-shared"], "x11vnc")
+        wait_for_log(proxy, ARRIVED)
+        # Xvfb resets when its last client leaves, so the root is painted once x11vnc is there.
+        screen.run("xsetroot", "-solid", ROOT)
+        raw = vncdo_viewers(proxy)
+        settle(lambda: desktop_errors(raw.capture("arrived"), xterm=False))
+        raw.do("keyPress ctrl-alt-f1")
+        settle(lambda: console_errors(raw.capture("f1")))
+        raw.do("keyPress ctrl-alt-f7")
+        settle(lambda: desktop_errors(raw.capture("f7"), xterm=False))
+        settle(lambda: console_errors(
+            vncdo_capture(proxy, artifacts / "2.png", *hotkey("2"))))
+        # x11vnc sometimes hangs in its SIGTERM clean-up with the socket still open: kill it.
+        x11vnc.kill()
+        wait_for_log(proxy, LEFT)
+        settle(lambda: console_errors(raw.capture("x11vnc-gone")))
+    finally:
+        screen.stop()
+
+
+def password_guest(folder, password):
+    """Xvnc asking for VNC authentication with password (vncpasswd -f makes its file)."""
+    peers.require("vncpasswd")
+    result = subprocess.run(["vncpasswd", "-f"], input=password.encode(), capture_output=True,
+                            timeout=10, check=True)
+    (folder / "passwd").write_bytes(result.stdout)
+    return Xvnc(folder, options=("-rfbport", "-1", "-PasswordFile", str(folder / "passwd")))
+
+
+def test_desktop_password_file_answers_vnc_authentication(start_vncterm, tmp_path, artifacts):
+    """Xvnc -PasswordFile offers [19, 2] on the reverse link; the password file answers VncAuth."""
+    guest_peers()
+    (tmp_path / "password").write_text(PASSWORD + "\n")
+    server = start_proxy(start_vncterm, tmp_path,
+                         ("--desktop-password-file", str(tmp_path / "password")))
+    guest = password_guest(artifacts, PASSWORD)
+    try:
+        guest.paint()
+        guest.connect(server)
+        settle(lambda: desktop_errors(vncdo_capture(server, artifacts / "arrived.png"),
+                                      xterm=False))
+    finally:
+        guest.stop()
+
+
+@pytest.mark.parametrize("password", [None, "wrong"])
+def test_without_the_right_password_the_desktop_stays_away(start_vncterm, tmp_path, artifacts,
+                                                          password):
+    """No password file, or the wrong password: the log says why; viewers stay on the console."""
+    guest_peers()
+    options = ()
+    if password:
+        (tmp_path / "password").write_text(password + "\n")
+        options = ("--desktop-password-file", str(tmp_path / "password"))
+    server = start_proxy(start_vncterm, tmp_path, options)
+    guest = password_guest(artifacts, PASSWORD)
+    try:
+        guest.paint()
+        guest.run("vncconfig", "-display", guest.display, "-connect",
+                  f"127.0.0.1:{reverse_port(server)}")
+        reason = (re.compile(r"guest \S+: guest refused authentication")
+                  if password else
+                  re.compile(r"guest \S+: guest offers security types "
+                             r"\[19, 2\], none usable \(give --desktop-password-file"))
+        wait_for_log(server, reason)
+        assert log_count(server, ARRIVED) == 0, server.report()
+        settle(lambda: console_errors(vncdo_capture(server, artifacts / "console.png")))
+        settle(lambda: console_errors(
+            vncdo_capture(server, artifacts / "f7.png", *hotkey("f7"))))
+    finally:
+        guest.stop()
+
+
+def test_desktop_connect_retries_until_xvnc_listens(start_vncterm, tmp_path, artifacts):
+    """--desktop-connect dials until Xvnc listens, and again after it has gone and come back."""
+    guest_peers()
+    port = free_port()
+    server = start_proxy(start_vncterm, tmp_path, ("--desktop-connect", f"127.0.0.1:{port}"))
+    options = ("-rfbport", str(port), "-interface", "127.0.0.1", "-SecurityTypes", "None")
+    settle(lambda: console_errors(vncdo_capture(server, artifacts / "before.png")))
+    guest = Xvnc(artifacts, "Xvnc-first", options=options)
+    try:
+        guest.paint()
+        wait_for_log(server, ARRIVED)
+        settle(lambda: desktop_errors(vncdo_capture(server, artifacts / "first.png"), xterm=False))
+    finally:
+        guest.stop()
+    wait_for_log(server, LEFT)
+    settle(lambda: console_errors(vncdo_capture(server, artifacts / "between.png")))
+    guest = Xvnc(artifacts, "Xvnc-second", options=options)
+    try:
+        guest.paint(OTHER_ROOT)
+        wait_for_log(server, ARRIVED, 2)
+        settle(lambda: desktop_errors(vncdo_capture(server, artifacts / "second.png"),
+                                      colour=OTHER_ROOT_RGB, xterm=False))
+    finally:
+        guest.stop()
+
+
+def test_two_viewers_one_on_the_console_one_on_the_desktop(proxy, guest, xvfb, vncdo_viewers,
+                                                           artifacts):
+    """vncviewer (Tight) goes to the console; vncdotool (Raw), vncsnapshot stay on the desktop."""
+    guest.paint(xterm_command="sleep 600")
+    guest.connect(proxy)
+    tiger = TigerViewer(xvfb, proxy)
+    raw = vncdo_viewers(proxy)
+    settle(lambda: screenshot_desktop_errors(tiger.screenshot()))
+    tiger.hotkey("1")
+    settle(lambda: screenshot_console_errors(tiger.screenshot()))
+    settle(lambda: desktop_errors(raw.capture("raw-desktop")))
+    guest.run("xsetroot", "-solid", OTHER_ROOT)
+    settle(lambda: desktop_errors(raw.capture("raw-repainted"), colour=OTHER_ROOT_RGB))
+    settle(lambda: desktop_errors(
+        peers.vncsnapshot_capture(proxy, artifacts / "vncsnapshot.jpg", "hextile"),
+        colour=OTHER_ROOT_RGB))
+    settle(lambda: screenshot_console_errors(tiger.screenshot()))
+    tiger.hotkey("7")
+    settle(lambda: screenshot_desktop_errors(tiger.screenshot(), colour=OTHER_ROOT_RGB))
+
+
+def test_typing_reaches_the_xterm_in_the_guest(proxy, guest, tmp_path):
+    """Keys go to the display the viewer shows; the hotkeys themselves reach neither."""
+    in_guest = tmp_path / "guest.txt"
+    on_console = tmp_path / "typed.txt"
+    guest.paint(xterm_command=f"cat > {in_guest}")
+    guest.connect(proxy)
+    # With no window manager the keyboard focus follows the pointer: move it into the xterm.
+    peers.vncdo(proxy, "move", *map(str, XTERM_INSIDE), "pause", "0.2",
+                "type", "Hello, Guest!", "key", "enter")
+    expect_text(in_guest, "Hello, Guest!\n")
+    # A hotkey leaking through would sit in the pty's line buffer and show up on the next line.
+    peers.vncdo(proxy, *hotkey("f1"), "type", "on the console", "key", "enter",
+                *hotkey("f7"), "type", "back", "key", "enter",
+                *hotkey("1"), "type", "again", "key", "enter")
+    expect_text(on_console, "on the console\nagain\n")
+    expect_text(in_guest, "Hello, Guest!\nback\n")
+
+
+def test_a_viewer_arriving_while_the_desktop_is_up_starts_on_it(proxy, guest, artifacts):
+    """ServerInit already has the desktop's size: no resize, no console first."""
+    guest.paint(xterm_command="sleep 600")
+    guest.connect(proxy)
+    assert server_init_size(proxy) == DESKTOP_SIZE
+    # vncsnapshot speaks RFB 3.3 and cannot follow a resize: it only sees what ServerInit says.
+    settle(lambda: desktop_errors(peers.vncsnapshot_capture(proxy, artifacts / "first.jpg")))
+    settle(lambda: desktop_errors(vncdo_capture(proxy, artifacts / "first.png")))
+
+
+def test_viewers_follow_the_guest_resizing(proxy, guest, xvfb, vncdo_viewers, artifacts):
+    """xrandr in the guest: viewers on the desktop follow; one on the console sees it on F7."""
+    peers.require("xrandr")
+    guest.paint(xterm_command="sleep 600")
+    guest.connect(proxy)
+    tiger = TigerViewer(xvfb, proxy)
+    raw = vncdo_viewers(proxy, "raw")
+    on_console = vncdo_viewers(proxy, "on-console")
+    on_console.do("keyPress ctrl-alt-f1")
+    settle(lambda: screenshot_desktop_errors(tiger.screenshot()))
+    settle(lambda: desktop_errors(raw.capture("raw-1024")))
+    guest.run("xrandr", "-s", "%dx%d" % SMALLER_SIZE)
+    settle(lambda: desktop_errors(raw.capture("raw-800"), SMALLER_SIZE))
+    settle(lambda: screenshot_desktop_errors(tiger.screenshot(), SMALLER_SIZE))
+    settle(lambda: desktop_errors(
+        peers.vncsnapshot_capture(proxy, artifacts / "new-800.jpg"), SMALLER_SIZE))
+    settle(lambda: console_errors(on_console.capture("console-during")))
+    on_console.do("keyPress ctrl-alt-f7")
+    settle(lambda: desktop_errors(on_console.capture("on-console-800"), SMALLER_SIZE))
+    guest.run("xrandr", "-s", "%dx%d" % DESKTOP_SIZE)
+    settle(lambda: desktop_errors(raw.capture("raw-back"), DESKTOP_SIZE))
+    settle(lambda: screenshot_desktop_errors(tiger.screenshot(), DESKTOP_SIZE))

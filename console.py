@@ -19,6 +19,25 @@ Shift+PageUp/PageDown and the mouse wheel page through.  Nothing is rendered her
 calls `take_frame()` when a viewer wants pixels and gets the scroll count, the rows that
 changed and their cells, all read under the lock in one go.
 
+Speed.  Stock pyte parses about 1 MB/s: it makes a new `Char` for every character drawn and
+sends every byte of an escape sequence through a generator.  A guest that floods its console
+(a boot log, `cat` of a big file) must not cost more than the terminal emulator of an X
+desktop, so three shortcuts sit in front of pyte, each doing exactly what pyte would:
+
+* `Stream` finds, with one regular expression, the runs that floods are made of: whole lines
+  of printable ASCII ending in CR LF, other text, CSI sequences (`ESC [ ... m`) and single
+  control characters, and calls the terminal directly; anything else goes to pyte's parser.
+* `Terminal.draw` writes printable ASCII a line-piece at a time from a cache of `Char`s.
+* `Terminal.print_lines` takes a run of whole lines.  Once the cursor sits on the bottom row of
+  a full-screen scroll region, each line is drawn into a fresh bottom row and scrolled up, so
+  the whole run is one shift of the screen and the scrollback.  Only the last screenful plus
+  the scrollback can still be seen: older lines of the run are counted, never drawn.  A flood
+  of log lines costs a scan, not a parse.
+
+FdSource reads everything the pty has (up to `READ_LIMIT`) before the terminal parses it, so
+that a flood arrives in big runs; a keystroke's echo still goes through at once.
+tests/test_fastpath.py checks all of this against a plain `pyte.Screen`.
+
 Writes to the source (keys, paste, pyte's answers to terminal queries) never block a viewer
 thread: what the source cannot take at once waits in a bounded outbox that the reader thread
 flushes when the source becomes writable.
@@ -29,8 +48,10 @@ from __future__ import annotations
 import collections
 import errno
 import fcntl
+import functools
 import logging
 import os
+import re
 import selectors
 import shlex
 import signal
@@ -42,6 +63,9 @@ import tty
 from dataclasses import dataclass, field
 
 import pyte
+from pyte import charsets
+from pyte import modes as pyte_modes
+from pyte.screens import StaticDefaultDict
 
 import keymap
 
@@ -54,6 +78,9 @@ WHEEL_LINES = 3
 WHEEL_UP, WHEEL_DOWN = 1 << 3, 1 << 4
 PAGE_UP, PAGE_DOWN = 0xFF55, 0xFF56
 DECCKM = 1 << 5  # pyte keeps private mode n as n << 5 but names no constant for mode 1
+DECAWM, DECSCNM, IRM = pyte_modes.DECAWM, pyte_modes.DECSCNM, pyte_modes.IRM
+READ_LIMIT = 256 * 1024
+STYLE_CACHE_LIMIT = 256
 
 
 # --- Sources -----------------------------------------------------------------------------
@@ -69,7 +96,19 @@ class FdSource:
         return self.fd
 
     def read(self) -> bytes | None:
-        """What is there: None if nothing yet, b"" once the other end hung up."""
+        """What is there (up to READ_LIMIT): None if nothing yet, b"" once the other end hung up."""
+        chunks, size = [], 0
+        while size < READ_LIMIT:
+            data = self._read_once()
+            if not data:
+                if data == b"" and not chunks:
+                    return b""
+                break
+            chunks.append(data)
+            size += len(data)
+        return b"".join(chunks) or None
+
+    def _read_once(self) -> bytes | None:
         try:
             return os.read(self.fd, 65536)
         except BlockingIOError:
@@ -200,14 +239,16 @@ class SerialSource:
 
 
 class Terminal(pyte.Screen):
-    """A pyte screen that reports whole-screen scrolls instead of redrawing every line."""
+    """A pyte screen that reports whole-screen scrolls and draws plain text in bulk."""
 
-    def __init__(self, columns: int, lines: int) -> None:
+    def __init__(self, columns: int, lines: int, scrollback: int = SCROLLBACK_LINES) -> None:
         super().__init__(columns, lines)
-        self.history: collections.deque = collections.deque(maxlen=SCROLLBACK_LINES)
+        self.history: collections.deque = collections.deque(maxlen=scrollback)
         self.scrolled = 0
         self.bells = 0
         self.answer = None
+        self._styles: dict = {}
+        self._renditions: dict = {}
 
     def index(self) -> None:
         top, bottom = self.margins or (0, self.lines - 1)
@@ -222,12 +263,226 @@ class Terminal(pyte.Screen):
         self.scrolled += 1
         self.dirty = {y - 1 for y in self.dirty if y} | {bottom}
 
+    def draw(self, data: str) -> None:
+        """pyte's draw; printable ASCII goes in a line-piece at a time."""
+        cursor = self.cursor
+        if not (self._plain_text_mode() and cursor.x <= self.columns
+                and DECAWM in self.mode and data.isascii() and data.isprintable()):
+            super().draw(data)
+            return
+        chars = self._chars()
+        while data:
+            if cursor.x == self.columns:
+                self.dirty.add(cursor.y)
+                self.carriage_return()
+                self.linefeed()
+            room = self.columns - cursor.x
+            piece, data = data[:room], data[room:]
+            self.buffer[cursor.y].update(enumerate(map(chars.__getitem__, piece), cursor.x))
+            cursor.x += len(piece)
+        self.dirty.add(cursor.y)
+
+    def select_graphic_rendition(self, *attrs: int) -> None:
+        """pyte's SGR, remembered: the result depends only on these arguments."""
+        key = (self.cursor.attrs, attrs, DECSCNM in self.mode)
+        result = self._renditions.get(key)
+        if result is None:
+            super().select_graphic_rendition(*attrs)
+            if len(self._renditions) >= STYLE_CACHE_LIMIT:
+                self._renditions.clear()
+            result = self._renditions[key] = self.cursor.attrs
+        self.cursor.attrs = result
+
+    def print_lines(self, lines: list[str]) -> None:
+        """Each line (printable ASCII and SGR sequences) followed by CR LF."""
+        for number, line in enumerate(lines):
+            if self._scrolls_plainly():
+                self._scroll_in(lines[number:])
+                return
+            for index, piece in enumerate(SGR.split(line)):
+                if index % 2:
+                    self.select_graphic_rendition(*csi_numbers(piece))
+                elif piece:
+                    self.draw(piece)
+            self.carriage_return()
+            self.linefeed()
+
+    def _scrolls_plainly(self) -> bool:
+        """Would a line printed now go into fresh bottom rows that then scroll up?
+
+        True after a line feed on the bottom row of a full-screen scroll region: the cursor is
+        at the start of the bottom row, which is empty and already dirty.  Printing a line
+        there (wrapping if it is long) and a line feed leaves the same state.
+        """
+        bottom = self.lines - 1
+        return (self.cursor.x == 0 and self.cursor.y == bottom and bottom > 0
+                and self.margins in (None, (0, bottom))
+                and bottom not in self.buffer and bottom in self.dirty
+                and DECAWM in self.mode and self._plain_text_mode())
+
+    def _scroll_in(self, lines: list[str]) -> None:
+        """What printing each line into fresh bottom rows and scrolling would do, in one shift.
+
+        A line takes one row per `columns` characters, at least one.  Rows scrolled off the
+        top go to the history, which keeps only its last `maxlen`: of a long run, only the
+        lines that end up on the screen or in the history become rows; of the others only
+        the SGR sequences are applied, for the attributes they leave behind.
+        """
+        bottom, buffer = self.lines - 1, self.buffer
+        visible = SGR.sub("", "\n".join(lines)).split("\n")
+        if max(map(len, visible)) <= self.columns:
+            heights = [1] * len(lines)
+        else:
+            heights = [max(1, -(-len(text) // self.columns)) for text in visible]
+        first, needed = len(lines), bottom + self.history.maxlen
+        while first and needed > 0:
+            first -= 1
+            needed -= heights[first]
+        for params in SGR.findall("".join(lines[:first])):
+            self.select_graphic_rendition(*csi_numbers(params))
+        rows = [buffer[y] for y in range(bottom)]
+        blank = self.default_char
+        for line in lines[first:]:
+            rows += self._rows(line, blank)
+        self.history.extend(rows[:-bottom])
+        for y in range(bottom):
+            buffer[y] = rows[y - bottom]
+        count = sum(heights)
+        self.scrolled += count
+        self.dirty = {y - count for y in self.dirty if y >= count} | set(
+            range(max(0, bottom - count), self.lines))
+
+    def _rows(self, line: str, blank) -> list:
+        """The rows (as the buffer makes them) a line fills from column 0, wrapping."""
+        row, rows, x = StaticDefaultDict(blank), [], 0
+        for index, piece in enumerate(SGR.split(line)):
+            if index % 2:
+                self.select_graphic_rendition(*csi_numbers(piece))
+                continue
+            chars = self._chars()
+            while piece:
+                if x == self.columns:
+                    rows.append(row)
+                    row, x = StaticDefaultDict(blank), 0
+                part, piece = piece[: self.columns - x], piece[self.columns - x :]
+                row.update(enumerate(map(chars.__getitem__, part), x))
+                x += len(part)
+        rows.append(row)
+        return rows
+
+    def _plain_text_mode(self) -> bool:
+        """Do printable ASCII characters simply overwrite cells: no insert mode, no charset?"""
+        charset = self.g1_charset if self.charset else self.g0_charset
+        return charset is charsets.LAT1_MAP and IRM not in self.mode
+
+    def _chars(self) -> StyledChars:
+        """The cursor's attributes applied to characters, each made once."""
+        attrs = self.cursor.attrs
+        chars = self._styles.get(attrs)
+        if chars is None:
+            if len(self._styles) >= STYLE_CACHE_LIMIT:
+                self._styles.clear()
+            chars = self._styles[attrs] = StyledChars(attrs)
+        return chars
+
     def bell(self, *args) -> None:
         self.bells += 1
 
     def write_process_input(self, data: str) -> None:
         if self.answer is not None:
             self.answer(data.encode())
+
+
+class StyledChars(dict):
+    """Characters with one set of attributes: the pyte Char for each, made on first use."""
+
+    def __init__(self, attrs) -> None:
+        super().__init__()
+        self.attrs = attrs
+
+    def __missing__(self, data: str):
+        char = self[data] = self.attrs._replace(data=data)
+        return char
+
+
+SGR = re.compile(r"\x1b\[([0-9;]*)m")
+LINES = re.compile(r"(?:[ -~]*(?:\x1b\[[0-9;]*m[ -~]*)*\r\n)+")
+
+
+@functools.lru_cache(maxsize=1024)
+def csi_numbers(params: str) -> tuple[int, ...]:
+    """A CSI sequence's parameters as pyte reads them: empty is 0, at most 9999."""
+    return tuple(min(int(number or 0), 9999) for number in params.split(";"))
+
+
+class Stream(pyte.ByteStream):
+    """pyte's byte stream, with the runs that floods are made of sent straight to the terminal.
+
+    In the parser's ground state, at the start of a line, `LINES` takes a run of whole lines of
+    printable ASCII and SGR sequences, each ending in CR LF (`Terminal.print_lines`).
+    Elsewhere `_pieces` takes other text (`draw`), a CSI sequence of digits and semicolons, or
+    one control character.  Whatever neither matches (other escapes, OSC, C1 codes, a
+    sequence split across reads) goes to pyte's parser one character at a time, as pyte itself
+    does.  Trying `LINES` only where a line starts keeps the scan linear.  A sequence pyte
+    cannot handle is ignored (pyte raises TypeError for `ESC [ 1;2;3 A`, AssertionError for
+    some in origin mode): pyte would lose the rest of the read, and the exception would stop
+    the console.
+    """
+
+    _pieces = re.compile(
+        r"(?P<text>%s)" % pyte.Stream._text_pattern.pattern
+        + r"|\x1b\[(?P<private>\??)(?P<params>[0-9;]*)(?P<final>[@-~])"
+        + r"|(?P<control>[\x07-\x0d])")
+
+    def attach(self, screen) -> None:
+        super().attach(screen)
+        self._csi = {final: getattr(screen, name) for final, name in self.csi.items()}
+        self._controls = {char: getattr(screen, name) for char, name in self.basic.items()}
+
+    def feed(self, data: bytes) -> None:
+        text = self.utf8_decoder.decode(data) if self.use_utf8 else data.decode("latin-1")
+        position, end = 0, len(text)
+        while position < end:
+            if not self._taking_plain_text:
+                self._taking_plain_text = self._send_to_parser(text[position])
+                position += 1
+                continue
+            if position == 0 or text[position - 1] == "\n":
+                run = LINES.match(text, position)
+                if run:
+                    self.listener.print_lines(run[0].split("\r\n")[:-1])
+                    position = run.end()
+                    continue
+            piece = self._pieces.match(text, position)
+            if piece is None:
+                self._taking_plain_text = self._send_to_parser(text[position])
+                position += 1
+                continue
+            position = piece.end()
+            kind = piece.lastgroup
+            if kind == "text":
+                self.listener.draw(piece["text"])
+            elif kind == "control":
+                self._controls[piece["control"]]()
+            else:
+                self._csi_sequence(piece["private"], piece["params"], piece["final"])
+
+    def _csi_sequence(self, private: str, params: str, final: str) -> None:
+        handler = self._csi.get(final, self.listener.debug)
+        try:
+            if private:
+                handler(*csi_numbers(params), private=True)
+            else:
+                handler(*csi_numbers(params))
+        except Exception:
+            log.debug("ignored CSI %s%s%s", private, params, final, exc_info=True)
+
+    def _send_to_parser(self, char: str) -> bool | None:
+        try:
+            return super()._send_to_parser(char)
+        except Exception:
+            log.debug("ignored an escape sequence ending in %r", char, exc_info=True)
+            return self._taking_plain_text
 
 
 @dataclass
@@ -253,7 +508,7 @@ class Console:
         self.lock = threading.Lock()
         self.terminal = Terminal(columns, lines)
         self.terminal.answer = self.write
-        self.stream = pyte.ByteStream(self.terminal)
+        self.stream = Stream(self.terminal)
         self.status = f"waiting for {source.name}"
         self.notice = ""
         self.log_file = log_file
@@ -265,17 +520,20 @@ class Console:
         self._outbox = bytearray()
         self._write_lock = threading.Lock()
         self._stopping = False
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_w, False)
+        self._wake_r = self._wake_w = None
         self._thread = threading.Thread(target=self._run, name="console-reader", daemon=True)
 
     def start(self) -> None:
+        """Start the reader thread (a console that is only fed by hand needs none)."""
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
         self._thread.start()
 
     def stop(self) -> None:
         self._stopping = True
         self._wake()
         self._thread.join()
+        self.source.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
 
@@ -310,6 +568,7 @@ class Console:
             fd = self.source.fileno()
             if fd is not None:
                 selector.register(fd, selectors.EVENT_READ)
+            self._register_watch(selector)
             while not self._stopping:
                 if fd is not None:
                     events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self._outbox else 0)
@@ -325,12 +584,23 @@ class Console:
                     self.feed(data)
 
     def _sleep(self, seconds: float) -> None:
+        """Wait `seconds`, or less if stop() is called or the source's watch fires."""
         with selectors.DefaultSelector() as selector:
             selector.register(self._wake_r, selectors.EVENT_READ)
-            if selector.select(seconds):
+            self._register_watch(selector)
+            if any(key.fd == self._wake_r for key, _ in selector.select(seconds)):
                 os.read(self._wake_r, 4096)
 
+    def _register_watch(self, selector) -> None:
+        """A source may offer watch_fileno(): an fd that says "look at me again" (xen.py)."""
+        watch = getattr(self.source, "watch_fileno", None)
+        fd = watch() if watch else None
+        if fd is not None:
+            selector.register(fd, selectors.EVENT_READ)
+
     def _wake(self) -> None:
+        if self._wake_w is None:
+            return
         try:
             os.write(self._wake_w, b"!")
         except BlockingIOError:

@@ -1,10 +1,13 @@
 """One viewer's session: the handshake, then updates out and input in, and the VT switch.
 
 `ViewerSession` is a socketserver request handler, so each viewer has a thread of its own.
-The handshake (RFC 6143 §7.1-7.3) is straight-line blocking code under a timeout, each step
-parsed by rfb.py: the program counter is the state.  After ServerInit the session runs a small
-event loop on `selectors` over the viewer's socket and a wake-up socketpair.  Displays poke
-the socketpair when their picture changed, and the server posts desktop up/down events.
+The handshake (RFC 6143 §7.1-7.3) is straight-line blocking code with one deadline for all of
+it, each step parsed by rfb.py and the security step decided by auth.py: the program counter
+is the state.  With VeNCrypt the socket is swapped for a TLS one half-way through, so the
+session reads and writes `self.sock` and treats TLS's "want read/write" like "would block".
+After ServerInit the session runs a small event loop on `selectors` over the viewer's socket
+and a wake-up socketpair.  Displays poke the socketpair when their picture changed, and the
+server posts desktop up/down events.
 
 Flow control.  Writes are non-blocking into an outbox.  RFB is pull-based: an update is built
 only when the viewer has asked for one, and only while less than `SOFT_OUTBOX` bytes wait to
@@ -20,31 +23,39 @@ the viewer is resized (ExtendedDesktopSize where it listed it, else DesktopSize)
 repainted in full.  A viewer that listed neither cannot be resized: it stays on the console
 (whose status line says why) unless the desktop happens to be its size; if it started on the
 desktop and the desktop goes, it sees the console in the top-left corner of its framebuffer.
+
+A viewer that gave the view-only password watches only: its keys, pointer and clipboard go
+nowhere (the VT-switch hotkeys still move its own view) and it cannot ask for exclusive access.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import selectors
 import socket
 import socketserver
+import ssl
 import time
 
 from PIL import Image
 
+import auth
 import damage
 import encoders
 import keymap
 import rfb
 import vncproxy
-from rfb import Encoding
+from rfb import Encoding, SecurityType
 
 log = logging.getLogger("vncterm")
 
 SOFT_OUTBOX = 256 * 1024
 HARD_OUTBOX = 8 * 1024 * 1024
 WRITE_STALL_TIMEOUT = 30.0
+SEND_CHUNK = 64 * 1024
+WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 DOT_CURSOR = (1, 1, 3, 3, b"\xff\xff\xff\x00" * 9, b"\xe0\xe0\xe0")
 
 
@@ -57,7 +68,10 @@ class ViewerSession(socketserver.BaseRequestHandler):
 
     def setup(self) -> None:
         self.peer = "%s:%s" % self.client_address[:2]
+        self.host = self.client_address[0]
         self.sock = self.request
+        self.security = getattr(self.server, "security", None) or auth.Security()
+        self.view_only = False
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.encoder = encoders.ViewerEncoder()
         self.reader = rfb.ClientReader()
@@ -78,10 +92,12 @@ class ViewerSession(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         try:
             self.handshake()
-            log.info("viewer %s connected", self.peer)
+            log.info("viewer %s connected%s", self.peer, " (view-only)" if self.view_only else "")
             self.serve()
         except rfb.ProtocolError as error:
             log.warning("viewer %s: protocol error: %s", self.peer, error)
+        except auth.Refused as error:
+            log.warning("viewer %s: refused: %s", self.peer, error)
         except (ViewerGone, OSError) as error:
             log.info("viewer %s: gone (%s)", self.peer, error or "closed")
         except Exception:
@@ -93,6 +109,8 @@ class ViewerSession(socketserver.BaseRequestHandler):
         self.server.remove_session(self)
         self._wake_r.close()
         self._wake_w.close()
+        if self.sock is not self.request:
+            self.sock.close()  # the TLS socket; socketserver closes only the one it accepted
         log.info("viewer %s disconnected; rects sent: %s", self.peer,
                  dict(self.encoder.sent) or "none")
 
@@ -120,34 +138,94 @@ class ViewerSession(socketserver.BaseRequestHandler):
 
     # The handshake, RFC 6143 §7.1-7.3: the program counter is the state.
 
+    def handshake(self) -> None:
+        with self.security.waiting.admit(self.host):
+            self.deadline = time.monotonic() + self.server.handshake_timeout
+            self.sock.settimeout(self.server.handshake_timeout)
+            self.sock.sendall(rfb.SERVER_VERSION)
+            version = rfb.parse_client_version(self.recv_exactly(rfb.VERSION_LENGTH))
+            self.authenticate(version)
+            shared = rfb.parse_client_init(self.recv_exactly(1))
+        if not shared and not self.view_only:
+            self.server.disconnect_others(self)
+        self.size = width, height = self.display.size
+        pixel_format = rfb.DEFAULT_PIXEL_FORMAT
+        self.sock.sendall(rfb.server_init(width, height, pixel_format, self.server.name))
+
+    def authenticate(self, version: tuple[int, int]) -> None:
+        """Offer security types and run the chosen one up to its SecurityResult, §7.1.2-7.1.3."""
+        if self.server.too_many(self):
+            self.turn_away(rfb.security_refusal(version, "too many viewers"), "too many viewers")
+        reason = self.security.refusal(version, self.host)
+        if reason:
+            self.turn_away(rfb.security_refusal(version, reason), reason)
+        types = self.security.types(version)
+        self.sock.sendall(rfb.security_offer(version, types))
+        chosen = types[0]
+        if version != rfb.VERSION_3_3:
+            chosen = rfb.parse_security_choice(self.recv_exactly(1), types)
+        method = self.vencrypt() if chosen == auth.VENCRYPT else chosen
+        if method in (SecurityType.VNC_AUTHENTICATION, auth.X509_VNC):
+            self.vnc_authentication(version)
+        elif rfb.needs_security_result(version, chosen):
+            self.sock.sendall(rfb.security_result(version, True))
+
+    def vencrypt(self) -> int:
+        """VeNCrypt 0.2 (rfb-notes §2): agree on a subtype, then TLS; return the subtype."""
+        self.sock.sendall(auth.VENCRYPT_VERSION)
+        ack = auth.vencrypt_version_ack(self.recv_exactly(2))
+        self.sock.sendall(ack)
+        if ack != auth.VENCRYPT_OK:
+            raise rfb.ProtocolError("viewer asked for a VeNCrypt version other than 0.2")
+        subtypes = self.security.subtypes
+        self.sock.sendall(auth.vencrypt_subtypes(subtypes))
+        chosen = auth.parse_vencrypt_choice(self.recv_exactly(4), subtypes)
+        self.sock.sendall(auth.VENCRYPT_SUBTYPE_ACCEPTED)
+        self.sock = self.security.tls.wrap_socket(
+            self.sock, server_side=True, do_handshake_on_connect=False)
+        self.sock.settimeout(self.time_left())
+        try:
+            self.sock.do_handshake()
+        except ssl.SSLError as error:
+            raise rfb.ProtocolError(f"TLS handshake failed: {error.reason or error}") from None
+        return chosen
+
+    def vnc_authentication(self, version: tuple[int, int]) -> None:
+        """VNC authentication, §7.2.2, and its SecurityResult; failures wait and are counted."""
+        challenge = auth.new_challenge()
+        self.sock.sendall(challenge)
+        access = self.security.check(challenge, self.recv_exactly(auth.CHALLENGE_LENGTH))
+        if access is None:
+            self.security.blacklist.failed(self.host)
+            time.sleep(auth.FAILURE_DELAY)
+            failed = rfb.security_result(version, False, "authentication failed")
+            self.turn_away(failed, "VNC authentication failed")
+        self.security.blacklist.succeeded(self.host)
+        self.view_only = access is auth.Access.VIEW_ONLY
+        self.sock.sendall(rfb.security_result(version, True))
+
+    def turn_away(self, message: bytes, reason: str) -> None:
+        """Tell the viewer why, if it still listens; end the session with a logged refusal."""
+        with contextlib.suppress(OSError):
+            self.sock.sendall(message)
+        raise auth.Refused(reason)
+
     def recv_exactly(self, size: int) -> bytes:
         data = bytearray()
         while len(data) < size:
+            self.sock.settimeout(self.time_left())
             chunk = self.sock.recv(size - len(data))
             if not chunk:
                 raise ViewerGone("closed during the handshake")
             data += chunk
         return bytes(data)
 
-    def handshake(self) -> None:
-        self.sock.settimeout(self.server.handshake_timeout)
-        self.sock.sendall(rfb.SERVER_VERSION)
-        version = rfb.parse_client_version(self.recv_exactly(rfb.VERSION_LENGTH))
-        if self.server.too_many(self):
-            self.sock.sendall(rfb.security_refusal(version, "too many viewers"))
-            raise ViewerGone("refused: too many viewers")
-        types = self.server.security_types
-        self.sock.sendall(rfb.security_offer(version, types))
-        chosen = types[0]
-        if version != rfb.VERSION_3_3:
-            chosen = rfb.parse_security_choice(self.recv_exactly(1), types)
-        if rfb.needs_security_result(version, chosen):
-            self.sock.sendall(rfb.security_result(version, True))
-        if not rfb.parse_client_init(self.recv_exactly(1)):
-            self.server.disconnect_others(self)
-        self.size = width, height = self.display.size
-        pixel_format = rfb.DEFAULT_PIXEL_FORMAT
-        self.sock.sendall(rfb.server_init(width, height, pixel_format, self.server.name))
+    def time_left(self) -> float:
+        """Seconds until the handshake's deadline; past it the viewer is gone."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise ViewerGone(f"no handshake within {self.server.handshake_timeout:g} s")
+        return left
 
     # The session loop.
 
@@ -185,27 +263,37 @@ class ViewerSession(socketserver.BaseRequestHandler):
                 self.flush()
 
     def receive(self) -> None:
-        try:
-            data = self.sock.recv(65536)
-        except BlockingIOError:
-            return
-        if not data:
-            raise ViewerGone("closed by the viewer")
-        self.reader.feed(data)
-        while (message := self.reader.next_message()) is not None:
-            getattr(self, "on_" + type(message).__name__)(message)
+        more = True
+        while more:
+            try:
+                data = self.sock.recv(65536)
+            except WOULD_BLOCK:
+                return
+            if not data:
+                raise ViewerGone("closed by the viewer")
+            self.reader.feed(data)
+            while (message := self.reader.next_message()) is not None:
+                getattr(self, "on_" + type(message).__name__)(message)
+            # TLS may hold decrypted bytes back, where select() cannot see them.
+            more = isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()
 
     def flush(self) -> None:
-        if self.outbox:
+        """Write what the socket takes, a chunk at a time.
+
+        A TLS write that would block must be retried with the same bytes; the outbox only
+        grows at its end, so its first chunk stays the same until it has gone.
+        """
+        while self.outbox:
             try:
-                sent = self.sock.send(self.outbox)
-            except BlockingIOError:
+                sent = self.sock.send(self.outbox[:SEND_CHUNK])
+            except WOULD_BLOCK:
                 sent = 0
-            if sent:
-                del self.outbox[:sent]
-                self.last_write = time.monotonic()
-            elif time.monotonic() - self.last_write > WRITE_STALL_TIMEOUT:
-                raise ViewerGone(f"not reading for {WRITE_STALL_TIMEOUT:.0f} s")
+            if not sent:
+                break
+            del self.outbox[:sent]
+            self.last_write = time.monotonic()
+        if self.outbox and time.monotonic() - self.last_write > WRITE_STALL_TIMEOUT:
+            raise ViewerGone(f"not reading for {WRITE_STALL_TIMEOUT:.0f} s")
         if len(self.outbox) > HARD_OUTBOX:
             raise ViewerGone(f"{len(self.outbox)} bytes queued and not read")
 
@@ -272,6 +360,8 @@ class ViewerSession(socketserver.BaseRequestHandler):
             if event is not None:
                 self.switch(event)
                 return
+            if self.view_only:
+                return
             self.held_keys.add(keysym)
         elif keysym in self.held_keys:
             self.held_keys.discard(keysym)
@@ -280,13 +370,16 @@ class ViewerSession(socketserver.BaseRequestHandler):
         self.display.key(keysym, down, self.modifiers)
 
     def on_PointerEvent(self, message: rfb.PointerEvent) -> None:
+        if self.view_only:
+            return
         width, height = self.size
         x, y = min(message.x, width - 1), min(message.y, height - 1)
         self.pointer = (message.button_mask, x, y)
         self.display.pointer(message.button_mask, x, y)
 
     def on_ClientCutText(self, message: rfb.ClientCutText) -> None:
-        self.display.paste(message.text)
+        if not self.view_only:
+            self.display.paste(message.text)
 
     def on_SetDesktopSize(self, message: rfb.SetDesktopSize) -> None:
         self.desktop_size_reply = rfb.ExtendedDesktopSizeStatus.PROHIBITED

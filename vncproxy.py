@@ -387,6 +387,7 @@ class Desktops:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._listener: socket.socket | None = None
+        self.address: tuple[str, int] | None = None
         self._stopping = threading.Event()
         self._no_desktop = threading.Event()
         self._no_desktop.set()
@@ -395,7 +396,8 @@ class Desktops:
         """Accept reverse connections on `address`; return the address bound."""
         self._listener = socket.create_server(address)
         self._start(self._accept_loop, "reverse-listener")
-        return self._listener.getsockname()[:2]
+        self.address = self._listener.getsockname()[:2]
+        return self.address
 
     def dial(self, address: tuple[str, int]) -> None:
         """Keep a connection to a listening guest server, retrying until it answers."""
@@ -490,8 +492,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("guest desktop (the VNC proxy)")
     group.add_argument("--reverse-listen", default="127.0.0.1", metavar="ADDR",
                        help="address for the guest's reverse connection (127.0.0.1)")
-    group.add_argument("--reverse-port", type=port_number, default=5500, metavar="P",
-                       help="port for the guest's reverse connection (5500; 0 picks one)")
+    group.add_argument("--reverse-port", type=port_number, metavar="P",
+                       help="port for the guest's reverse connection (5500, or 5500+N with "
+                            "--domain; 0 picks one)")
     group.add_argument("--reverse-allow", action="append", type=ipaddress.ip_network,
                        metavar="ADDR[/PREFIX]",
                        help="who may connect to the reverse port (repeatable; loopback)")

@@ -41,6 +41,7 @@ import socketserver
 import sys
 import threading
 
+import auth
 import console
 import damage
 import keymap
@@ -48,13 +49,15 @@ import render
 import rfb
 import viewer
 import vncproxy
+import web
+import xen
 
 log = logging.getLogger("vncterm")
 
 HANDSHAKE_TIMEOUT = 10.0
 MAX_VIEWERS = 32
 # Optional parts, each with add_arguments(parser) and start(args, server) -> something to stop().
-FEATURES = (vncproxy,)
+FEATURES = (auth, vncproxy, web)
 DESKTOP_NOTICE = "guest desktop up: Ctrl-Alt-F7 or Ctrl-Alt-7 shows it (viewers that can resize)"
 
 
@@ -191,7 +194,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="vncterm.py", description="Serve a text console to VNC viewers.")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--domain", type=int, metavar="N", help="Xen domain N's console")
+    source.add_argument("--domain", type=int, metavar="N",
+                        help="Xen domain N's console, found in xenstore")
     source.add_argument("--pty", metavar="PATH", help="an existing pty or tty")
     source.add_argument("--serial", metavar="URL",
                         help="a serial port or pyserial URL (socket://, rfc2217://)")
@@ -201,8 +205,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="restart --command when it exits (otherwise exit)")
     parser.add_argument("--listen", default="127.0.0.1", metavar="ADDR",
                         help="address for viewers (127.0.0.1)")
-    parser.add_argument("--port", type=int, default=5900,
-                        help="port for viewers (5900; 0 picks a free one)")
+    parser.add_argument("--port", type=int,
+                        help="port for viewers (5900, or 5900+N with --domain; 0 picks one)")
     parser.add_argument("--size", type=parse_size, default=(80, 25), metavar="COLSxROWS",
                         help="console size (80x25)")
     parser.add_argument("--font", metavar="PATH", help="PSF, PCF, BDF or TrueType font")
@@ -212,9 +216,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--verbose", action="store_true", help="log every viewer event")
     for feature in FEATURES:
         feature.add_arguments(parser)
+    xen.add_arguments(parser)
     args = parser.parse_args(argv)
-    if args.domain is not None:
-        parser.error("--domain needs the Xen integration, which is not built yet")
+    xen.check_arguments(parser, args)
     if not 0 <= args.port <= 65535:
         parser.error(f"--port {args.port} is not a TCP port")
     return args
@@ -223,6 +227,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def make_source(args):
     """The console source the options ask for, and the desktop name that says what it is."""
     columns, lines = args.size
+    if args.domain is not None:
+        domain = xen.Domain(args.domain, xen.Xenstore(args.xenstore_prefix))
+        return xen.DomainSource(domain), f"domain {args.domain}"
     if args.pty:
         return console.PtySource(args.pty), f"console {args.pty}"
     if args.serial:
@@ -234,16 +241,23 @@ def make_source(args):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(name)s: %(message)s")
     try:
+        xen.setup_logging(args.verbose, args.syslog, args.log_file)
         font, font_name = render.load_font(args.font)
-    except render.FontError as error:
+    except (OSError, render.FontError) as error:
         print(f"vncterm: {error}", file=sys.stderr)
         return 2
     log.info("font %s, cell %dx%d", font_name, *font.cell)
     source, name = make_source(args)
+    service = xen.Service(args, source)
+    try:
+        return serve(args, source, name, font, service)
+    finally:
+        service.close()
+
+
+def serve(args, source, name: str, font, service: xen.Service) -> int:
+    """Open the ports, drop root if asked, and serve until SIGTERM or the console's end."""
     log_file = open(args.log, "ab") if args.log else None
     columns, lines = args.size
     term = console.Console(source, columns, lines, log_file=log_file)
@@ -266,6 +280,8 @@ def main(argv=None) -> int:
         return 1
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: server.stop_soon())
+    reverse = next((f.address for f in started if isinstance(f, vncproxy.Desktops)), None)
+    service.serving(server, reverse)
     host, port = server.server_address[:2]
     print(f"vncterm: listening on {host}:{port}", flush=True)
     print(f"vncterm: serving {name!r}; connect with: vncviewer {host}::{port}", flush=True)

@@ -1,0 +1,617 @@
+"""auth.py and the viewer handshake around it: passwords, VeNCrypt TLS, the limits on strangers.
+
+The policy pieces (offers, blacklist, caps, option checks) are tested as data.  Everything else
+runs against a real server on loopback (test_server's Harness) with `SecureClient`, rawviewer's
+client taught the security step: VNC authentication with its own DES key schedule and
+VeNCrypt with the standard library's TLS, so it shares no code with auth.py.  Certificates are
+made for the session with the openssl command (a CA, a server certificate for 127.0.0.1 and
+localhost, and a second CA that signed nothing of ours).  The command line is tested as a
+subprocess, judged only by its exit status, its output and what a viewer then meets.
+"""
+
+import ipaddress
+import os
+import signal
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from Crypto.Cipher import DES
+from PIL import Image
+
+import auth
+import peers
+import viewer
+import vncproxy
+import vncterm
+from rawviewer import RAW, Client
+from test_server import Harness, open_fds, server_image, settle, wait_for
+
+PASSWORD, VIEW_ONLY_PASSWORD = b"s3cret!x", b"look0nly"
+VENCRYPT, X509_NONE, X509_VNC = 19, 260, 261
+
+
+# --- A viewer that can authenticate ----------------------------------------------------------
+
+
+def vnc_response(challenge, password):
+    """DES of the challenge, keyed by the password with each byte's bits mirrored (RFC 6143)."""
+    key = bytes(sum(((byte >> bit) & 1) << (7 - bit) for bit in range(8))
+                for byte in password[:8].ljust(8, b"\0"))
+    return DES.new(key, DES.MODE_ECB).encrypt(challenge)
+
+
+class SecureClient(Client):
+    """rawviewer.Client with the security step: None, VNC authentication, VeNCrypt X509*."""
+
+    def __init__(self, port, password=None, tls=None, version=b"RFB 003.008\n", shared=True,
+                 subtype=None, timeout=10.0):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        try:
+            self.handshake(password, tls, version, shared, subtype)
+        except BaseException:
+            self.sock.close()
+            raise
+        self.bells, self.cut_texts, self.rects, self.resizes = 0, [], [], []
+        self.image = Image.new("RGB", (self.width, self.height))
+
+    def handshake(self, password, tls, version, shared, subtype):
+        self.server_version = self.recv(12)
+        self.sock.sendall(version)
+        minor = int(version[8:11])
+        if minor >= 7:
+            count = self.recv(1)[0]
+            if count == 0:
+                raise ConnectionRefusedError(self.reason())
+            self.types = list(self.recv(count))
+            chosen = VENCRYPT if tls and VENCRYPT in self.types else self.types[-1]
+            self.sock.sendall(bytes([chosen]))
+        else:
+            (chosen,) = struct.unpack(">I", self.recv(4))
+            if chosen == 0:
+                raise ConnectionRefusedError(self.reason())
+            self.types = [chosen]
+        method = self.vencrypt(tls, subtype) if chosen == VENCRYPT else chosen
+        if method in (2, X509_VNC):
+            self.sock.sendall(vnc_response(self.recv(16), password or b""))
+        if method != 1 or minor >= 8:
+            (result,) = struct.unpack(">I", self.recv(4))
+            if result != 0:
+                raise PermissionError(self.reason() if minor >= 8 else "refused")
+        self.sock.sendall(b"\x01" if shared else b"\x00")
+        self.width, self.height = struct.unpack(">HH", self.recv(4))
+        self.pixel_format = self.recv(16)
+        (length,) = struct.unpack(">I", self.recv(4))
+        self.name = self.recv(length).decode()
+
+    def vencrypt(self, tls, subtype):
+        """VeNCrypt 0.2 up to a finished TLS handshake; return the subtype chosen."""
+        assert self.recv(2) == b"\x00\x02"
+        self.sock.sendall(b"\x00\x02")
+        assert self.recv(1) == b"\x00"
+        count = self.recv(1)[0]
+        self.subtypes = list(struct.unpack(f">{count}I", self.recv(4 * count)))
+        chosen = subtype or self.subtypes[0]
+        self.sock.sendall(struct.pack(">I", chosen))
+        assert self.recv(1) == b"\x01"
+        self.sock = tls.wrap_socket(self.sock, server_hostname="127.0.0.1")
+        return chosen
+
+
+# --- Certificates -----------------------------------------------------------------------------
+
+
+def openssl(*argv, cwd):
+    subprocess.run(["openssl", *argv], cwd=cwd, check=True, capture_output=True)
+
+
+def make_ca(folder, name):
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2",
+            "-subj", f"/CN=vncterm test {name}", "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=folder)
+    return folder / f"{name}.pem"
+
+
+@pytest.fixture(scope="session")
+def certificates(tmp_path_factory):
+    """{"ca", "cert", "key", "other_ca"}: paths to PEM files made with openssl for this run."""
+    peers.require("openssl")
+    folder = tmp_path_factory.mktemp("certificates")
+    ca = make_ca(folder, "ca")
+    other_ca = make_ca(folder, "other")
+    (folder / "server.ext").write_text(
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n")
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost", cwd=folder)
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "server.ext",
+            cwd=folder)
+    return {"ca": ca, "cert": folder / "server.pem", "key": folder / "server.key",
+            "other_ca": other_ca}
+
+
+def client_tls(ca):
+    return ssl.create_default_context(cafile=str(ca))
+
+
+def server_tls(certificates):
+    return auth.tls_context(str(certificates["cert"]), str(certificates["key"]))
+
+
+# --- The server ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def secured():
+    """secured(security, **server options) -> Harness whose server uses that auth.Security."""
+    threads = set(threading.enumerate())
+    fds = open_fds()
+    made = []
+
+    def start(security, **options):
+        harness = Harness(**options)
+        harness.server.security = security
+        made.append(harness)
+        return harness
+
+    yield start
+    for harness in made:
+        harness.close()
+    assert wait_for(lambda: set(threading.enumerate()) <= threads)
+    assert open_fds() <= fds
+
+
+def first_update(client):
+    client.request(incremental=False)
+    return client.read_update()
+
+
+# --- Policy as data ----------------------------------------------------------------------------
+
+
+V33, V37, V38 = (3, 3), (3, 7), (3, 8)
+
+
+@pytest.mark.parametrize("password,tls,tls_only,version,types,subtypes", [
+    (None, False, False, V38, [1], [X509_NONE]),
+    (PASSWORD, False, False, V38, [2], [X509_VNC]),
+    (PASSWORD, False, False, V33, [2], [X509_VNC]),
+    (None, True, False, V38, [VENCRYPT, 1], [X509_NONE]),
+    (PASSWORD, True, False, V37, [VENCRYPT, 2], [X509_VNC]),
+    (PASSWORD, True, False, V33, [2], [X509_VNC]),
+    (PASSWORD, True, True, V38, [VENCRYPT], [X509_VNC]),
+    (None, True, True, V38, [VENCRYPT], [X509_NONE]),
+])
+def test_offers(password, tls, tls_only, version, types, subtypes):
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER) if tls else None
+    security = auth.Security(password, tls=context, tls_only=tls_only)
+    assert security.types(version) == types
+    assert security.subtypes == subtypes
+    assert 256 not in security.subtypes and 262 not in security.subtypes
+
+
+def test_tls_only_refuses_rfb_3_3():
+    security = auth.Security(tls=ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), tls_only=True)
+    assert "TLS" in security.refusal(V33, "127.0.0.1")
+    assert security.refusal(V37, "127.0.0.1") is None
+
+
+def test_responses_are_checked_against_both_passwords():
+    challenge = bytes(range(16))
+    check = auth.Security(PASSWORD, VIEW_ONLY_PASSWORD).check
+    assert check(challenge, vnc_response(challenge, PASSWORD)) is auth.Access.FULL
+    assert check(challenge, vnc_response(challenge, VIEW_ONLY_PASSWORD)) is auth.Access.VIEW_ONLY
+    assert check(challenge, vnc_response(challenge, b"wrong")) is None
+    assert check(challenge, vnc_response(challenge, PASSWORD + b"ignored")) is auth.Access.FULL
+    assert auth.Security().check(challenge, vnc_response(challenge, b"")) is None
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_blacklist_blocks_after_the_threshold_and_doubles():
+    clock = Clock()
+    blacklist = auth.Blacklist(threshold=3, timeout=10, clock=clock)
+    for _ in range(2):
+        blacklist.failed("10.0.0.1")
+    assert blacklist.blocked_for("10.0.0.1") == 0
+    blacklist.failed("10.0.0.1")
+    assert blacklist.blocked_for("10.0.0.1") == 10
+    assert blacklist.blocked_for("10.0.0.2") == 0
+    clock.now += 10
+    assert blacklist.blocked_for("10.0.0.1") == 0
+    blacklist.failed("10.0.0.1")
+    assert blacklist.blocked_for("10.0.0.1") == 20
+    blacklist.succeeded("10.0.0.1")
+    assert blacklist.blocked_for("10.0.0.1") == 0
+
+
+def test_blacklist_remembers_a_bounded_number_of_addresses():
+    blacklist = auth.Blacklist(threshold=1, size=100, clock=Clock())
+    for n in range(1000):
+        blacklist.failed(str(ipaddress.ip_address(n)))
+    assert len(blacklist._entries) == 100
+    assert blacklist.blocked_for(str(ipaddress.ip_address(999)))
+
+
+def test_waiting_caps_all_and_per_address():
+    waiting = auth.Waiting(limit=3, per_address=2)
+    with waiting.admit("a"), waiting.admit("a"):
+        with pytest.raises(auth.Refused, match="from a"):
+            with waiting.admit("a"):
+                pass
+        with waiting.admit("b"):
+            with pytest.raises(auth.Refused, match="3 connections"):
+                with waiting.admit("c"):
+                    pass
+    with pytest.raises(RuntimeError):
+        with waiting.admit("a"):
+            raise RuntimeError("the handshake failed")
+    assert waiting._counts == {}
+
+
+def test_vencrypt_messages():
+    assert auth.vencrypt_version_ack(b"\x00\x02") == b"\x00"
+    assert auth.vencrypt_version_ack(b"\x00\x01") != b"\x00"
+    assert auth.vencrypt_subtypes([X509_VNC]) == b"\x01\x00\x00\x01\x05"
+    assert auth.parse_vencrypt_choice(struct.pack(">I", X509_VNC), [X509_VNC]) == X509_VNC
+    with pytest.raises(auth.ProtocolError):
+        auth.parse_vencrypt_choice(struct.pack(">I", X509_NONE), [X509_VNC])
+
+
+def test_password_files(tmp_path, caplog):
+    good = tmp_path / "good"
+    good.write_bytes(b"secret\nsecond line\n")
+    good.chmod(0o600)
+    assert auth.read_password(str(good)) == b"secret"
+    assert not caplog.records
+    long = tmp_path / "long"
+    long.write_bytes(b"averylongpassword\r\n")
+    long.chmod(0o644)
+    assert auth.read_password(str(long)) == b"averylongpassword"
+    warnings = " ".join(record.getMessage() for record in caplog.records)
+    assert "first 8 characters" in warnings and "chmod 600" in warnings
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"\n")
+    with pytest.raises(ValueError, match="empty"):
+        auth.read_password(str(empty))
+
+
+# --- Options, with the server's bound address ----------------------------------------------------
+
+
+class BoundServer:
+    def __init__(self, host):
+        self.server_address = (host, 5900)
+
+
+def start_auth(argv, host="127.0.0.1"):
+    args = vncterm.parse_args(argv)
+    return auth.start(args, BoundServer(host))
+
+
+def write(path, text):
+    path.write_text(text)
+    path.chmod(0o600)
+    return str(path)
+
+
+def test_non_loopback_needs_a_password_file_or_insecure(tmp_path):
+    with pytest.raises(ValueError, match="--password-file.*--insecure"):
+        start_auth(["--command", "true"], host="0.0.0.0")
+    assert start_auth(["--command", "true", "--insecure"], host="0.0.0.0").password is None
+    password = write(tmp_path / "pw", "secret")
+    assert start_auth(["--command", "true", "--password-file", password],
+                      host="192.0.2.1").password == b"secret"
+
+
+def test_browser_relay_on_the_network_counts_as_exposed():
+    with pytest.raises(ValueError, match="every address"):
+        start_auth(["--command", "true", "--web", "0", "--web-listen", ""])
+    assert start_auth(["--command", "true", "--web", "0"]).password is None
+
+
+def test_one_time_password_only_for_the_users_own_shell(capsys):
+    security = start_auth([])
+    assert len(security.password) == 8
+    assert security.password.decode() in capsys.readouterr().out
+    assert start_auth(["--no-auth"]).password is None
+    assert start_auth(["--pty", "/dev/null"]).password is None
+    assert start_auth(["--command", "true"]).password is None
+
+
+@pytest.mark.parametrize("argv,error", [
+    (["--tls-only"], "--tls-only needs --tls-cert"),
+    (["--tls-only", "--tls-cert", "{pw}", "--web", "0"], "lock out the browser console"),
+    (["--viewonly-password-file", "{pw}"], "needs --password-file"),
+    (["--password-file", "{pw}", "--viewonly-password-file", "{pw}"], "must differ"),
+    (["--tls-cert", "/nonexistent.pem"], "cannot load the TLS certificate"),
+])
+def test_option_mistakes_are_reported(tmp_path, argv, error):
+    password = write(tmp_path / "pw", "secret")
+    with pytest.raises(ValueError, match=error):
+        start_auth(["--command", "true", *(a.format(pw=password) for a in argv)])
+
+
+def test_no_auth_and_a_password_file_exclude_each_other(tmp_path):
+    with pytest.raises(SystemExit):
+        vncterm.parse_args(["--no-auth", "--password-file", write(tmp_path / "pw", "x")])
+
+
+# --- VNC authentication on a real server --------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", [b"RFB 003.003\n", b"RFB 003.007\n", b"RFB 003.008\n"])
+def test_vnc_authentication(secured, version):
+    h = secured(auth.Security(PASSWORD))
+    client = SecureClient(h.port, PASSWORD, version=version)
+    assert client.types == [2]
+    assert first_update(client)[0][4] == RAW
+    client.close()
+
+
+def test_wrong_password_is_refused_slowly_and_logged(secured, caplog):
+    h = secured(auth.Security(PASSWORD))
+    started = time.monotonic()
+    with pytest.raises(PermissionError, match="authentication failed"):
+        SecureClient(h.port, b"guess")
+    assert time.monotonic() - started >= auth.FAILURE_DELAY
+    assert wait_for(lambda: any("127.0.0.1" in r.getMessage() and "VNC authentication failed"
+                                in r.getMessage() for r in caplog.records))
+
+
+def test_repeated_failures_blacklist_the_address(secured, monkeypatch):
+    monkeypatch.setattr(auth, "FAILURE_DELAY", 0)
+    security = auth.Security(PASSWORD)
+    security.blacklist = auth.Blacklist(threshold=3, timeout=0.5)
+    h = secured(security)
+    for _ in range(3):
+        with pytest.raises(PermissionError):
+            SecureClient(h.port, b"guess")
+    with pytest.raises(ConnectionRefusedError, match="too many authentication failures"):
+        SecureClient(h.port, PASSWORD)
+    time.sleep(0.6)
+    good = SecureClient(h.port, PASSWORD)
+    assert first_update(good)
+    good.close()
+    assert security.blacklist.blocked_for("127.0.0.1") == 0
+
+
+def test_view_only_viewer_watches_but_its_input_goes_nowhere(secured):
+    h = secured(auth.Security(PASSWORD, VIEW_ONLY_PASSWORD))
+    full = SecureClient(h.port, PASSWORD)
+    watcher = SecureClient(h.port, VIEW_ONLY_PASSWORD, shared=False)
+    watcher.type("rm -rf /")
+    watcher.key(0xFF0D)
+    watcher.send(struct.pack(">BBHH", 5, 1, 10, 10))
+    watcher.send(struct.pack(">B3xI", 6, 5) + b"paste")
+    h.guest_writes(b"still shown")
+    assert settle(watcher, server_image(h))
+    assert h.guest_reads(1, timeout=0.5) == b""
+    full.type("ok")
+    assert h.guest_reads(2) == b"ok"
+    assert first_update(full), "the watcher's exclusive request disconnected nobody"
+    full.close()
+    watcher.close()
+
+
+def test_handshake_deadline_covers_a_trickling_viewer(secured):
+    """One byte of the version every 0.25 s beats a per-read timeout of 1 s, not the deadline."""
+    h = secured(auth.Security(), handshake_timeout=1.0)
+    sock = socket.create_connection(("127.0.0.1", h.port), timeout=5)
+    assert sock.recv(12) == b"RFB 003.008\n"
+    with pytest.raises((BrokenPipeError, ConnectionResetError)):
+        for byte in b"RFB 003.008\n":
+            time.sleep(0.25)
+            sock.sendall(bytes([byte]))
+    sock.close()
+
+
+def test_unauthenticated_connections_are_capped(secured):
+    security = auth.Security(PASSWORD)
+    security.waiting = auth.Waiting(limit=3, per_address=2)
+    h = secured(security)
+    idle = [socket.create_connection(("127.0.0.1", h.port), timeout=5) for _ in range(2)]
+    for sock in idle:
+        assert sock.recv(12) == b"RFB 003.008\n"
+    extra = socket.create_connection(("127.0.0.1", h.port), timeout=5)
+    assert extra.recv(12) == b"", "a third from one address is closed before a byte"
+    extra.close()
+    for sock in idle:
+        sock.close()
+    assert wait_for(lambda: not security.waiting._counts)
+    good = SecureClient(h.port, PASSWORD)
+    assert first_update(good)
+    good.close()
+
+
+# --- VeNCrypt -----------------------------------------------------------------------------------
+
+
+def test_x509_none_carries_the_whole_session(secured, certificates):
+    h = secured(auth.Security(tls=server_tls(certificates), tls_only=True))
+    client = SecureClient(h.port, tls=client_tls(certificates["ca"]))
+    assert client.types == [VENCRYPT] and client.subtypes == [X509_NONE]
+    assert client.sock.version() in ("TLSv1.2", "TLSv1.3")
+    client.set_encodings(RAW)
+    first_update(client)
+    assert sum(w * hh for _, _, w, hh, _ in client.rects) * 4 > 10 * viewer.SEND_CHUNK
+    h.guest_writes(b"over tls")
+    assert settle(client, server_image(h))
+    client.type("typed")
+    assert h.guest_reads(5) == b"typed"
+    client.close()
+
+
+def test_x509_vnc_checks_the_password_inside_tls(secured, certificates):
+    h = secured(auth.Security(PASSWORD, tls=server_tls(certificates)))
+    tls = client_tls(certificates["ca"])
+    client = SecureClient(h.port, PASSWORD, tls=tls)
+    assert client.types == [VENCRYPT, 2] and client.subtypes == [X509_VNC]
+    assert first_update(client)
+    client.close()
+    with pytest.raises(PermissionError, match="authentication failed"):
+        SecureClient(h.port, b"guess", tls=tls)
+
+
+def test_tls_only_refuses_plain_viewers(secured, certificates):
+    h = secured(auth.Security(PASSWORD, tls=server_tls(certificates), tls_only=True))
+    with pytest.raises(ConnectionRefusedError, match="requires TLS"):
+        SecureClient(h.port, PASSWORD, version=b"RFB 003.003\n")
+    sock = socket.create_connection(("127.0.0.1", h.port), timeout=5)
+    sock.recv(12)
+    sock.sendall(b"RFB 003.008\n")
+    assert sock.recv(2) == bytes([1, VENCRYPT])
+    sock.sendall(b"\x02")
+    assert sock.recv(10) == b""
+    sock.close()
+
+
+def test_wrong_certificate_is_refused_by_the_viewer_and_harms_nobody(secured, certificates,
+                                                                     caplog):
+    h = secured(auth.Security(tls=server_tls(certificates)))
+    good = SecureClient(h.port, tls=client_tls(certificates["ca"]))
+    with pytest.raises(ssl.SSLCertVerificationError):
+        SecureClient(h.port, tls=client_tls(certificates["other_ca"]))
+    assert wait_for(lambda: any("TLS handshake failed" in r.getMessage()
+                                for r in caplog.records))
+    h.guest_writes(b"carry on")
+    assert settle(good, server_image(h))
+    good.close()
+
+
+@pytest.mark.parametrize("after_vencrypt", [
+    pytest.param(b"\x00\x01", id="old-vencrypt-version"),
+    pytest.param(b"\x00\x02" + struct.pack(">I", 256), id="bare-plain-subtype"),
+    pytest.param(b"\x00\x02" + struct.pack(">I", X509_NONE) + b"\x16\x03\x01\x00\x05hello",
+                 id="garbage-tls"),
+])
+def test_bad_vencrypt_is_closed_and_others_carry_on(secured, certificates, after_vencrypt):
+    h = secured(auth.Security(tls=server_tls(certificates)))
+    good = SecureClient(h.port, tls=client_tls(certificates["ca"]))
+    bad = socket.create_connection(("127.0.0.1", h.port), timeout=5)
+    bad.recv(12)
+    bad.sendall(b"RFB 003.008\n" + bytes([VENCRYPT]) + after_vencrypt)
+    while bad.recv(4096):
+        pass
+    bad.close()
+    h.guest_writes(b"unharmed")
+    assert settle(good, server_image(h))
+    good.close()
+
+
+# --- Who may reach the reverse port ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("networks,host,allowed", [
+    (vncproxy.LOOPBACK, "127.0.0.1", True),
+    (vncproxy.LOOPBACK, "127.3.4.5", True),
+    (vncproxy.LOOPBACK, "::1", True),
+    (vncproxy.LOOPBACK, "10.0.0.1", False),
+    ([ipaddress.ip_network("10.0.0.0/8")], "10.1.2.3", True),
+    ([ipaddress.ip_network("10.0.0.0/8")], "::ffff:10.1.2.3", True),
+    ([ipaddress.ip_network("10.0.0.0/8")], "11.0.0.1", False),
+    ([ipaddress.ip_network("fd00::/8")], "fd00::5", True),
+])
+def test_reverse_allow(networks, host, allowed):
+    assert vncproxy.allow_only(networks)(host) is allowed
+
+
+def test_reverse_allow_option():
+    args = vncterm.parse_args(["--reverse-allow", "10.0.0.0/8", "--reverse-allow", "fd00::1"])
+    assert args.reverse_allow == [ipaddress.ip_network("10.0.0.0/8"),
+                                  ipaddress.ip_network("fd00::1/128")]
+
+
+def test_foreign_guest_is_closed_before_a_byte_and_viewers_carry_on(secured, caplog):
+    h = secured(auth.Security())
+    viewer = SecureClient(h.port)
+    first_update(viewer)
+    desktops = vncproxy.Desktops(h.server.desktop_changed,
+                                 allow=vncproxy.allow_only([ipaddress.ip_network("10.0.0.0/8")]))
+    port = desktops.listen(("127.0.0.1", 0))[1]
+    try:
+        foreign = socket.create_connection(("127.0.0.1", port), timeout=5)
+        assert foreign.recv(100) == b""
+        foreign.close()
+        assert wait_for(lambda: any("refused: not a --reverse-allow address" in r.getMessage()
+                                    for r in caplog.records))
+        assert h.server.desktop is None
+        h.guest_writes(b"undisturbed")
+        assert settle(viewer, server_image(h))
+    finally:
+        desktops.stop()
+        viewer.close()
+
+
+# --- The command line ---------------------------------------------------------------------------
+
+
+def run_vncterm(*options, env=None):
+    """Start vncterm.py; return the process and its stdout lines up to the listening line."""
+    argv = [sys.executable, "vncterm.py", "--port", "0", "--reverse-port", "0", *options]
+    process = subprocess.Popen(argv, cwd=peers.REPO, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    lines = []
+    for raw in process.stdout:
+        lines.append(raw.decode().rstrip("\n"))
+        if lines[-1].startswith("vncterm: listening on"):
+            break
+    return process, lines
+
+
+def stop(process):
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(10) == 0
+    process.stdout.close()
+    process.stderr.close()
+
+
+def test_cli_refuses_the_network_without_a_password():
+    process, lines = run_vncterm("--listen", "0.0.0.0", "--command", "true")
+    assert process.wait(10) == 1
+    error = process.stderr.read().decode()
+    assert "refusing to serve viewers on 0.0.0.0 without --password-file" in error
+    assert "--insecure" in error
+    process.stdout.close()
+    process.stderr.close()
+
+
+def test_cli_one_time_password_for_the_users_shell():
+    env = dict(os.environ, SHELL="/bin/sh")
+    process, lines = run_vncterm(env=env)
+    try:
+        (line,) = [line for line in lines if "one-time password" in line]
+        password = line.split("viewers: ")[1].split()[0].encode()
+        port = int(lines[-1].rsplit(":", 1)[1])
+        with pytest.raises(PermissionError):
+            SecureClient(port, b"guess")
+        client = SecureClient(port, password)
+        assert first_update(client)
+        client.close()
+    finally:
+        stop(process)
+
+
+def test_cli_no_auth_keeps_the_shell_open_on_loopback():
+    process, lines = run_vncterm("--no-auth", env=dict(os.environ, SHELL="/bin/sh"))
+    try:
+        assert not any("password" in line for line in lines)
+        client = SecureClient(int(lines[-1].rsplit(":", 1)[1]))
+        assert client.types == [1]
+        client.close()
+    finally:
+        stop(process)
+

@@ -1,0 +1,664 @@
+"""Xen glue: domain N's console found through xenstore, and where vncterm listens published back.
+
+What.  In a Xen dom0, `vncterm.py --domain N` serves domain N's text console. xenconsoled gives
+the guest's console (hvc0 inside the guest) a pty and writes the pty's path to
+`/local/domain/N/console/tty`. (An HVM guest's emulated serial port is another pty, which qemu
+names under `serial/0/tty`; we do not follow that one.) `DomainSource` is a console source that
+speaks console.py's protocol (`open`, `fileno`, `read`, `write`, `close`). It finds the pty under
+that key, opens it the way `console.PtySource` does, and follows the key while the guest starts,
+reboots and dies. Each time it attaches, it publishes where vncterm listens: `console/vnc-port`,
+the key that qemu-dm and XenServer's vncterm write for toolstacks, and `console/vnc-reverse`,
+ADDR:PORT for the guest's own VNC server to connect back to. It removes both when it lets go.
+
+How.  We reach xenstore through its command-line tools (`xenstore-read`, `-write`, `-rm`,
+`-watch`; see `Xenstore`), not through libxenstore. They are installed wherever Xen is, they need
+no binding, and tests can put fakes of them on PATH (tests/fakexenstore.py). Each question costs
+a process, a few milliseconds, so we ask only when something has changed. `xenstore-watch KEY`
+runs for as long as we wait. It prints one line straight away, then one line per write to the
+key, and one when the key goes with the domain's directory (a removal fires the watches on every
+key under it). We never parse those lines: any line means "look again". We watch the tty key and
+not the domain directory, because the guest may write under its own directory as fast as it
+likes, and each event costs us a process.
+
+The source moves between three states, driven by the Console's reader thread:
+- Waiting: there is no domain yet, or no key, or a refused key, or a pty that will not open.
+  `open()` raises an OSError whose text the Console puts on the status line. The next `open()`
+  asks xenstore again only if the watch has fired since the last look. So a domain that takes
+  an hour to start costs one sleeping `xenstore-watch` process, and nothing else.
+- Attached: the pty is the source's fd. When the watch fires, `read()` checks the key again.
+  If the key now names another pty (xenconsoled restarted, or a soft reset) or has gone (the
+  domain was destroyed), `read()` drains what the old pty still holds and then reports end of
+  file. The Console then closes the source, shows "console closed", and opens it again. A
+  hangup (EIO) from the pty has the same effect, and that is how most ends show up first.
+- Gone: the domain's directory disappeared after we had seen it. `on_gone` is called once; the
+  command line makes vncterm leave then (unless --stay), and the source waits for the number to
+  come back.
+A Console can only wait on the watch if it knows the watch's fd (`watch_fileno`). Without that,
+the watch still decides when xenstore is asked, and only reaction time is lost.
+
+We publish on attach, not at startup. libxl rebuilds /local/domain/N from scratch when it
+creates a domain, so earlier keys would be wiped. Worse, a write under a missing directory
+creates it, which would fake a domain that does not exist. For the same reason, a domain that
+vanishes while we write gets a tidy removal (`xenstore-rm -t`), which takes away any directory
+our writes re-created.
+
+Trust.  Treat the guest as hostile. In stock toolstacks a guest can only read `console/`, but a
+guest's xenstore keys in general are its own to write. `console/tty` names a file that root opens
+read-write, puts in raw mode and types keystrokes into. If the key named /dev/sda, /etc/shadow or
+a FIFO, vncterm would become a confused deputy: it would show a disk on screen, type into a file,
+or hang on the FIFO. So we accept only `/dev/pts/<number>`, and the file we open must be a tty.
+Anything else is refused, the refusal goes on the status line, and the file is not opened. The
+values we write are port numbers and addresses, checked against a strict pattern, because
+xenstore-write reads backslash escapes in them.
+
+Privileges (--user).  Two things need root: reading and writing xenstore (xenstored's socket and
+/dev/xen/xenbus belong to root alone), and opening the pty. xenconsoled creates each pty owned by
+root with mode 0620, so group tty may write to it but not read it. Both are needed again at every
+reboot. Dropping root for good would lose the console at the first reboot. Keeping root as the
+saved uid would make dropping pointless, because any code that runs could take root back. So with
+--user, vncterm splits in two, as OpenSSH's privilege separation does. Before any thread starts,
+it forks a `Helper` that stays root and serves seven requests, all about domain N only: exists,
+console_path, open_console, watch, unwatch, publish (keys and values checked against a fixed
+list), and retract. No request takes a path, so the unprivileged half, which parses everything
+viewers and the guest send, cannot ask for any other file or key. The opened pty and the watch's
+pipe come back as file descriptors over the socket (SCM_RIGHTS). However vncterm ends, even by
+SIGKILL, the helper sees its socket close. It then removes the published keys and the pid file,
+and exits.
+
+The dom0 service's plumbing lives here too: the command-line options (`add_arguments`,
+`check_arguments`), `Service` (the pid file, the helper, publishing, dropping root), and
+`setup_logging` (syslog, a file, or stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import logging
+import logging.handlers
+import os
+import pwd
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+
+import console
+
+log = logging.getLogger("vncterm.xen")
+
+PREFIX_VARIABLE = "VNCTERM_XENSTORE_PREFIX"
+DEFAULT_PREFIX = "xenstore-"
+VERBS = ("read", "write", "rm", "watch")
+TOOL_TIMEOUT = 10.0
+MAX_DOMAIN = 0x7FEF  # DOMID_FIRST_RESERVED - 1: the ids above it are Xen's own
+VIEWER_PORT_BASE, REVERSE_PORT_BASE = 5900, 5500
+GONE_GRACE = 5.0
+PTY_PATH = re.compile(r"/dev/pts/[0-9]{1,7}")
+VNC_PORT_KEY, VNC_REVERSE_KEY = "console/vnc-port", "console/vnc-reverse"
+ADVERT_VALUES = {
+    VNC_PORT_KEY: re.compile(r"[0-9]{1,5}"),
+    VNC_REVERSE_KEY: re.compile(r"[0-9A-Za-z.:%\[\]-]{1,80}:[0-9]{1,5}"),
+}
+# Errors that persist until xenstore changes; any other failure is retried on the Console's timer.
+UNTIL_CHANGED = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EIO, errno.ENXIO, errno.ENOTTY}
+HELPER_REQUESTS = ("exists", "console_path", "open_console", "watch", "unwatch", "publish",
+                   "retract")
+SYSLOG_ADDRESS = "/dev/log"
+WILDCARDS = ("", "0.0.0.0", "::")
+
+
+def default_ports(number: int) -> tuple[int, int]:
+    """The viewer and reverse-connection ports for domain N: 5900+N and 5500+N."""
+    return VIEWER_PORT_BASE + number, REVERSE_PORT_BASE + number
+
+
+def check_domain(number: int) -> int:
+    if not 0 <= number <= MAX_DOMAIN:
+        raise ValueError(f"domain {number} is not a domain id (0 to {MAX_DOMAIN})")
+    return number
+
+
+def check_pty_path(value: str) -> str:
+    """The pty path from console/tty, or OSError: we open nothing but /dev/pts/N."""
+    if not PTY_PATH.fullmatch(value):
+        raise OSError(errno.EPERM, f"refused tty {value[:24]!r}: not /dev/pts/N")
+    return value
+
+
+def host_port(host: str, port: int) -> str:
+    """ADDR:PORT, with an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def adverts(viewer_port: int, reverse: tuple[str, int] | None = None) -> dict[str, str]:
+    """The keys to publish under the domain: the viewer port, and where guests connect back.
+
+    A wildcard listening address (0.0.0.0, ::) names no host a guest could dial, so it is not
+    published; the guest then needs the address from elsewhere (its kernel command line).
+    """
+    keys = {VNC_PORT_KEY: str(viewer_port)}
+    if reverse is not None and reverse[0] not in WILDCARDS:
+        keys[VNC_REVERSE_KEY] = host_port(*reverse)
+    return keys
+
+
+# --- xenstore through its command-line tools ---------------------------------------------------
+
+
+class XenstoreError(OSError):
+    """A xenstore tool failed for a reason other than a missing key; worth retrying."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EAGAIN, message)
+
+
+class Xenstore:
+    """xenstore's command-line tools, named `prefix + verb`: xenstore-read, xenstore-watch...
+
+    The prefix may hold words, so "xenstore " runs `xenstore read` (the multi-call form) and
+    "/opt/xen/bin/xenstore-" runs tools from a non-standard place.
+    """
+
+    def __init__(self, prefix: str | None = None) -> None:
+        self.prefix = prefix or os.environ.get(PREFIX_VARIABLE) or DEFAULT_PREFIX
+
+    def command(self, verb: str) -> list[str]:
+        return shlex.split(self.prefix + verb)
+
+    def missing_tools(self) -> list[str]:
+        """The tools that are not installed, for a clear error at startup."""
+        programs = [self.command(verb)[0] for verb in VERBS]
+        return [program for program in programs if not shutil.which(program)]
+
+    def read(self, path: str) -> str | None:
+        """The key's value, or None if there is no such key (or we may not read it)."""
+        result = self._run("read", path)
+        if result.returncode == 0:
+            return result.stdout.removesuffix("\n")
+        if "couldn't read path" in result.stderr:
+            return None
+        raise self._failure("read", path, result)
+
+    def write(self, path: str, value: str) -> None:
+        result = self._run("write", path, value)
+        if result.returncode != 0:
+            raise self._failure("write", path, result)
+
+    def rm(self, path: str, tidy: bool = False) -> None:
+        """Remove the key and its subtree; tidy: and then each parent left empty and valueless."""
+        result = self._run("rm", *(["-t"] if tidy else []), path)
+        if result.returncode != 0:
+            raise self._failure("rm", path, result)
+
+    def watch(self, path: str) -> subprocess.Popen:
+        """Start `xenstore-watch PATH`; its stdout has a line per event."""
+        return subprocess.Popen([*self.command("watch"), path], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE)
+
+    def _run(self, verb: str, *arguments: str) -> subprocess.CompletedProcess:
+        try:
+            return subprocess.run([*self.command(verb), *arguments], stdin=subprocess.DEVNULL,
+                                  capture_output=True, encoding="utf-8", errors="replace",
+                                  timeout=TOOL_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise XenstoreError(f"xenstore-{verb} {arguments[-1]}: no answer") from None
+
+    def _failure(self, verb: str, path: str, result) -> XenstoreError:
+        reason = result.stderr.strip().splitlines()[-1:] or [f"exit status {result.returncode}"]
+        return XenstoreError(f"xenstore-{verb} {path}: {reason[0][:80]}")
+
+
+# --- One domain: the requests that need root ---------------------------------------------------
+
+
+class Domain:
+    """Domain N in xenstore: is it there, which pty is its console, and the keys we publish."""
+
+    def __init__(self, number: int, xenstore: Xenstore) -> None:
+        self.number = check_domain(number)
+        self.xenstore = xenstore
+        self.path = f"/local/domain/{number}"
+        self.tty_key = f"{self.path}/console/tty"
+        self.published: set[str] = set()
+        self.watcher: subprocess.Popen | None = None
+
+    def exists(self) -> bool:
+        return self.xenstore.read(self.path) is not None
+
+    def console_path(self) -> str | None:
+        """The pty console/tty names, None if there is none; OSError if it names anything else."""
+        value = self.xenstore.read(self.tty_key)
+        return check_pty_path(value) if value else None
+
+    def open_console(self) -> tuple[str, int]:
+        """Open the pty console/tty names: its path, and a raw non-blocking fd the caller owns."""
+        path = self.console_path()
+        if path is None:
+            raise OSError(errno.ENOENT, "no console/tty in xenstore yet")
+        pty = console.PtySource(path)
+        pty.open()
+        fd, pty.fd = pty.fd, None
+        if not os.isatty(fd):
+            os.close(fd)
+            raise OSError(errno.ENOTTY, f"refused {path}: not a tty")
+        return path, fd
+
+    def watch(self) -> int:
+        """Start watching console/tty (and so the domain); an fd of its lines the caller owns."""
+        self.unwatch()
+        self.watcher = self.xenstore.watch(self.tty_key)
+        return os.dup(self.watcher.stdout.fileno())
+
+    def unwatch(self) -> None:
+        if self.watcher is not None:
+            self.watcher.kill()
+            self.watcher.wait()
+            self.watcher.stdout.close()
+            self.watcher = None
+
+    def publish(self, keys: dict[str, str]) -> None:
+        """Write our keys under the domain (only the known keys, with checked values)."""
+        for key, value in keys.items():
+            pattern = ADVERT_VALUES.get(key)
+            if pattern is None or not pattern.fullmatch(value):
+                raise OSError(errno.EPERM, f"refused to publish {key}={value[:40]!r}")
+        for key, value in keys.items():
+            self.published.add(key)
+            self.xenstore.write(f"{self.path}/{key}", value)
+        if self.xenstore.read(self.tty_key) is None:
+            self.retract()
+
+    def retract(self) -> None:
+        """Remove the keys we published, and any directory our writes re-created.
+
+        A write under a directory that was just removed creates it again. If the domain was
+        destroyed while we published, the tidy removal takes those ghost directories away.
+        """
+        for key in sorted(self.published):
+            try:
+                self.xenstore.rm(f"{self.path}/{key}", tidy=True)
+            except OSError as error:
+                log.debug("domain %d: %s", self.number, error)
+        self.published = set()
+
+
+# --- The console source --------------------------------------------------------------------------
+
+
+class DomainSource:
+    """Domain N's console: the pty xenstore names, followed across reboots."""
+
+    restarts = True
+
+    def __init__(self, domain: Domain, on_gone=None) -> None:
+        self.domain = domain
+        self.name = f"domain {domain.number}"
+        self.on_gone = on_gone
+        self.adverts: dict[str, str] = {}
+        self.pty = console.FdSource()
+        self.path: str | None = None
+        self.watch_fd: int | None = None
+        self.waiting: OSError | None = None
+        self.seen = False
+        self.gone = False
+        self.moved = False
+
+    def fileno(self) -> int | None:
+        return self.pty.fd
+
+    def watch_fileno(self) -> int | None:
+        """An fd that becomes readable when xenstore changed: worth waiting on, then look again."""
+        return self.watch_fd
+
+    def open(self) -> None:
+        if self.watch_fd is None:
+            self.watch_fd = self.domain.watch()
+            os.set_blocking(self.watch_fd, False)
+        changed = self._watch_fired()
+        if self.waiting is not None and not changed:
+            raise OSError(self.waiting.errno, self.waiting.strerror)
+        try:
+            self._attach()
+        except OSError as error:
+            self.waiting = error if error.errno in UNTIL_CHANGED else None
+            raise
+        self.waiting = None
+
+    def _attach(self) -> None:
+        if not self.domain.exists():
+            if self.seen and not self.gone:
+                self.gone = True
+                log.warning("domain %d is gone", self.domain.number)
+                if self.on_gone is not None:
+                    self.on_gone()
+            raise OSError(errno.ENOENT, "the domain is gone" if self.gone else "no such domain yet")
+        self.seen, self.gone = True, False
+        self.path, self.pty.fd = self.domain.open_console()
+        self.moved = False
+        if self.adverts:
+            try:
+                self.domain.publish(self.adverts)
+            except OSError as error:
+                log.warning("domain %d: cannot publish the ports: %s", self.domain.number, error)
+
+    def read(self) -> bytes | None:
+        """Bytes from the guest; b"" once the pty hung up or xenstore moved the console away."""
+        if not self.moved and self._watch_fired():
+            self.moved = self.watch_fd is None or not self._still_current()
+        data = self.pty.read()
+        if data is None and self.moved:
+            return b""
+        return data
+
+    def _still_current(self) -> bool:
+        try:
+            return self.domain.console_path() == self.path
+        except OSError:
+            return False
+
+    def _watch_fired(self) -> bool:
+        """Consume the watch's lines; True if there were any, or if the watch ended."""
+        try:
+            if os.read(self.watch_fd, 65536):
+                return True
+        except BlockingIOError:
+            return False
+        self._stop_watch()
+        return True
+
+    def write(self, data: bytes) -> int:
+        return self.pty.write(data)
+
+    def close(self) -> None:
+        """Let go of the pty, the watch and the published keys; open() takes them up again."""
+        self.pty.close()
+        self.path = None
+        self.waiting = None
+        self._stop_watch()
+        if self.adverts:
+            self.domain.retract()
+
+    def _stop_watch(self) -> None:
+        if self.watch_fd is not None:
+            os.close(self.watch_fd)
+            self.watch_fd = None
+            self.domain.unwatch()
+
+
+# --- Privilege separation (--user) ------------------------------------------------------------
+
+
+class Helper:
+    """The half of vncterm that keeps root, seen from the other half: Domain's methods by request.
+
+    `Helper.start` forks; the child serves requests on a socketpair until the socket closes, then
+    cleans up (retracts the keys, removes the pid file) and exits.
+    """
+
+    def __init__(self, sock: socket.socket, pid: int, number: int | None) -> None:
+        self.sock = sock
+        self.pid = pid
+        self.number = number
+        self.lock = threading.Lock()
+
+    @classmethod
+    def start(cls, source, pidfile: Pidfile | None = None) -> Helper:
+        """Fork the root helper, and route a DomainSource's privileged requests through it.
+
+        Call it early, while vncterm has no threads: the fork copies only the calling thread.
+        """
+        domain = source.domain if isinstance(source, DomainSource) else None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            serve_helper(theirs, domain, pidfile)
+        theirs.close()
+        helper = cls(ours, pid, domain.number if domain else None)
+        if domain is not None:
+            source.domain = helper
+        return helper
+
+    def exists(self) -> bool:
+        return self._ask("exists")[0]
+
+    def console_path(self) -> str | None:
+        return self._ask("console_path")[0]
+
+    def open_console(self) -> tuple[str, int]:
+        path, fds = self._ask("open_console")
+        return path, fds[0]
+
+    def watch(self) -> int:
+        return self._ask("watch")[1][0]
+
+    def unwatch(self) -> None:
+        self._ask("unwatch")
+
+    def publish(self, keys: dict[str, str]) -> None:
+        self._ask("publish", keys)
+
+    def retract(self) -> None:
+        self._ask("retract")
+
+    def close(self) -> None:
+        """Tell the helper we are done (it cleans up and exits) and wait for it."""
+        self.sock.close()
+        os.waitpid(self.pid, 0)
+
+    def _ask(self, request: str, *arguments) -> tuple:
+        with self.lock:
+            self.sock.send(json.dumps([request, *arguments]).encode())
+            message, fds, _, _ = socket.recv_fds(self.sock, 65536, 1)
+        if not message:
+            raise OSError(errno.EPIPE, "the privileged helper has exited")
+        reply = json.loads(message)
+        if "error" in reply:
+            for fd in fds:
+                os.close(fd)
+            raise OSError(reply["errno"], reply["error"])
+        return reply["value"], fds
+
+
+def serve_helper(sock: socket.socket, domain: Domain | None, pidfile: Pidfile | None) -> None:
+    """The helper's life: answer requests until the other half goes, clean up, exit."""
+    # Ctrl-C and a service manager's SIGTERM reach the whole process group; the helper outlives
+    # the main process on purpose, so that it can clean up after it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    status = 0
+    try:
+        while request := sock.recv(65536):
+            reply, fds = answer(domain, request)
+            socket.send_fds(sock, [reply], fds)
+            for fd in fds:
+                os.close(fd)
+    except Exception:
+        log.exception("privileged helper failed")
+        status = 1
+    finally:
+        if domain is not None:
+            domain.unwatch()
+            domain.retract()
+        if pidfile is not None:
+            pidfile.remove()
+        os._exit(status)
+
+
+def answer(domain: Domain | None, request: bytes) -> tuple[bytes, list[int]]:
+    """Do one request for the unprivileged half: the reply, and the fds that go with it."""
+    try:
+        name, arguments = parse_request(request, domain)
+        result = getattr(domain, name)(*arguments)
+    except OSError as error:
+        text = error.strerror or str(error)
+        return json.dumps({"errno": error.errno or errno.EIO, "error": text}).encode(), []
+    if name == "open_console":
+        path, fd = result
+        return json.dumps({"value": path}).encode(), [fd]
+    if name == "watch":
+        return json.dumps({"value": None}).encode(), [result]
+    return json.dumps({"value": result}).encode(), []
+
+
+def parse_request(request: bytes, domain: Domain | None) -> tuple[str, list]:
+    """[name] or ["publish", {key: value}], for a known name; OSError(EPERM) for anything else."""
+    try:
+        message = json.loads(request)
+    except ValueError:
+        message = None
+    if isinstance(message, list) and message and domain is not None:
+        name, arguments = message[0], message[1:]
+        if name == "publish" and len(arguments) == 1 and isinstance(arguments[0], dict) and all(
+                isinstance(item, str) for pair in arguments[0].items() for item in pair):
+            return name, arguments
+        if name in HELPER_REQUESTS and name != "publish" and not arguments:
+            return name, arguments
+    raise OSError(errno.EPERM, f"the helper refuses {request[:40]!r}")
+
+
+def drop_privileges(user: str) -> None:
+    """Become user for good: its uid, its gid and its groups, with no way back to root."""
+    try:
+        account = pwd.getpwnam(user)
+    except KeyError:
+        raise ValueError(f"no user {user!r}") from None
+    os.initgroups(account.pw_name, account.pw_gid)
+    os.setgid(account.pw_gid)
+    os.setuid(account.pw_uid)
+    if account.pw_uid != 0:
+        try:
+            os.setuid(0)
+        except PermissionError:
+            return
+        raise RuntimeError(f"still able to become root after switching to {user}")
+
+
+# --- Service plumbing ----------------------------------------------------------------------------
+
+
+class Pidfile:
+    """Our pid in a file for service managers; removed only while it still names us."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.pid = os.getpid()
+        with open(path, "w") as file:
+            file.write(f"{self.pid}\n")
+
+    def remove(self) -> None:
+        try:
+            with open(self.path) as file:
+                if file.read().strip() != str(self.pid):
+                    return
+            os.unlink(self.path)
+        except OSError as error:
+            log.debug("pid file %s: %s", self.path, error)
+
+
+def setup_logging(verbose: bool = False, syslog: bool = False, path: str | None = None,
+                  syslog_address: str = SYSLOG_ADDRESS) -> None:
+    """Send vncterm's log to syslog (facility daemon), to a file, or to stderr.
+
+    To syslog or a file, viewer connects and disconnects (INFO) are logged; to stderr, only
+    with verbose. OSError if syslog is asked for and nothing listens on syslog_address.
+    """
+    if syslog:
+        if not os.path.exists(syslog_address):
+            raise OSError(errno.ENOENT, f"no syslog socket at {syslog_address}")
+        handler = logging.handlers.SysLogHandler(
+            syslog_address, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+        handler.setFormatter(logging.Formatter("vncterm[%(process)d]: %(name)s: %(message)s"))
+    else:
+        handler = logging.FileHandler(path) if path else logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose or syslog or path else logging.WARNING)
+
+
+# --- The command line and the service's life ---------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Xen (with --domain) and running as a dom0 service")
+    group.add_argument("--xenstore-prefix", metavar="PREFIX",
+                       help=f"run xenstore tools as PREFIX + read/write/rm/watch "
+                            f"(${PREFIX_VARIABLE}, else {DEFAULT_PREFIX})")
+    group.add_argument("--stay", action="store_true",
+                       help="keep running when the domain is destroyed, for its return")
+    group.add_argument("--pidfile", metavar="FILE", help="write vncterm's process id to FILE")
+    group.add_argument("--user", metavar="USER",
+                       help="run as USER once the ports are open; a root helper keeps "
+                            "xenstore and the console pty")
+    group.add_argument("--syslog", action="store_true", help="log to syslog (facility daemon)")
+    group.add_argument("--log-file", metavar="FILE",
+                       help="vncterm's own log, with viewer connects (--log is the console's)")
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Check the options above, and default the ports (None) to 5900+N and 5500+N."""
+    if args.domain is not None:
+        try:
+            check_domain(args.domain)
+        except ValueError as error:
+            parser.error(str(error))
+        missing = Xenstore(args.xenstore_prefix).missing_tools()
+        if missing:
+            parser.error(f"xenstore tools not found: {' '.join(missing)} (--xenstore-prefix)")
+    elif args.stay:
+        parser.error("--stay goes with --domain")
+    viewer_port, reverse_port = default_ports(args.domain or 0)
+    args.port = viewer_port if args.port is None else args.port
+    args.reverse_port = reverse_port if args.reverse_port is None else args.reverse_port
+    if args.syslog and args.log_file:
+        parser.error("--syslog or --log-file, not both")
+    if args.user is not None:
+        if os.geteuid() != 0:
+            parser.error("--user needs vncterm to start as root")
+        try:
+            pwd.getpwnam(args.user)
+        except KeyError:
+            parser.error(f"--user {args.user}: no such user")
+
+
+class Service:
+    """vncterm's life as a dom0 service: pid file, root helper, published ports, dropping root."""
+
+    def __init__(self, args: argparse.Namespace, source) -> None:
+        """Write the pid file and, with --user, fork the helper: call before any thread starts."""
+        self.args = args
+        self.source = source
+        self.pidfile = Pidfile(args.pidfile) if args.pidfile else None
+        self.helper = Helper.start(source, self.pidfile) if args.user else None
+
+    def serving(self, server, reverse: tuple[str, int] | None = None) -> None:
+        """The ports are open: publish them, leave when the domain goes, and drop root."""
+        if isinstance(self.source, DomainSource):
+            self.source.adverts = adverts(server.server_address[1], reverse)
+            if not self.args.stay:
+                self.source.on_gone = lambda: leave(server)
+        if self.args.user:
+            drop_privileges(self.args.user)
+
+    def close(self) -> None:
+        """After the console stopped: the helper (or we) clean up the keys and the pid file."""
+        if self.helper is not None:
+            self.helper.close()
+        elif self.pidfile is not None:
+            self.pidfile.remove()
+
+
+def leave(server) -> None:
+    """The domain is gone: viewers read it on the status line; exit when they go, or soon."""
+    server.console_closed()
+    timer = threading.Timer(GONE_GRACE, server.stop_soon)
+    timer.daemon = True
+    timer.start()

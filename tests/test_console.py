@@ -9,7 +9,6 @@ with exactly the screen's cells.
 import os
 import socket
 import threading
-import time
 import tty
 
 import pyte
@@ -18,6 +17,7 @@ from hypothesis import strategies as st
 
 import console
 import keymap
+from peers import wait_until as wait_for
 
 COLUMNS, LINES = 20, 6
 
@@ -168,15 +168,6 @@ def test_outbox_is_bounded():
 
 
 # --- Real sources, with the reader thread --------------------------------------------------
-
-
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def screen_text(term):

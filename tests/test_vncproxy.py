@@ -11,7 +11,6 @@ import select
 import socket
 import struct
 import threading
-import time
 import tty
 
 import pytest
@@ -23,6 +22,7 @@ import rfbclient
 import vncproxy
 import vncterm
 from fakeguest import COPY_RECT, CURSOR, DESKTOP_SIZE, RAW, FakeGuest
+from peers import wait_until as wait_for
 from rawviewer import DESKTOP_SIZE as VIEWER_DESKTOP_SIZE
 from rawviewer import RAW as VIEWER_RAW
 from rawviewer import Client
@@ -212,15 +212,6 @@ def test_vnc_authentication_reverses_key_bits():
 
 
 # --- The proxy against a scripted guest, seen by a raw viewer -------------------------------
-
-
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 class Proxy:

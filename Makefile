@@ -10,7 +10,7 @@ PEER_PACKAGES := python3-venv tigervnc-standalone-server tigervnc-tools tigervnc
 	qemu-system-x86 linux-image-cloud-amd64 busybox-static cpio
 APT := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300
 
-.PHONY: help run test lint peers bench clean
+.PHONY: help run test lint peers bench fuzz clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
@@ -38,6 +38,11 @@ bench: $(VENV)/.ready ## Time vncterm against Xvnc+xterm (installs them, needs r
 	$(APT) update -qq
 	$(APT) install -y --no-install-recommends $(BENCH_PACKAGES)
 	$(PY) benchmark.py $(ARGS)
+
+FUZZ_SCALE ?= 50
+
+fuzz: $(VENV)/.ready ## Fuzz every reader, handshake and the console 50 times longer (~15 min)
+	FUZZ_SCALE=$(FUZZ_SCALE) $(PY) -m pytest -q --timeout=0 --hypothesis-show-statistics tests/test_fuzz.py
 
 clean: ## Remove the virtualenv and test artifacts
 	rm -rf $(VENV) tests/artifacts .pytest_cache .ruff_cache

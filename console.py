@@ -80,6 +80,7 @@ PAGE_UP, PAGE_DOWN = 0xFF55, 0xFF56
 DECCKM = 1 << 5  # pyte keeps private mode n as n << 5 but names no constant for mode 1
 DECAWM, DECSCNM, IRM = pyte_modes.DECAWM, pyte_modes.DECSCNM, pyte_modes.IRM
 READ_LIMIT = 256 * 1024
+PARSER_RUN_LIMIT = 64 * 1024  # characters of one escape sequence (an OSC title, say) we keep
 STYLE_CACHE_LIMIT = 256
 
 
@@ -425,8 +426,10 @@ class Stream(pyte.ByteStream):
     sequence split across reads) goes to pyte's parser one character at a time, as pyte itself
     does.  Trying `LINES` only where a line starts keeps the scan linear.  A sequence pyte
     cannot handle is ignored (pyte raises TypeError for `ESC [ 1;2;3 A`, AssertionError for
-    some in origin mode): pyte would lose the rest of the read, and the exception would stop
-    the console.
+    some in origin mode) and the cursor put back on the screen: pyte would lose the rest of the
+    read, and the exception would stop the console.  An escape sequence that never ends (an
+    OSC string, a CSI parameter list) is dropped after `PARSER_RUN_LIMIT` characters, because
+    pyte would collect it without limit.
     """
 
     _pieces = re.compile(
@@ -435,6 +438,7 @@ class Stream(pyte.ByteStream):
         + r"|(?P<control>[\x07-\x0d])")
 
     def attach(self, screen) -> None:
+        self._parser_run = 0
         super().attach(screen)
         self._csi = {final: getattr(screen, name) for final, name in self.csi.items()}
         self._controls = {char: getattr(screen, name) for char, name in self.basic.items()}
@@ -476,13 +480,36 @@ class Stream(pyte.ByteStream):
                 handler(*csi_numbers(params))
         except Exception:
             log.debug("ignored CSI %s%s%s", private, params, final, exc_info=True)
+            self._recover()
 
     def _send_to_parser(self, char: str) -> bool | None:
+        """One character to pyte's parser (pyte 0.8.0 has no such method of its own)."""
+        self._parser_run += 1
+        if self._parser_run > PARSER_RUN_LIMIT:
+            log.debug("dropped an escape sequence longer than %d characters", PARSER_RUN_LIMIT)
+            self._reset_parser()
+            return self._taking_plain_text
         try:
-            return super()._send_to_parser(char)
+            taking_plain_text = self._parser.send(char)
         except Exception:
             log.debug("ignored an escape sequence ending in %r", char, exc_info=True)
+            self._reset_parser()
+            self._recover()
             return self._taking_plain_text
+        if taking_plain_text:
+            self._parser_run = 0
+        return taking_plain_text
+
+    def _reset_parser(self) -> None:
+        """A fresh parser in the ground state: pyte's generator dies with its exception."""
+        self._parser = self._parser_fsm()
+        self._taking_plain_text = next(self._parser)
+        self._parser_run = 0
+
+    def _recover(self) -> None:
+        """Put the cursor back on the screen after a handler that failed half-way."""
+        self.listener.ensure_vbounds()
+        self.listener.ensure_hbounds()
 
 
 @dataclass
@@ -697,7 +724,7 @@ class Console:
         with self.lock:
             terminal = self.terminal
             scroll, terminal.scrolled = terminal.scrolled, 0
-            rows, terminal.dirty = terminal.dirty, set()
+            rows, terminal.dirty = terminal.dirty & set(range(self.lines)), set()
             if self._view_offset:
                 self._view_offset = min(self._view_offset + scroll, len(terminal.history))
             if self._full or self._view_offset or scroll >= self.lines:

@@ -70,7 +70,7 @@ class ViewerSession(socketserver.BaseRequestHandler):
         self.peer = "%s:%s" % self.client_address[:2]
         self.host = self.client_address[0]
         self.sock = self.request
-        self.security = getattr(self.server, "security", None) or auth.Security()
+        self.security = self.server.security
         self.view_only = False
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.encoder = encoders.ViewerEncoder()

@@ -284,7 +284,7 @@ class Upstream:
         else:
             offered = list(self.recv_exactly(self.recv_exactly(1)[0]))
         if offered in ([], [SecurityType.INVALID]):
-            raise rfb.ProtocolError(f"guest refused the connection: {self.read_reason()}")
+            raise rfb.ProtocolError(f"guest refused the connection: {self.read_reason()!r}")
         for kind in usable:
             if kind in offered:
                 if version != rfb.VERSION_3_3:
@@ -295,7 +295,7 @@ class Upstream:
 
     def check_security_result(self, version) -> None:
         if self.recv_exactly(4) != b"\0\0\0\0":
-            reason = self.read_reason() if version == rfb.VERSION_3_8 else "no reason given"
+            reason = repr(self.read_reason()) if version == rfb.VERSION_3_8 else "no reason given"
             raise AuthenticationRefused(f"guest refused authentication: {reason}")
 
     def read_reason(self) -> str:

@@ -46,7 +46,6 @@ import console
 import damage
 import keymap
 import render
-import rfb
 import viewer
 import vncproxy
 import web
@@ -118,7 +117,7 @@ class Server(socketserver.ThreadingTCPServer):
         self.name = name
         self.max_viewers = max_viewers
         self.handshake_timeout = handshake_timeout
-        self.security_types = [rfb.SecurityType.NONE]
+        self.security = auth.Security()
         self.exit_when_idle = False
         self.sessions: set[viewer.ViewerSession] = set()
         self._sessions_lock = threading.Lock()

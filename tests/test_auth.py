@@ -29,8 +29,9 @@ import peers
 import viewer
 import vncproxy
 import vncterm
+from peers import wait_until
 from rawviewer import RAW, Client
-from test_server import Harness, open_fds, server_image, settle, wait_for
+from test_server import Harness, open_fds, server_image, settle
 
 PASSWORD, VIEW_ONLY_PASSWORD = b"s3cret!x", b"look0nly"
 VENCRYPT, X509_NONE, X509_VNC = 19, 260, 261
@@ -164,7 +165,7 @@ def secured():
     yield start
     for harness in made:
         harness.close()
-    assert wait_for(lambda: set(threading.enumerate()) <= threads)
+    assert wait_until(lambda: set(threading.enumerate()) <= threads)
     assert open_fds() <= fds
 
 
@@ -368,7 +369,7 @@ def test_wrong_password_is_refused_slowly_and_logged(secured, caplog):
     with pytest.raises(PermissionError, match="authentication failed"):
         SecureClient(h.port, b"guess")
     assert time.monotonic() - started >= auth.FAILURE_DELAY
-    assert wait_for(lambda: any("127.0.0.1" in r.getMessage() and "VNC authentication failed"
+    assert wait_until(lambda: any("127.0.0.1" in r.getMessage() and "VNC authentication failed"
                                 in r.getMessage() for r in caplog.records))
 
 
@@ -431,7 +432,7 @@ def test_unauthenticated_connections_are_capped(secured):
     extra.close()
     for sock in idle:
         sock.close()
-    assert wait_for(lambda: not security.waiting._counts)
+    assert wait_until(lambda: not security.waiting._counts)
     good = SecureClient(h.port, PASSWORD)
     assert first_update(good)
     good.close()
@@ -485,7 +486,7 @@ def test_wrong_certificate_is_refused_by_the_viewer_and_harms_nobody(secured, ce
     good = SecureClient(h.port, tls=client_tls(certificates["ca"]))
     with pytest.raises(ssl.SSLCertVerificationError):
         SecureClient(h.port, tls=client_tls(certificates["other_ca"]))
-    assert wait_for(lambda: any("TLS handshake failed" in r.getMessage()
+    assert wait_until(lambda: any("TLS handshake failed" in r.getMessage()
                                 for r in caplog.records))
     h.guest_writes(b"carry on")
     assert settle(good, server_image(h))
@@ -546,7 +547,7 @@ def test_foreign_guest_is_closed_before_a_byte_and_viewers_carry_on(secured, cap
         foreign = socket.create_connection(("127.0.0.1", port), timeout=5)
         assert foreign.recv(100) == b""
         foreign.close()
-        assert wait_for(lambda: any("refused: not a --reverse-allow address" in r.getMessage()
+        assert wait_until(lambda: any("refused: not a --reverse-allow address" in r.getMessage()
                                     for r in caplog.records))
         assert h.server.desktop is None
         h.guest_writes(b"undisturbed")

@@ -46,6 +46,7 @@ import console
 import damage
 import keymap
 import render
+import service
 import viewer
 import vncproxy
 import web
@@ -215,9 +216,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--verbose", action="store_true", help="log every viewer event")
     for feature in FEATURES:
         feature.add_arguments(parser)
-    xen.add_arguments(parser)
+    service.add_arguments(parser)
     args = parser.parse_args(argv)
-    xen.check_arguments(parser, args)
+    service.check_arguments(parser, args)
     if not 0 <= args.port <= 65535:
         parser.error(f"--port {args.port} is not a TCP port")
     return args
@@ -241,21 +242,21 @@ def make_source(args):
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        xen.setup_logging(args.verbose, args.syslog, args.log_file)
+        service.setup_logging(args.verbose, args.syslog, args.log_file)
         font, font_name = render.load_font(args.font)
     except (OSError, render.FontError) as error:
         print(f"vncterm: {error}", file=sys.stderr)
         return 2
     log.info("font %s, cell %dx%d", font_name, *font.cell)
     source, name = make_source(args)
-    service = xen.Service(args, source)
+    dom0 = service.Service(args, source)
     try:
-        return serve(args, source, name, font, service)
+        return serve(args, source, name, font, dom0)
     finally:
-        service.close()
+        dom0.close()
 
 
-def serve(args, source, name: str, font, service: xen.Service) -> int:
+def serve(args, source, name: str, font, dom0: service.Service) -> int:
     """Open the ports, drop root if asked, and serve until SIGTERM or the console's end."""
     log_file = open(args.log, "ab") if args.log else None
     columns, lines = args.size
@@ -280,7 +281,7 @@ def serve(args, source, name: str, font, service: xen.Service) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: server.stop_soon())
     reverse = next((f.address for f in started if isinstance(f, vncproxy.Desktops)), None)
-    service.serving(server, reverse)
+    dom0.serving(server, reverse)
     host, port = server.server_address[:2]
     print(f"vncterm: listening on {host}:{port}", flush=True)
     print(f"vncterm: serving {name!r}; connect with: vncviewer {host}::{port}", flush=True)

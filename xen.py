@@ -65,20 +65,17 @@ pipe come back as file descriptors over the socket (SCM_RIGHTS). However vncterm
 SIGKILL, the helper sees its socket close. It then removes the published keys and the pid file,
 and exits.
 
-The dom0 service's plumbing lives here too: the command-line options (`add_arguments`,
-`check_arguments`), `Service` (the pid file, the helper, publishing, dropping root), and
-`setup_logging` (syslog, a file, or stderr).
+The dom0 service's plumbing (options, logging, dropping root, the order of it all) is in
+service.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import errno
 import json
 import logging
 import logging.handlers
 import os
-import pwd
 import re
 import shlex
 import shutil
@@ -97,7 +94,6 @@ VERBS = ("read", "write", "rm", "watch")
 TOOL_TIMEOUT = 10.0
 MAX_DOMAIN = 0x7FEF  # DOMID_FIRST_RESERVED - 1: the ids above it are Xen's own
 VIEWER_PORT_BASE, REVERSE_PORT_BASE = 5900, 5500
-GONE_GRACE = 5.0
 PTY_PATH = re.compile(r"/dev/pts/[0-9]{1,7}")
 VNC_PORT_KEY, VNC_REVERSE_KEY = "console/vnc-port", "console/vnc-reverse"
 ADVERT_VALUES = {
@@ -108,7 +104,6 @@ ADVERT_VALUES = {
 UNTIL_CHANGED = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EIO, errno.ENXIO, errno.ENOTTY}
 HELPER_REQUESTS = ("exists", "console_path", "open_console", "watch", "unwatch", "publish",
                    "retract")
-SYSLOG_ADDRESS = "/dev/log"
 WILDCARDS = ("", "0.0.0.0", "::")
 
 
@@ -522,24 +517,7 @@ def parse_request(request: bytes, domain: Domain | None) -> tuple[str, list]:
     raise OSError(errno.EPERM, f"the helper refuses {request[:40]!r}")
 
 
-def drop_privileges(user: str) -> None:
-    """Become user for good: its uid, its gid and its groups, with no way back to root."""
-    try:
-        account = pwd.getpwnam(user)
-    except KeyError:
-        raise ValueError(f"no user {user!r}") from None
-    os.initgroups(account.pw_name, account.pw_gid)
-    os.setgid(account.pw_gid)
-    os.setuid(account.pw_uid)
-    if account.pw_uid != 0:
-        try:
-            os.setuid(0)
-        except PermissionError:
-            return
-        raise RuntimeError(f"still able to become root after switching to {user}")
-
-
-# --- Service plumbing ----------------------------------------------------------------------------
+# --- The pid file ---------------------------------------------------------------------------------
 
 
 class Pidfile:
@@ -559,106 +537,3 @@ class Pidfile:
             os.unlink(self.path)
         except OSError as error:
             log.debug("pid file %s: %s", self.path, error)
-
-
-def setup_logging(verbose: bool = False, syslog: bool = False, path: str | None = None,
-                  syslog_address: str = SYSLOG_ADDRESS) -> None:
-    """Send vncterm's log to syslog (facility daemon), to a file, or to stderr.
-
-    To syslog or a file, viewer connects and disconnects (INFO) are logged; to stderr, only
-    with verbose. OSError if syslog is asked for and nothing listens on syslog_address.
-    """
-    if syslog:
-        if not os.path.exists(syslog_address):
-            raise OSError(errno.ENOENT, f"no syslog socket at {syslog_address}")
-        handler = logging.handlers.SysLogHandler(
-            syslog_address, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
-        handler.setFormatter(logging.Formatter("vncterm[%(process)d]: %(name)s: %(message)s"))
-    else:
-        handler = logging.FileHandler(path) if path else logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    for old in root.handlers[:]:
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(logging.INFO if verbose or syslog or path else logging.WARNING)
-
-
-# --- The command line and the service's life ---------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("Xen (with --domain) and running as a dom0 service")
-    group.add_argument("--xenstore-prefix", metavar="PREFIX",
-                       help=f"run xenstore tools as PREFIX + read/write/rm/watch "
-                            f"(${PREFIX_VARIABLE}, else {DEFAULT_PREFIX})")
-    group.add_argument("--stay", action="store_true",
-                       help="keep running when the domain is destroyed, for its return")
-    group.add_argument("--pidfile", metavar="FILE", help="write vncterm's process id to FILE")
-    group.add_argument("--user", metavar="USER",
-                       help="run as USER once the ports are open; a root helper keeps "
-                            "xenstore and the console pty")
-    group.add_argument("--syslog", action="store_true", help="log to syslog (facility daemon)")
-    group.add_argument("--log-file", metavar="FILE",
-                       help="vncterm's own log, with viewer connects (--log is the console's)")
-
-
-def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Check the options above, and default the ports (None) to 5900+N and 5500+N."""
-    if args.domain is not None:
-        try:
-            check_domain(args.domain)
-        except ValueError as error:
-            parser.error(str(error))
-        missing = Xenstore(args.xenstore_prefix).missing_tools()
-        if missing:
-            parser.error(f"xenstore tools not found: {' '.join(missing)} (--xenstore-prefix)")
-    elif args.stay:
-        parser.error("--stay goes with --domain")
-    viewer_port, reverse_port = default_ports(args.domain or 0)
-    args.port = viewer_port if args.port is None else args.port
-    args.reverse_port = reverse_port if args.reverse_port is None else args.reverse_port
-    if args.syslog and args.log_file:
-        parser.error("--syslog or --log-file, not both")
-    if args.user is not None:
-        if os.geteuid() != 0:
-            parser.error("--user needs vncterm to start as root")
-        try:
-            pwd.getpwnam(args.user)
-        except KeyError:
-            parser.error(f"--user {args.user}: no such user")
-
-
-class Service:
-    """vncterm's life as a dom0 service: pid file, root helper, published ports, dropping root."""
-
-    def __init__(self, args: argparse.Namespace, source) -> None:
-        """Write the pid file and, with --user, fork the helper: call before any thread starts."""
-        self.args = args
-        self.source = source
-        self.pidfile = Pidfile(args.pidfile) if args.pidfile else None
-        self.helper = Helper.start(source, self.pidfile) if args.user else None
-
-    def serving(self, server, reverse: tuple[str, int] | None = None) -> None:
-        """The ports are open: publish them, leave when the domain goes, and drop root."""
-        if isinstance(self.source, DomainSource):
-            self.source.adverts = adverts(server.server_address[1], reverse)
-            if not self.args.stay:
-                self.source.on_gone = lambda: leave(server)
-        if self.args.user:
-            drop_privileges(self.args.user)
-
-    def close(self) -> None:
-        """After the console stopped: the helper (or we) clean up the keys and the pid file."""
-        if self.helper is not None:
-            self.helper.close()
-        elif self.pidfile is not None:
-            self.pidfile.remove()
-
-
-def leave(server) -> None:
-    """The domain is gone: viewers read it on the status line; exit when they go, or soon."""
-    server.console_closed()
-    timer = threading.Timer(GONE_GRACE, server.stop_soon)
-    timer.daemon = True
-    timer.start()

@@ -31,6 +31,7 @@ import console
 import fakexenstore
 import keymap
 import peers
+import service
 import xen
 from peers import Block
 
@@ -392,10 +393,10 @@ def test_the_helper_does_the_privileged_part_and_cleans_up(fake, guests, tmp_pat
 
 USER_DRIVER = textwrap.dedent("""\
     import json, os, sys
-    import console, xen
+    import console, service, xen
     source = xen.DomainSource(xen.Domain(int(sys.argv[1]), xen.Xenstore(sys.argv[2])))
     helper = xen.Helper.start(source)
-    xen.drop_privileges("nobody")
+    service.drop_privileges("nobody")
     term = console.Console(source, 80, 25)
     term.start()
     for line in sys.stdin:
@@ -474,7 +475,7 @@ def test_syslog_gets_one_line_per_viewer_event(tmp_path, restore_logging):
     syslog.bind(address)
     syslog.settimeout(5)
     try:
-        xen.setup_logging(syslog=True, syslog_address=address)
+        service.setup_logging(syslog=True, syslog_address=address)
         logging.getLogger("vncterm").info("viewer %s connected", "192.0.2.9:40000")
         message = syslog.recv(4096).decode()
     finally:
@@ -485,12 +486,12 @@ def test_syslog_gets_one_line_per_viewer_event(tmp_path, restore_logging):
 
 def test_syslog_without_a_listener_is_a_clear_error(tmp_path, restore_logging):
     with pytest.raises(OSError, match="no syslog socket"):
-        xen.setup_logging(syslog=True, syslog_address=str(tmp_path / "missing"))
+        service.setup_logging(syslog=True, syslog_address=str(tmp_path / "missing"))
 
 
 def test_log_file_gets_viewer_events(tmp_path, restore_logging):
     path = tmp_path / "vncterm.log"
-    xen.setup_logging(path=str(path))
+    service.setup_logging(path=str(path))
     logging.getLogger("vncterm").info("viewer %s disconnected", "127.0.0.1:5")
     assert "vncterm: viewer 127.0.0.1:5 disconnected" in path.read_text()
 
@@ -622,7 +623,7 @@ def test_vncterm_exits_when_the_domain_is_destroyed(fake, guests, start_vncterm_
     server = start_vncterm_domain()
     assert peers.wait_until(lambda: fake.store.read(PORT_KEY) == str(server.port))
     fake.destroy_domain(guest)
-    assert server.proc.wait(xen.GONE_GRACE + 15) == 0, server.report()
+    assert server.proc.wait(service.GONE_GRACE + 15) == 0, server.report()
     assert fake.store.read(DOMAIN_PATH) is None, "exiting must not recreate the domain directory"
     assert not server.pidfile.exists()
 
@@ -633,7 +634,7 @@ def test_vncterm_with_stay_outlives_the_domain(fake, guests, start_vncterm_domai
     server = start_vncterm_domain(["--stay"])
     assert peers.wait_until(lambda: fake.store.read(PORT_KEY) == str(server.port))
     fake.destroy_domain(guest)
-    peers.wait_until(lambda: server.proc.poll() is not None, timeout=xen.GONE_GRACE + 3)
+    peers.wait_until(lambda: server.proc.poll() is not None, timeout=service.GONE_GRACE + 3)
     assert server.proc.poll() is None, server.report()
     again = guests()
     fake.start_domain(again)

@@ -28,7 +28,6 @@ which both send a JPEG quality level, must show it close to the original.
 
 import ast
 import contextlib
-import os
 import re
 import socket
 import subprocess
@@ -70,13 +69,8 @@ def console(start_vncterm, artifacts):
 
 
 def require_novnc():
-    """noVNC's web files, under the same missing-peer policy as peers.require."""
-    if not NOVNC.is_dir():
-        peers.missing_peers.add("novnc")
-        reason = f"noVNC is not installed in {NOVNC} (install it with: {peers.INSTALL_COMMAND})"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
+    """noVNC's web files, under the missing-peer policy of peers.require."""
+    peers.require("novnc", NOVNC.is_dir())
 
 
 def rects_sent(server):

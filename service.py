@@ -27,6 +27,8 @@ import threading
 import xen
 from xen import DEFAULT_PREFIX, PREFIX_VARIABLE, DomainSource, Helper, Pidfile, Xenstore
 
+log = logging.getLogger("vncterm.service")
+
 GONE_GRACE = 5.0
 SYSLOG_ADDRESS = "/dev/log"
 
@@ -123,12 +125,15 @@ class Service:
         self.pidfile = Pidfile(args.pidfile) if args.pidfile else None
         self.helper = Helper.start(source, self.pidfile) if args.user else None
 
-    def serving(self, server, reverse: tuple[str, int] | None = None) -> None:
-        """The ports are open: publish them, leave when the domain goes, and drop root."""
+    def serving(self, server, desktops=None) -> None:
+        """The ports are open: publish them, let the guest in, leave when it goes, drop root."""
+        reverse = desktops.address if desktops is not None else None
         if isinstance(self.source, DomainSource):
             self.source.adverts = xen.adverts(server.server_address[1], reverse)
             if not self.args.stay:
                 self.source.on_gone = lambda: leave(server)
+            if desktops is not None and self.args.reverse_allow is None:
+                desktops.allow = guest_or(desktops.allow, self.source)
         if self.args.user:
             drop_privileges(self.args.user)
 
@@ -146,3 +151,18 @@ def leave(server) -> None:
     timer = threading.Timer(GONE_GRACE, server.stop_soon)
     timer.daemon = True
     timer.start()
+
+
+def guest_or(allow, source: DomainSource):
+    """Also let in the addresses the toolstack gave the guest, looked up when it connects."""
+    def allowed(host: str) -> bool:
+        return allow(host) or host in guest_addresses(source)
+    return allowed
+
+
+def guest_addresses(source: DomainSource) -> list[str]:
+    try:
+        return source.domain.guest_addresses()
+    except OSError as error:
+        log.warning("cannot read the guest's addresses: %s", error)
+        return []

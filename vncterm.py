@@ -280,8 +280,7 @@ def serve(args, source, name: str, font, dom0: service.Service) -> int:
         return 1
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: server.stop_soon())
-    reverse = next((f.address for f in started if isinstance(f, vncproxy.Desktops)), None)
-    dom0.serving(server, reverse)
+    dom0.serving(server, next((f for f in started if isinstance(f, vncproxy.Desktops)), None))
     host, port = server.server_address[:2]
     print(f"vncterm: listening on {host}:{port}", flush=True)
     print(f"vncterm: serving {name!r}; connect with: vncviewer {host}::{port}", flush=True)

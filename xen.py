@@ -57,13 +57,13 @@ root with mode 0620, so group tty may write to it but not read it. Both are need
 reboot. Dropping root for good would lose the console at the first reboot. Keeping root as the
 saved uid would make dropping pointless, because any code that runs could take root back. So with
 --user, vncterm splits in two, as OpenSSH's privilege separation does. Before any thread starts,
-it forks a `Helper` that stays root and serves seven requests, all about domain N only: exists,
+it forks a `Helper` that stays root and serves eight requests, all about domain N only: exists,
 console_path, open_console, watch, unwatch, publish (keys and values checked against a fixed
-list), and retract. No request takes a path, so the unprivileged half, which parses everything
-viewers and the guest send, cannot ask for any other file or key. The opened pty and the watch's
-pipe come back as file descriptors over the socket (SCM_RIGHTS). However vncterm ends, even by
-SIGKILL, the helper sees its socket close. It then removes the published keys and the pid file,
-and exits.
+list), retract, and guest_addresses. No request takes a path, so the unprivileged half, which
+parses everything viewers and the guest send, cannot ask for any other file or key. The opened
+pty and the watch's pipe come back as file descriptors over the socket (SCM_RIGHTS). However
+vncterm ends, even by SIGKILL, the helper sees its socket close. It then removes the published
+keys and the pid file, and exits.
 
 The dom0 service's plumbing (options, logging, dropping root, the order of it all) is in
 service.py.
@@ -72,6 +72,7 @@ service.py.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import json
 import logging
 import logging.handlers
@@ -103,7 +104,8 @@ ADVERT_VALUES = {
 # Errors that persist until xenstore changes; any other failure is retried on the Console's timer.
 UNTIL_CHANGED = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EIO, errno.ENXIO, errno.ENOTTY}
 HELPER_REQUESTS = ("exists", "console_path", "open_console", "watch", "unwatch", "publish",
-                   "retract")
+                   "retract", "guest_addresses")
+MAX_VIFS = 4
 WILDCARDS = ("", "0.0.0.0", "::")
 
 
@@ -229,6 +231,22 @@ class Domain:
         """The pty console/tty names, None if there is none; OSError if it names anything else."""
         value = self.xenstore.read(self.tty_key)
         return check_pty_path(value) if value else None
+
+    def guest_addresses(self) -> list[str]:
+        """The addresses the toolstack gave the domain's network interfaces (xl's vif `ip=`).
+
+        They are read from dom0's own backend directory, which the guest cannot write; the
+        guest's own keys (a guest agent's `attr/vif`) would let it vouch for anyone.
+        """
+        found = []
+        for vif in range(MAX_VIFS):
+            value = self.xenstore.read(f"/local/domain/0/backend/vif/{self.number}/{vif}/ip")
+            for word in (value or "").split():
+                try:
+                    found.append(str(ipaddress.ip_address(word)))
+                except ValueError:
+                    log.warning("domain %d: vif %d has a bad ip %r", self.number, vif, word)
+        return found
 
     def open_console(self) -> tuple[str, int]:
         """Open the pty console/tty names: its path, and a raw non-blocking fd the caller owns."""
@@ -424,6 +442,9 @@ class Helper:
 
     def console_path(self) -> str | None:
         return self._ask("console_path")[0]
+
+    def guest_addresses(self) -> list[str]:
+        return self._ask("guest_addresses")[0]
 
     def open_console(self) -> tuple[str, int]:
         path, fds = self._ask("open_console")

@@ -659,3 +659,25 @@ def test_vncterm_as_nobody_keeps_the_console_across_a_reboot(fake, guests, start
     server.stop()
     assert fake.store.read(PORT_KEY) is None
     assert not server.pidfile.exists()
+
+
+# --- Who may connect to the reverse port ----------------------------------------------------
+
+
+def test_guest_addresses_come_from_dom0s_backend_keys(fake):
+    backend = f"/local/domain/0/backend/vif/{DOMAIN}"
+    fake.store.write(f"{backend}/0/ip", "192.0.2.7 2001:db8::7")
+    fake.store.write(f"{backend}/1/ip", "not-an-address 198.51.100.9")
+    fake.store.write(f"{DOMAIN_PATH}/attr/vif/0/ipv4/0", "203.0.113.66")
+    domain = xen.Domain(DOMAIN, fake.xenstore)
+    assert domain.guest_addresses() == ["192.0.2.7", "2001:db8::7", "198.51.100.9"]
+
+
+def test_the_reverse_port_lets_in_the_guests_own_addresses(fake):
+    fake.store.write(f"/local/domain/0/backend/vif/{DOMAIN}/0/ip", "192.0.2.7")
+    source = xen.DomainSource(xen.Domain(DOMAIN, fake.xenstore))
+    allowed = service.guest_or(lambda host: host == "127.0.0.1", source)
+    assert allowed("127.0.0.1") and allowed("192.0.2.7")
+    assert not allowed("192.0.2.8")
+    fake.store.write(f"/local/domain/0/backend/vif/{DOMAIN}/0/ip", "192.0.2.8")
+    assert allowed("192.0.2.8") and not allowed("192.0.2.7")

@@ -11,21 +11,18 @@ import select
 import socket
 import struct
 import threading
-import tty
 
 import pytest
 
-import console
-import render
 import rfb
 import rfbclient
 import vncproxy
-import vncterm
 from fakeguest import COPY_RECT, CURSOR, DESKTOP_SIZE, RAW, FakeGuest
 from peers import wait_until as wait_for
 from rawviewer import DESKTOP_SIZE as VIEWER_DESKTOP_SIZE
 from rawviewer import RAW as VIEWER_RAW
 from rawviewer import Client
+from test_server import Harness
 from vncproxy import CONSOLE, DESKTOP, DESKTOP_DOWN, DESKTOP_UP, NO_DESKTOP, TO_CONSOLE, TO_DESKTOP
 
 CONTROL_L, ALT_L, F1, F7 = 0xFFE3, 0xFFE9, 0xFFBE, 0xFFC4
@@ -214,22 +211,13 @@ def test_vnc_authentication_reverses_key_bits():
 # --- The proxy against a scripted guest, seen by a raw viewer -------------------------------
 
 
-class Proxy:
-    """A vncterm server with a console on a pty and a reverse port, in-process."""
+class Proxy(Harness):
+    """test_server's Harness (a console on a pty) with a reverse port for guest desktops."""
 
     def __init__(self, password=None):
-        self.master, self.slave = os.openpty()
-        tty.setraw(self.slave)
-        self.console = console.Console(console.PtySource(os.ttyname(self.slave)), 80, 25)
-        glyphs = render.Glyphs(render.load_font(None)[0])
-        self.console_display = vncterm.ConsoleDisplay(self.console, glyphs)
-        self.server = vncterm.Server(("127.0.0.1", 0), self.console_display, "proxy test")
+        super().__init__()
         self.desktops = vncproxy.Desktops(self.server.desktop_changed, password)
         self.reverse_port = self.desktops.listen(("127.0.0.1", 0))[1]
-        self.console.start()
-        self.thread = threading.Thread(target=self.server.serve_forever)
-        self.thread.start()
-        self.port = self.server.server_address[1]
         self.closers = []
 
     def viewer(self, *encodings):
@@ -248,12 +236,7 @@ class Proxy:
         for close in self.closers:
             close()
         self.desktops.stop()
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
-        self.console.stop()
-        os.close(self.master)
-        os.close(self.slave)
+        super().close()
 
 
 @pytest.fixture

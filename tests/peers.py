@@ -339,24 +339,24 @@ def find_console(image, marker):
     return (left, top, left + COLUMNS * cell_width, top + ROWS * cell_height)
 
 
-def framebuffer_errors(image, blocks):
+def framebuffer_errors(image, blocks, corners=CORNERS):
     """Errors in a capture that is the framebuffer itself: its size, then the blocks."""
     if image.width % COLUMNS or image.height % ROWS:
         return [f"a {image.width}x{image.height} capture is not {COLUMNS}x{ROWS} whole cells"]
-    return pattern_errors(image, whole_image(image), blocks)
+    return pattern_errors(image, whole_image(image), blocks, corners)
 
 
-def screenshot_errors(image, blocks):
+def screenshot_errors(image, blocks, corners=CORNERS):
     """Errors in a screenshot with a viewer window somewhere in it, found by the red block."""
     marker = next(block for block in blocks if block.colour == "red")
-    return pattern_errors(image, find_console(image, marker), blocks)
+    return pattern_errors(image, find_console(image, marker), blocks, corners)
 
 
-def pattern_errors(image, region, blocks):
-    """Every cell where the image disagrees with the painted blocks; [] when it shows them."""
+def pattern_errors(image, region, blocks, corners=CORNERS):
+    """Every cell where the image disagrees with the painted blocks and the black `corners`."""
     if region is None:
         return ["no solid red marker block in the image: the console is missing or misdrawn"]
-    expected = {cell: "black" for cell in CORNERS}
+    expected = {cell: "black" for cell in corners}
     for block in blocks:
         expected.update({cell: "black" for cell in block.border()})
     for block in blocks:

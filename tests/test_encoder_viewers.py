@@ -41,6 +41,7 @@ import encoders
 import peers
 import rfb
 import rfbdecode
+from chromium import Chromium
 from peers import Block
 
 PATTERN = (Block("red", 2, 1), Block("green", 72, 1), Block("blue", 2, 22))
@@ -66,11 +67,6 @@ def console(start_vncterm, artifacts):
     script.write_text("\n".join(
         [*paint(PATTERN), "IFS= read -r line", *paint(REPAINTED), "exec cat > /dev/null"]) + "\n")
     return start_vncterm(f"sh {script}", options=["--verbose"])
-
-
-def require_novnc():
-    """noVNC's web files, under the missing-peer policy of peers.require."""
-    peers.require("novnc", NOVNC.is_dir())
 
 
 def rects_sent(server):
@@ -200,51 +196,50 @@ def free_port():
 
 
 @contextlib.contextmanager
-def websockify(artifacts, target_port):
-    """websockify serving noVNC's files and relaying to target_port; yields its own port."""
+def novnc(artifacts, tmp_path, target_port):
+    """noVNC in headless Chromium, through websockify, connected to target_port.
+
+    Yields a function that saves the page as a PNG under artifacts and returns it as an image;
+    the caller polls it until the picture it expects shows (noVNC draws when its data arrives).
+    """
+    for peer in ("chromium", "websockify"):
+        peers.require(peer)
+    peers.require("novnc", NOVNC.is_dir())
     port = free_port()
     with open(artifacts / "websockify.log", "ab") as log:
         proxy = subprocess.Popen(
             ["websockify", "--web", str(NOVNC), f"127.0.0.1:{port}", f"127.0.0.1:{target_port}"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    browser = None
     try:
-        yield port
+        assert peers.wait_until(lambda: accepts(port), 20), "websockify never listened"
+        browser = Chromium(artifacts, tmp_path / "chromium-profile")
+        browser.open(f"http://127.0.0.1:{port}/vnc.html?autoconnect=1&host=127.0.0.1&port={port}")
+        yield lambda name: browser.screenshot(artifacts / name)
     finally:
+        if browser is not None:
+            browser.close()
         proxy.terminate()
         proxy.wait(10)
 
 
-def chromium_screenshot(port, shot, tmp_path, attempts=3):
-    """Open noVNC in headless Chromium, let it connect and draw, save a screenshot to shot.
-
-    On a loaded machine Chromium now and then exits without writing the screenshot: try again.
-    """
-    for _ in range(attempts):
-        shot.unlink(missing_ok=True)
-        peers.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                   "--no-first-run", "--disable-background-networking",
-                   "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-                   f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1100,900",
-                   "--virtual-time-budget=8000", f"--screenshot={shot}",
-                   f"http://127.0.0.1:{port}/vnc.html?autoconnect=1&host=127.0.0.1&port={port}"],
-                  timeout=60)
-        if shot.exists():
-            return peers.load_rgb(shot)
-    raise AssertionError(f"Chromium wrote no screenshot in {attempts} attempts")
+def accepts(port):
+    """True when something accepts connections on 127.0.0.1:port."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def test_novnc_decodes_tight(console, artifacts, tmp_path):
     """noVNC lists Tight first whatever it is told; it has no Zlib or ZRLE decoder in 1.3."""
-    for peer in ("chromium", "websockify"):
-        peers.require(peer)
-    require_novnc()
     raw = RawViewer(console)
     reference = raw.picture(PATTERN)
     raw.close()
-    with websockify(artifacts, console.port) as port:
+    with novnc(artifacts, tmp_path, console.port) as screenshot:
         assert peers.until_no_errors(lambda: exact_errors(
-            chromium_screenshot(port, artifacts / "novnc.png", tmp_path), PATTERN, reference),
-            timeout=30) == []
+            screenshot("novnc.png"), PATTERN, reference), timeout=FIRST_PICTURE) == []
     assert_sent_only(console, "tight")
 
 
@@ -366,10 +361,7 @@ def test_tigervnc_decodes_tight_jpeg(photo_server, xvfb):
 
 
 def test_novnc_decodes_tight_jpeg(photo_server, artifacts, tmp_path):
-    for peer in ("chromium", "websockify"):
-        peers.require(peer)
-    require_novnc()
-    with websockify(artifacts, photo_server.port) as port:
-        shot = chromium_screenshot(port, artifacts / "novnc-photo.png", tmp_path)
-    assert photo_errors(shot, photo_server.image) == []
+    with novnc(artifacts, tmp_path, photo_server.port) as screenshot:
+        assert peers.until_no_errors(lambda: photo_errors(
+            screenshot("novnc-photo.png"), photo_server.image), timeout=FIRST_PICTURE) == []
     assert photo_server.jpeg_rects > 0 and photo_server.error is None

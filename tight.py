@@ -22,12 +22,22 @@ keeps every compact length under its 4 MiB limit.  Each piece is then cut into c
 (`_column_groups`): a line of `ls --color` has white text and a coloured name, three colours,
 which as one rectangle costs a byte a pixel, but as two rectangles of two colours costs a bit
 a pixel; for a screen of coloured text that halves the bytes, for 20 bytes of header a group.
-"Photographic" means more colours than a palette holds and more than one colour per
-`PHOTO_PIXELS_PER_COLOUR` pixels: a screen of coloured or anti-aliased text has at most a few
-thousand colours, a photograph tens of thousands.  The gradient filter is not implemented:
-console content is palette or photo, and the copy filter is the fallback.  The viewer's
-compression level is the zlib level; when it changes we start new streams and set their
-reset bits in the next rectangle.
+
+A palette pays when colours are few; finding each pixel's index (Pillow's quantizer, the one
+per-pixel step here that is not a plain copy) costs several times what zlib saves once the
+colours are as dense as a photograph's.  So a piece takes a palette when it has at most
+`FEW_COLOURS` colours, or at most one per `PALETTE_PIXELS_PER_COLOUR` pixels (256 at most);
+denser pieces go as full colour, and are not cut into column groups at all.  "Photographic",
+for JPEG, is stricter: more than 256 colours and more than one per `PHOTO_PIXELS_PER_COLOUR`
+pixels; a screen of coloured or anti-aliased text has at most a few thousand colours, a
+photograph tens of thousands, and text stays lossless.  The gradient filter is not
+implemented: console content is palette or photo, and the copy filter is the fallback.
+
+Each stream has its own zlib level, from the viewer's compression level through
+`ZLIB_LEVELS`: the table TigerVNC uses, from VirtualGL's measurements of real sessions, which
+compresses palette data harder than full colour (small and cheap to squeeze, where full colour
+is big and costly).  When the viewer's level changes we start new streams and set their reset
+bits in the next rectangle.
 """
 
 from __future__ import annotations
@@ -42,11 +52,17 @@ from rfb import Encoding
 MAX_WIDTH = 2048
 MAX_AREA = 65536
 SLICE_WIDTH = 16
+FEW_COLOURS = 16
+PALETTE_PIXELS_PER_COLOUR = 256
 PHOTO_PIXELS_PER_COLOUR = 16
 RAW_DATA_LIMIT = 12
 FILL, JPEG, FILTER_FOLLOWS = 8, 9, 4
 PALETTE_FILTER = 1
 FULL_COLOUR_STREAM, MONO_STREAM, INDEXED_STREAM = 0, 1, 2
+
+# zlib level of each stream (full colour, mono, indexed) for compression levels 0-9.
+ZLIB_LEVELS = [(0, 0, 0), (1, 1, 1), (2, 3, 3), (2, 5, 5), (3, 7, 6),
+               (4, 8, 7), (5, 8, 7), (6, 9, 8), (7, 9, 9), (9, 9, 9)]
 
 # JPEG quality and Pillow subsampling (0 = 4:4:4, 1 = 4:2:2, 2 = 4:2:0) for quality levels
 # 0-9, as TigerVNC's TightJPEGEncoder maps them.
@@ -87,7 +103,8 @@ class TightEncoder:
         rects = []
         for left, top, right, bottom in pieces(*image.size):
             piece = image.crop((left, top, right, bottom))
-            for start, end in _column_groups(piece):
+            groups = [(0, piece.width)] if _dense(piece) else _column_groups(piece)
+            for start, end in groups:
                 part = piece.crop((start, 0, end, piece.height))
                 header = rfb.rect_header(
                     x + left + start, y + top, end - start, bottom - top, Encoding.TIGHT)
@@ -104,7 +121,7 @@ class TightEncoder:
             self._level = level
 
     def _piece(self, piece, converter, quality) -> bytes:
-        colours = pixels.palette(piece, 256)
+        colours = pixels.palette(piece, _palette_limit(piece))
         if colours is None:
             if quality is not None and _photographic(piece):
                 return self._jpeg(piece, quality)
@@ -132,7 +149,8 @@ class TightEncoder:
             return head + data
         stream = self._streams[stream_id]
         if stream is None:
-            stream = self._streams[stream_id] = zlib.compressobj(self._level)
+            stream = zlib.compressobj(ZLIB_LEVELS[self._level][stream_id])
+            self._streams[stream_id] = stream
         compressed = stream.compress(data) + stream.flush(zlib.Z_SYNC_FLUSH)
         return head + compact_length(len(compressed)) + compressed
 
@@ -171,8 +189,18 @@ def _alike(group, colours) -> bool:
     return len(colours) > 2 and len(group | colours) <= 256
 
 
+def _palette_limit(image) -> int:
+    """The most colours for which the image is worth a palette."""
+    return min(256, max(FEW_COLOURS, image.width * image.height // PALETTE_PIXELS_PER_COLOUR))
+
+
+def _dense(image) -> bool:
+    """Too many colours for a palette: full colour or JPEG, whatever its columns hold."""
+    return image.getcolors(_palette_limit(image)) is None
+
+
 def _photographic(image) -> bool:
-    """More colours than one per PHOTO_PIXELS_PER_COLOUR pixels: a photo, not text."""
+    """More than 256 colours and one per PHOTO_PIXELS_PER_COLOUR pixels: a photo, not text."""
     area = image.width * image.height
     return image.getcolors(max(256, area // PHOTO_PIXELS_PER_COLOUR)) is None
 

@@ -7,12 +7,20 @@ the compression and JPEG quality levels it asked for with pseudo-encodings, its 
 a count of the rectangles sent per encoding (the log shows it when the viewer leaves, and
 tests read it to prove which encoding was used).
 
-An encoder is a class with `encode(x, y, image, converter, levels) -> list[bytes]` (whole
-rectangles, header included).  It is made the first time a viewer's preference picks it and
-kept for the whole connection, across SetPixelFormat and SetEncodings, because the zlib
-streams of Zlib, ZRLE and Tight must match the viewer's inflaters byte for byte until the
-viewer leaves (rfb-notes §6.6).  Adding an encoding means adding a class and a line in
-`ENCODERS`.
+Encoding happens in two steps.  `plan(x, y, image, converter, quality)` is pure: it looks at
+the pixels, picks sub-encodings and produces every byte that does not go through zlib, plus
+the data that does.  `finish(plan, levels)` runs that data through the viewer's own zlib
+streams.  Viewers with the same encoding and pixel format (and, for Tight, JPEG quality) that
+ask for the same rectangle of the same generation of a display get the same plan, so the
+display's `SharedPlans` computes it once for all of them: fifty viewers of a flood cost a few
+analyses and fifty deflates, not fifty analyses.  The first viewer to ask computes; the
+others wait for its result (single flight).  Raw and Hextile have no zlib state, so their plan
+is already the finished rectangle.
+
+An encoder object is made the first time a viewer's preference picks its encoding and kept
+for the whole connection, across SetPixelFormat and SetEncodings, because the zlib streams of
+Zlib, ZRLE and Tight must match the viewer's inflaters byte for byte until the viewer leaves
+(rfb-notes §6.6).  Adding an encoding means adding a class and a line in `ENCODERS`.
 
 * Raw (0, §7.7.1): the pixels in the viewer's format.
 * Hextile (5, §7.7.4): 16x16 tiles, each solid, background plus subrectangles of one
@@ -39,9 +47,12 @@ too; we never compress twice to pick the smaller.
 
 from __future__ import annotations
 
+import functools
 import struct
+import threading
 import zlib
 from collections import Counter
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from PIL import Image
@@ -75,47 +86,65 @@ class Levels:
         return cls(compression, quality)
 
 
-class RawEncoder:
-    """Raw, RFC 6143 §7.7.1: every pixel in the viewer's format."""
+class Stateless:
+    """An encoder without zlib state: its plan is the finished rectangles."""
 
-    def encode(self, x, y, image, converter, levels) -> list[bytes]:
-        width, height = image.size
-        return [rfb.rect_header(x, y, width, height, Encoding.RAW) + converter.convert(image)]
+    def finish(self, plan, levels) -> list[bytes]:
+        return plan
 
 
-class ZlibEncoder:
-    """Zlib, rfbproto §zlib: U32 length, then Raw pixels from one deflate stream per viewer."""
+class OneStream:
+    """An encoder with one deflate stream for the connection, whose plan is (header, data):
+    the rectangle is the header, a U32 length and the data through the stream."""
 
     def __init__(self) -> None:
         self._stream = None
 
-    def encode(self, x, y, image, converter, levels) -> list[bytes]:
+    def finish(self, plan, levels) -> list[bytes]:
+        header, data = plan
         if self._stream is None:
             self._stream = zlib.compressobj(levels.compression)
-        data = self._stream.compress(converter.convert(image))
-        data += self._stream.flush(zlib.Z_SYNC_FLUSH)
+        data = self._stream.compress(data) + self._stream.flush(zlib.Z_SYNC_FLUSH)
+        return [header + struct.pack(">I", len(data)) + data]
+
+
+class RawEncoder(Stateless):
+    """Raw, RFC 6143 §7.7.1: every pixel in the viewer's format."""
+
+    @staticmethod
+    def plan(x, y, image, converter, quality) -> list[bytes]:
         width, height = image.size
-        return [rfb.rect_header(x, y, width, height, Encoding.ZLIB)
-                + struct.pack(">I", len(data)) + data]
+        return [rfb.rect_header(x, y, width, height, Encoding.RAW) + converter.convert(image)]
 
 
-class HextileEncoder:
+class ZlibEncoder(OneStream):
+    """Zlib, rfbproto §zlib: Raw pixels through one deflate stream per viewer."""
+
+    @staticmethod
+    def plan(x, y, image, converter, quality) -> tuple[bytes, bytes]:
+        width, height = image.size
+        return rfb.rect_header(x, y, width, height, Encoding.ZLIB), converter.convert(image)
+
+
+class HextileEncoder(Stateless):
     """Hextile, RFC 6143 §7.7.4: 16x16 tiles of background, foreground and subrectangles."""
 
     RAW, BACKGROUND, FOREGROUND, ANY_SUBRECTS, SUBRECTS_COLOURED = 1, 2, 4, 8, 16
 
-    def encode(self, x, y, image, converter, levels) -> list[bytes]:
+    @classmethod
+    def plan(cls, x, y, image, converter, quality) -> list[bytes]:
         image = converter.reduce(image)
         width, height = image.size
         parts = [rfb.rect_header(x, y, width, height, Encoding.HEXTILE)]
         background = foreground = None
         for box in pixels.tiles(width, height, 16, 16):
-            data, background, foreground = self._tile(
+            data, background, foreground = cls._tile(
                 image.crop(box), converter, background, foreground)
             parts.append(data)
         return [b"".join(parts)]
 
-    def _tile(self, tile, converter, background, foreground):
+    @classmethod
+    def _tile(cls, tile, converter, background, foreground):
         """One tile's bytes, and the background and foreground the next tile inherits."""
         colours = pixels.palette(tile, 256)
         size = converter.bytes_per_pixel
@@ -123,28 +152,28 @@ class HextileEncoder:
         if len(colours) == 1:
             if colours[0] == background:
                 return b"\0", background, foreground
-            return bytes([self.BACKGROUND]) + palette, colours[0], foreground
-        mask, body = self.ANY_SUBRECTS, []
+            return bytes([cls.BACKGROUND]) + palette, colours[0], foreground
+        mask, body = cls.ANY_SUBRECTS, []
         if colours[0] != background:
-            mask |= self.BACKGROUND
+            mask |= cls.BACKGROUND
             body.append(palette[:size])
         subrects = _subrects(tile, colours)
         if len(colours) == 2:
             if colours[1] != foreground:
-                mask |= self.FOREGROUND
+                mask |= cls.FOREGROUND
                 body.append(palette[size : 2 * size])
             body.append(bytes([len(subrects)]))
             body += [_hextile_subrect(*rect[:4]) for rect in subrects]
             next_foreground = colours[1]
         else:
-            mask |= self.SUBRECTS_COLOURED
+            mask |= cls.SUBRECTS_COLOURED
             body.append(bytes([len(subrects)]))
             body += [palette[index * size : (index + 1) * size] + _hextile_subrect(x, y, w, h)
                      for x, y, w, h, index in subrects]
             next_foreground = None
         data = b"".join(body)
         if len(subrects) > 255 or len(data) >= tile.width * tile.height * size:
-            return bytes([self.RAW]) + converter.convert(tile), None, None
+            return bytes([cls.RAW]) + converter.convert(tile), None, None
         return bytes([mask]) + data, colours[0], next_foreground
 
 
@@ -177,35 +206,30 @@ def _subrects(tile: Image.Image, colours) -> list[list[int]]:
     return rects
 
 
-class ZrleEncoder:
+class ZrleEncoder(OneStream):
     """ZRLE, RFC 6143 §7.7.6: 64x64 tiles, run-length and palette coded, through one zlib stream."""
 
     RAW, SOLID, PLAIN_RLE = 0, 1, 128
 
-    def __init__(self) -> None:
-        self._stream = None
-
-    def encode(self, x, y, image, converter, levels) -> list[bytes]:
-        if self._stream is None:
-            self._stream = zlib.compressobj(levels.compression)
+    @classmethod
+    def plan(cls, x, y, image, converter, quality) -> tuple[bytes, bytes]:
         image = converter.reduce(image)
         width, height = image.size
-        tiles = b"".join(self._tile(image.crop(box), converter)
+        tiles = b"".join(cls._tile(image.crop(box), converter)
                          for box in pixels.tiles(width, height, 64, 64))
-        data = self._stream.compress(tiles) + self._stream.flush(zlib.Z_SYNC_FLUSH)
-        return [rfb.rect_header(x, y, width, height, Encoding.ZRLE)
-                + struct.pack(">I", len(data)) + data]
+        return rfb.rect_header(x, y, width, height, Encoding.ZRLE), tiles
 
-    def _tile(self, tile, converter) -> bytes:
+    @classmethod
+    def _tile(cls, tile, converter) -> bytes:
         colours = pixels.palette(tile, 127)
         if colours is None:
-            return self._unpaletted(tile, converter)
+            return cls._unpaletted(tile, converter)
         palette = converter.convert_compact(pixels.strip(colours))
         if len(colours) == 1:
-            return bytes([self.SOLID]) + palette
+            return bytes([cls.SOLID]) + palette
         data = pixels.indices(tile, colours)
         # Palette RLE is subencoding 128 + palette size; a run of one is the bare index.
-        options = [bytes([self.PLAIN_RLE + len(colours)]) + palette + b"".join(
+        options = [bytes([cls.PLAIN_RLE + len(colours)]) + palette + b"".join(
             value if count == 1 else bytes([value[0] | 128]) + _run_length(count)
             for value, count in pixels.runs(data, 1))]
         if len(colours) <= 16:
@@ -214,18 +238,19 @@ class ZrleEncoder:
                            + pixels.pack(data, tile.width, tile.height, bits))
         best = min(options, key=len)
         if len(best) > 1 + tile.width * tile.height * converter.compact_size:
-            return bytes([self.RAW]) + converter.convert_compact(tile)
+            return bytes([cls.RAW]) + converter.convert_compact(tile)
         return best
 
-    def _unpaletted(self, tile, converter) -> bytes:
+    @classmethod
+    def _unpaletted(cls, tile, converter) -> bytes:
         """Plain RLE or raw CPIXELs, whichever is shorter, for a tile of many colours."""
         raw = converter.convert_compact(tile)
         pixel_runs = pixels.runs(raw, converter.compact_size)
         if 2 * len(pixel_runs) > tile.width * tile.height:
-            return bytes([self.RAW]) + raw
-        rle = bytes([self.PLAIN_RLE]) + b"".join(
+            return bytes([cls.RAW]) + raw
+        rle = bytes([cls.PLAIN_RLE]) + b"".join(
             value + _run_length(count) for value, count in pixel_runs)
-        return min(bytes([self.RAW]) + raw, rle, key=len)
+        return min(bytes([cls.RAW]) + raw, rle, key=len)
 
 
 def _run_length(count: int) -> bytes:
@@ -276,8 +301,12 @@ class ViewerEncoder:
     def supports(self, encoding: int) -> bool:
         return encoding in self.encodings
 
-    def encode(self, x: int, y: int, image: Image.Image) -> list[bytes]:
-        """The rectangles that paint `image` at (x, y) in the viewer's chosen encoding."""
+    def encode(self, x: int, y: int, image: Image.Image, shared=None) -> list[bytes]:
+        """The rectangles that paint `image` at (x, y) in the viewer's chosen encoding.
+
+        `shared` is (SharedPlans, generation) when the image is that generation of a display
+        that other viewers see too; None plans for this viewer alone.
+        """
         width, height = image.size
         if image.mode != "RGB" or width < 1 or height < 1:
             raise ValueError(f"cannot encode a {width}x{height} {image.mode} image")
@@ -286,10 +315,58 @@ class ViewerEncoder:
         encoder = self._encoders.get(self.encoding)
         if encoder is None:
             encoder = self._encoders[self.encoding] = ENCODERS[self.encoding]()
-        rects = encoder.encode(x, y, image, self.converter, self.levels)
+        # Of the levels, only Tight's JPEG quality changes a plan.
+        quality = self.levels.quality if self.encoding == Encoding.TIGHT else None
+
+        def plan():
+            return encoder.plan(x, y, image, self.converter, quality)
+
+        if shared is not None:
+            plans, generation = shared
+            key = (x, y, width, height, self.encoding, self.pixel_format, quality)
+            plan = functools.partial(plans.get, generation, key, plan)
+        rects = encoder.finish(plan(), self.levels)
         self.sent[self.encoding.name.lower()] += len(rects)
         return rects
 
     def copy_rect(self, x: int, y: int, width: int, height: int, src_x: int, src_y: int) -> bytes:
         self.sent["copy_rect"] += 1
         return rfb.copy_rect(x, y, width, height, src_x, src_y)
+
+
+class SharedPlans:
+    """Plans for one display's newest generation, each computed once for every viewer.
+
+    A viewer asking for a plan that another viewer is computing waits for that one's result.
+    Plans of an older generation are dropped when a newer one is asked for; a viewer still on
+    an older generation computes its own.  Viewer threads call `get` concurrently.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._generation = -1
+        self._plans: dict[tuple, Future] = {}
+
+    def get(self, generation: int, key: tuple, compute):
+        """compute()'s plan for key at generation, computed once however many viewers ask."""
+        future, owner = self._claim(generation, key)
+        if future is None:
+            return compute()
+        if owner:
+            try:
+                future.set_result(compute())
+            except BaseException as error:
+                future.set_exception(error)
+        return future.result()
+
+    def _claim(self, generation: int, key: tuple):
+        """(future, whether the caller computes it), or (None, True) for an older generation."""
+        with self._lock:
+            if generation > self._generation:
+                self._generation, self._plans = generation, {}
+            if generation < self._generation:
+                return None, True
+            if key in self._plans:
+                return self._plans[key], False
+            future = self._plans[key] = Future()
+            return future, True

@@ -89,18 +89,26 @@ def pieces(width: int, height: int):
 
 
 class TightEncoder:
-    """Tight, rfbproto §Tight: one viewer's four zlib streams and the rectangles that use them."""
+    """Tight, rfbproto §Tight: one viewer's four zlib streams and the rectangles that use them.
+
+    `plan` does the analysis and is pure, so viewers with the same pixel format and JPEG
+    quality share it (encoders.SharedPlans); `finish` runs the plan through this viewer's
+    streams.  A planned rectangle is (header, method, tail, stream, data): the rectangle
+    header, the compression method, the bytes that follow the control byte, and the data for
+    zlib stream `stream` (None: no data).
+    """
 
     def __init__(self) -> None:
         self._streams = [None] * 4
         self._level = None
         self._resets = 0
 
-    def encode(self, x, y, image, converter, levels) -> list[bytes]:
-        self._set_level(levels.compression)
-        quality = levels.quality if converter.bytes_per_pixel > 1 else None
+    @staticmethod
+    def plan(x, y, image, converter, quality) -> list[tuple]:
+        if converter.bytes_per_pixel == 1:
+            quality = None
         image = converter.reduce(image)
-        rects = []
+        planned = []
         for left, top, right, bottom in pieces(*image.size):
             piece = image.crop((left, top, right, bottom))
             groups = [(0, piece.width)] if _dense(piece) else _column_groups(piece)
@@ -108,8 +116,13 @@ class TightEncoder:
                 part = piece.crop((start, 0, end, piece.height))
                 header = rfb.rect_header(
                     x + left + start, y + top, end - start, bottom - top, Encoding.TIGHT)
-                rects.append(header + self._piece(part, converter, quality))
-        return rects
+                planned.append((header, *_plan_piece(part, converter, quality)))
+        return planned
+
+    def finish(self, planned, levels) -> list[bytes]:
+        self._set_level(levels.compression)
+        return [header + self._control(method) + tail + self._compress(stream, data)
+                for header, method, tail, stream, data in planned]
 
     def _set_level(self, level: int) -> None:
         """Follow the viewer's compression level: new streams, and reset bits to announce them."""
@@ -120,46 +133,50 @@ class TightEncoder:
             self._streams = [None] * 4
             self._level = level
 
-    def _piece(self, piece, converter, quality) -> bytes:
-        colours = pixels.palette(piece, _palette_limit(piece))
-        if colours is None:
-            if quality is not None and _photographic(piece):
-                return self._jpeg(piece, quality)
-            return self._basic(FULL_COLOUR_STREAM, b"", _tpixels(piece, converter))
-        if len(colours) == 1:
-            return self._control(FILL) + _tpixels(pixels.strip(colours), converter)
-        data = pixels.indices(piece, colours)
-        palette = _tpixels(pixels.strip(colours), converter)
-        head = bytes([PALETTE_FILTER, len(colours) - 1]) + palette
-        if len(colours) == 2:
-            return self._basic(MONO_STREAM, head, pixels.pack(data, *piece.size, 1))
-        return self._basic(INDEXED_STREAM, head, data)
-
     def _control(self, method: int) -> bytes:
         """The compression-control byte, carrying any pending stream resets."""
         control = method << 4 | self._resets
         self._resets = 0
         return bytes([control])
 
-    def _basic(self, stream_id: int, filter_part: bytes, data: bytes) -> bytes:
-        """Basic compression on one stream; a filter part means a filter-id byte follows."""
-        method = stream_id | (FILTER_FOLLOWS if filter_part else 0)
-        head = self._control(method) + filter_part
-        if len(data) < RAW_DATA_LIMIT:
-            return head + data
+    def _compress(self, stream_id: int | None, data: bytes) -> bytes:
+        """Data under 12 bytes as it is, longer data as a compact length and zlib output."""
+        if stream_id is None or len(data) < RAW_DATA_LIMIT:
+            return data
         stream = self._streams[stream_id]
         if stream is None:
             stream = zlib.compressobj(ZLIB_LEVELS[self._level][stream_id])
             self._streams[stream_id] = stream
         compressed = stream.compress(data) + stream.flush(zlib.Z_SYNC_FLUSH)
-        return head + compact_length(len(compressed)) + compressed
+        return compact_length(len(compressed)) + compressed
 
-    def _jpeg(self, piece, quality: int) -> bytes:
-        jpeg_quality, subsampling = JPEG_SETTINGS[quality]
-        buffer = io.BytesIO()
-        piece.save(buffer, "JPEG", quality=jpeg_quality, subsampling=subsampling)
-        data = buffer.getvalue()
-        return self._control(JPEG) + compact_length(len(data)) + data
+
+def _plan_piece(piece, converter, quality) -> tuple:
+    """(method, tail, stream, data) for one rectangle: fill, JPEG, palette or full colour."""
+    colours = pixels.palette(piece, _palette_limit(piece))
+    if colours is None:
+        if quality is not None and _photographic(piece):
+            return JPEG, _jpeg(piece, quality), None, b""
+        return FULL_COLOUR_STREAM, b"", FULL_COLOUR_STREAM, _tpixels(piece, converter)
+    palette = _tpixels(pixels.strip(colours), converter)
+    if len(colours) == 1:
+        return FILL, palette, None, b""
+    data = pixels.indices(piece, colours)
+    # A palette filter: the filter-id byte follows the control byte.
+    tail = bytes([PALETTE_FILTER, len(colours) - 1]) + palette
+    if len(colours) == 2:
+        return MONO_STREAM | FILTER_FOLLOWS, tail, MONO_STREAM, pixels.pack(
+            data, *piece.size, 1)
+    return INDEXED_STREAM | FILTER_FOLLOWS, tail, INDEXED_STREAM, data
+
+
+def _jpeg(piece, quality: int) -> bytes:
+    """The piece as a JPEG file, after its compact length."""
+    jpeg_quality, subsampling = JPEG_SETTINGS[quality]
+    buffer = io.BytesIO()
+    piece.save(buffer, "JPEG", quality=jpeg_quality, subsampling=subsampling)
+    data = buffer.getvalue()
+    return compact_length(len(data)) + data
 
 
 def _column_groups(piece):

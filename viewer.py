@@ -461,8 +461,9 @@ class ViewerSession(socketserver.BaseRequestHandler):
         tiles = changes.tiles
         if self.display.size != self.size:
             tiles = self.fit(tiles, changes.full)
+        shared = (self.display.plans, changes.token)
         for x, y, tile in tiles:
-            rects += self.encoder.encode(x, y, tile)
+            rects += self.encoder.encode(x, y, tile, shared)
         return rects
 
     def fit(self, tiles, full: bool):

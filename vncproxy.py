@@ -40,6 +40,7 @@ from collections.abc import Callable
 from PIL import Image
 
 import damage
+import encoders
 import rfb
 import rfbclient
 from rfb import SecurityType
@@ -114,6 +115,7 @@ class DesktopDisplay:
         self.size = (width, height)
         self.image = Image.new("RGB", self.size)
         self.damage = damage.DamageLog(self.size)
+        self.plans = encoders.SharedPlans()
         self.lock = threading.Lock()
         self.listeners: set = set()
         self.bells = 0

@@ -17,6 +17,7 @@ A session never knows where pixels come from; it talks to a *display*:
 
     display.size                       (width, height) in pixels
     display.changes(token, copy_rect)  what changed since `token`: a damage.Changes, or None
+    display.plans                      an encoders.SharedPlans: encoding work viewers share
     display.listeners                  callables to poke when something changed
     display.key(keysym, modifiers), display.pointer(mask, x, y), display.paste(text)
     display.bells                      a counter of terminal bells
@@ -24,10 +25,11 @@ A session never knows where pixels come from; it talks to a *display*:
 `ConsoleDisplay` is the text console (console.py + render.py).  Damage is tracked once per
 display (damage.py) in numbered generations; each viewer keeps only the number it last saw,
 so viewers at different speeds share one rendering and a slow one simply gets a bigger,
-merged update (RFB is pull-based: changes coalesce until the viewer asks again).  Scrolls
-become CopyRect.  Every update request is served as if it covered the whole framebuffer: the
-viewers we know all ask for the whole screen, and RFC 6143 §7.5.3 lets a server send more
-than was asked.
+merged update (RFB is pull-based: changes coalesce until the viewer asks again).  Viewers
+that use the same encoding and pixel format share the analysis of each changed rectangle
+too, and only run it through their own zlib streams (encoders.py).  Scrolls become CopyRect.
+Every update request is served as if it covered the whole framebuffer: the viewers we know
+all ask for the whole screen, and RFC 6143 §7.5.3 lets a server send more than was asked.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import threading
 import auth
 import console
 import damage
+import encoders
 import keymap
 import render
 import service
@@ -72,6 +75,7 @@ class ConsoleDisplay:
         self.renderer = render.Renderer(glyphs, console_.columns, console_.lines)
         self.size = self.renderer.size
         self.damage = damage.DamageLog(self.size)
+        self.plans = encoders.SharedPlans()
         self.listeners = console_.listeners
         self.lock = threading.Lock()
         self.cursor = None

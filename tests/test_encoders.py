@@ -13,6 +13,8 @@ Hypothesis then tries random images in random valid pixel formats.
 """
 
 import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from hypothesis import given, settings
@@ -284,6 +286,18 @@ def test_tight_uses_jpeg_only_for_photographs_and_only_when_allowed():
     assert jpeg_bytes < copy_bytes
 
 
+def test_tight_sends_dense_colours_as_full_colour_and_few_as_a_palette():
+    """A photograph-like piece is never quantized: full colour (or JPEG), its columns uncut."""
+    pf = FORMATS["32le-rgb"]
+    viewer_encoder, decoder = viewer(Encoding.TIGHT, pf)
+    image = many_colours(128, 32, count=200)
+    decoded, _ = send(viewer_encoder, decoder, 0, 0, image)
+    assert decoded == rfbdecode.expected_pixels(image, pf)
+    assert decoder.seen == {"tight": 1, "tight copy": 1}
+    decoded, _ = send(viewer_encoder, decoder, 0, 40, console_image(128, 32))
+    assert "tight indexed" in decoder.seen or "tight mono" in decoder.seen
+
+
 @pytest.mark.parametrize("level, limit", [(0, 14), (5, 12), (9, 6)])
 def test_tight_jpeg_quality_levels_and_16_bit(level, limit):
     pf = FORMATS["16be-565"]
@@ -409,3 +423,60 @@ def test_random_images_in_random_formats(pf, image, encoding, x, y):
     for _ in range(2):
         decoded, _ = send(viewer_encoder, decoder, x, y, image)
         assert decoded == rfbdecode.expected_pixels(image, pf)
+
+
+def test_viewers_share_plans_but_keep_their_own_streams(monkeypatch):
+    """Viewers of one display plan each rectangle once per encoding and pixel format, and each
+    still decodes exactly, including one that joins late with fresh zlib streams."""
+    planned = []
+    for encoder in (encoders.ZrleEncoder, tight.TightEncoder, encoders.ZlibEncoder):
+        monkeypatch.setattr(encoder, "plan", counting(encoder.plan, encoder, planned))
+    plans = encoders.SharedPlans()
+    kinds = [(Encoding.ZRLE, "32le-rgb"), (Encoding.ZRLE, "32le-rgb"), (Encoding.ZRLE, "16le-565"),
+             (Encoding.TIGHT, "32le-rgb"), (Encoding.TIGHT, "32le-rgb"), (Encoding.ZLIB, "8-332")]
+    viewers = [(viewer(encoding, FORMATS[name]), name) for encoding, name in kinds]
+    late = viewer(Encoding.ZRLE, FORMATS["32le-rgb"])
+    for generation, image in enumerate([console_image(120, 60, seed) for seed in range(1, 5)]):
+        if generation == 2:
+            viewers.append((late, "32le-rgb"))
+        for (viewer_encoder, decoder), name in viewers:
+            rects = viewer_encoder.encode(5, 7, image, (plans, generation))
+            decoder.decode(b"".join(rects))
+            assert decoder.crop(5, 7, 120, 60) == rfbdecode.expected_pixels(image, FORMATS[name])
+    # Per generation: ZRLE in two formats, Tight, Zlib; the late viewer shares ZRLE's plan.
+    assert len(planned) == 4 * 4
+
+
+def counting(plan, owner, planned):
+    """plan, noting each call in `planned`."""
+    def counted(*args):
+        planned.append(owner.__name__)
+        return plan(*args)
+    return staticmethod(counted)
+
+
+def test_shared_plans_compute_once_across_threads_and_not_for_old_generations():
+    plans, calls = encoders.SharedPlans(), []
+    start = threading.Barrier(8)
+
+    def ask():
+        start.wait()
+        return plans.get(3, ("key",), lambda: calls.append(3) or "plan")
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: ask(), range(8)))
+    assert results == ["plan"] * 8 and calls == [3]
+    assert plans.get(2, ("key",), lambda: "old") == "old"
+    assert plans.get(3, ("key",), lambda: "again") == "plan"
+    assert plans.get(4, ("key",), lambda: "new") == "new"
+
+
+def test_a_failed_plan_fails_each_viewer_that_asks_for_it():
+    plans = encoders.SharedPlans()
+
+    def broken():
+        raise RuntimeError("our bug")
+
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="our bug"):
+            plans.get(1, ("key",), broken)

@@ -35,7 +35,14 @@ desktop, so three shortcuts sit in front of pyte, each doing exactly what pyte w
   of log lines costs a scan, not a parse.
 
 FdSource reads everything the pty has (up to `READ_LIMIT`) before the terminal parses it, so
-that a flood arrives in big runs; a keystroke's echo still goes through at once.
+that a flood arrives in big runs; a keystroke's echo still goes through at once.  Viewers are
+told about new output at once, except in a flood: once more than `FLOOD_BYTES` arrived within
+one `FRAME_INTERVAL`, the rest of that interval's output is told at its end (`Pacer`).  A pty
+hands a flood over in reads of a few hundred bytes; telling every viewer about each would
+wake every viewer thread thousands of times a second to render frames nobody can read, and
+take the CPU from the parser.  Typing and its echo stay far below the threshold and are never
+delayed.  The display renders a new frame only after such a notice (`told`), so all viewers
+that ask in between get the same frame and share its encoding.
 tests/test_fastpath.py checks all of this against a plain `pyte.Screen`.
 
 Writes to the source (keys, paste, pyte's answers to terminal queries) never block a viewer
@@ -59,6 +66,7 @@ import struct
 import subprocess
 import termios
 import threading
+import time
 import tty
 from dataclasses import dataclass, field
 
@@ -80,6 +88,8 @@ PAGE_UP, PAGE_DOWN = 0xFF55, 0xFF56
 DECCKM = 1 << 5  # pyte keeps private mode n as n << 5 but names no constant for mode 1
 DECAWM, DECSCNM, IRM = pyte_modes.DECAWM, pyte_modes.DECSCNM, pyte_modes.IRM
 READ_LIMIT = 256 * 1024
+FRAME_INTERVAL = 1 / 60
+FLOOD_BYTES = 1024
 PARSER_RUN_LIMIT = 64 * 1024  # characters of one escape sequence (an OSC title, say) we keep
 STYLE_CACHE_LIMIT = 256
 
@@ -526,6 +536,36 @@ class Frame:
     cursor: tuple[int, int] | None = None
 
 
+class Pacer:
+    """When the reader tells viewers about new output: at once, except in a flood, where the
+    output beyond FLOOD_BYTES in one FRAME_INTERVAL is told when the interval ends."""
+
+    def __init__(self, clock=time.monotonic) -> None:
+        self.clock = clock
+        self.started = float("-inf")
+        self.bytes = 0
+        self.untold = False
+
+    def timeout(self, idle: float | None) -> float | None:
+        """How long the reader may wait for input: until the interval ends, if output is untold."""
+        if not self.untold:
+            return idle
+        return max(0.0, self.started + FRAME_INTERVAL - self.clock())
+
+    def tell_now(self, size: int) -> bool:
+        """Note `size` bytes of new output (maybe none); should the viewers be told now?"""
+        now = self.clock()
+        ended = now - self.started >= FRAME_INTERVAL
+        if ended:
+            self.started, self.bytes = now, 0
+        self.bytes += size
+        self.untold = self.untold or size > 0
+        if self.untold and (ended or self.bytes <= FLOOD_BYTES):
+            self.untold = False
+            return True
+        return False
+
+
 class Console:
     """A source, the terminal it feeds, and the viewers to tell when something changed."""
 
@@ -541,6 +581,7 @@ class Console:
         self.log_file = log_file
         self.on_closed = on_closed
         self.listeners: set = set()
+        self.told = 0
         self._view_offset = 0
         self._full = True
         self._cursor = None
@@ -590,6 +631,7 @@ class Console:
 
     def _pump(self) -> None:
         """Move bytes between the source and the terminal until the source closes."""
+        pacer = Pacer()
         with selectors.DefaultSelector() as selector:
             selector.register(self._wake_r, selectors.EVENT_READ)
             fd = self.source.fileno()
@@ -600,7 +642,8 @@ class Console:
                 if fd is not None:
                     events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self._outbox else 0)
                     selector.modify(fd, events)
-                ready = selector.select(None if fd is not None else 0.1)
+                timeout = pacer.timeout(None if fd is not None else 0.1)
+                ready = selector.select(timeout)
                 if any(key.fd == self._wake_r for key, _ in ready):
                     os.read(self._wake_r, 4096)
                 self._flush()
@@ -608,7 +651,9 @@ class Console:
                 if data == b"":
                     return
                 if data:
-                    self.feed(data)
+                    self._parse(data)
+                if pacer.tell_now(len(data or b"")):
+                    self._notify()
 
     def _sleep(self, seconds: float) -> None:
         """Wait `seconds`, or less if stop() is called or the source's watch fires."""
@@ -635,14 +680,19 @@ class Console:
 
     def feed(self, data: bytes) -> None:
         """Parse bytes from the source and tell the viewers."""
+        self._parse(data)
+        self._notify()
+
+    def _parse(self, data: bytes) -> None:
         if self.log_file is not None:
             self.log_file.write(data)
             self.log_file.flush()
         with self.lock:
             self.stream.feed(data)
-        self._notify()
 
     def _notify(self) -> None:
+        """Tell the viewers that the screen changed; `told` counts these."""
+        self.told += 1
         for listener in list(self.listeners):
             listener()
 

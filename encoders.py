@@ -137,22 +137,30 @@ class HextileEncoder(Stateless):
         width, height = image.size
         parts = [rfb.rect_header(x, y, width, height, Encoding.HEXTILE)]
         background = foreground = None
-        for box in pixels.tiles(width, height, 16, 16):
-            data, background, foreground = cls._tile(
-                image.crop(box), converter, background, foreground)
+        for box, fill in pixels.tiles_with_fill(image, 16, 16):
+            if fill is None:
+                data, background, foreground = cls._tile(
+                    image.crop(box), converter, background, foreground)
+            else:
+                data, background = cls._solid(fill, converter, background)
             parts.append(data)
         return [b"".join(parts)]
+
+    @classmethod
+    def _solid(cls, colour, converter, background):
+        """A one-colour tile's bytes, and the background the next tile inherits."""
+        if colour == background:
+            return b"\0", background
+        return bytes([cls.BACKGROUND]) + converter.palette([colour]), colour
 
     @classmethod
     def _tile(cls, tile, converter, background, foreground):
         """One tile's bytes, and the background and foreground the next tile inherits."""
         colours = pixels.palette(tile, 256)
-        size = converter.bytes_per_pixel
-        palette = converter.convert(pixels.strip(colours))
         if len(colours) == 1:
-            if colours[0] == background:
-                return b"\0", background, foreground
-            return bytes([cls.BACKGROUND]) + palette, colours[0], foreground
+            return *cls._solid(colours[0], converter, background), foreground
+        size = converter.bytes_per_pixel
+        palette = converter.palette(colours)
         mask, body = cls.ANY_SUBRECTS, []
         if colours[0] != background:
             mask |= cls.BACKGROUND
@@ -184,25 +192,29 @@ def _hextile_subrect(x: int, y: int, width: int, height: int) -> bytes:
 def _subrects(tile: Image.Image, colours) -> list[list[int]]:
     """Rectangles [x, y, w, h, colour index] covering every pixel not of colours[0].
 
-    Each row's runs of one colour become rectangles; a run exactly below one of the same
-    colour and span on the row above makes that rectangle one row taller.
+    Runs of one colour in the tile's RGB bytes, cut at the end of each row, become
+    rectangles; a run exactly below one of the same colour and span on the row above makes
+    that rectangle one row taller.
     """
+    index = {bytes(colour): number for number, colour in enumerate(colours)}
+    background = bytes(colours[0])
     width = tile.width
-    data = pixels.indices(tile, colours)
-    rects, above = [], {}
-    for y in range(tile.height):
-        here, x = {}, 0
-        for value, count in pixels.runs(data[y * width : (y + 1) * width], 1):
-            if value != b"\0":
-                key = (x, count, value)
+    rects, above, here = [], {}, {}
+    x = y = 0
+    for value, count in pixels.runs(tile.tobytes(), 3):
+        while count:
+            span = min(count, width - x)
+            if value != background:
+                key = (x, span, value)
                 rect = above.get(key)
                 if rect is None:
-                    rect = [x, y, count, 0, value[0]]
+                    rect = [x, y, span, 0, index[value]]
                     rects.append(rect)
                 rect[3] += 1
                 here[key] = rect
-            x += count
-        above = here
+            x, count = x + span, count - span
+            if x == width:
+                x, y, above, here = 0, y + 1, here, {}
     return rects
 
 
@@ -215,8 +227,10 @@ class ZrleEncoder(OneStream):
     def plan(cls, x, y, image, converter, quality) -> tuple[bytes, bytes]:
         image = converter.reduce(image)
         width, height = image.size
-        tiles = b"".join(cls._tile(image.crop(box), converter)
-                         for box in pixels.tiles(width, height, 64, 64))
+        tiles = b"".join(
+            cls._tile(image.crop(box), converter) if fill is None
+            else bytes([cls.SOLID]) + converter.palette_compact([fill])
+            for box, fill in pixels.tiles_with_fill(image, 64, 64))
         return rfb.rect_header(x, y, width, height, Encoding.ZRLE), tiles
 
     @classmethod
@@ -224,7 +238,7 @@ class ZrleEncoder(OneStream):
         colours = pixels.palette(tile, 127)
         if colours is None:
             return cls._unpaletted(tile, converter)
-        palette = converter.convert_compact(pixels.strip(colours))
+        palette = converter.palette_compact(colours)
         if len(colours) == 1:
             return bytes([cls.SOLID]) + palette
         data = pixels.indices(tile, colours)

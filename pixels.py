@@ -15,9 +15,14 @@ per-pixel machinery every encoder shares, and none of it loops over pixels in Py
   are different in the reduced image exactly when their pixel values differ: an encoder that
   counts colours or looks for runs in the reduced image sees what the viewer will see.
 * `palette` lists an image's colours with `Image.getcolors`; `indices` gives each pixel's
-  index into that list with Pillow's median-cut quantizer, which is exact when asked for no
-  more colours than the image has, remapped to our order with `bytes.translate`.  (Quantizing
-  to a given palette image is not exact: Pillow looks colours up at 6 bits per channel.)
+  index into that list.  For a console's few colours it numbers each channel's values and
+  lets Pillow add up a code per pixel (`_indices_by_ranks`, a dozen C calls whatever the
+  size); otherwise, and for tiny images where call overhead wins, Pillow's median-cut
+  quantizer, which is exact when asked for no more colours than the image has, remapped to
+  our order with `bytes.translate`.  (Quantizing to a given palette image is not exact:
+  Pillow looks colours up at 6 bits per channel.)
+* `PixelConverter.palette` gives a list of colours as PIXELs and remembers each colour's
+  bytes: the same few palettes come back tile after tile.
 * `pack` packs indices into 1, 2 or 4 bits per pixel, rows padded to a byte, most significant
   bits first, as Tight and ZRLE both want; `runs` finds runs of equal pixels with a regex.
 """
@@ -51,6 +56,8 @@ def _reduce_lut(maximum: int) -> list[int]:
 
 
 _IDENTITY = list(range(256))
+KNOWN_COLOURS_LIMIT = 4096
+RANKS_MIN_PIXELS = 1024
 _MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 
 
@@ -74,6 +81,8 @@ class PixelConverter:
         if unused is not None:
             self._compact_planes = self._planes[:unused] + self._planes[unused + 1 :]
         self.compact_size = len(self._compact_planes)
+        self._pixels: dict = {}
+        self._compact_pixels: dict = {}
         reduce_table = [t for maximum, _ in pixel_format.channels for t in _reduce_lut(maximum)]
         self._reduce_table = None if reduce_table == _IDENTITY * 3 else reduce_table
 
@@ -120,6 +129,26 @@ class PixelConverter:
         """The image's pixels as ZRLE CPIXELs (3 bytes when the format allows, else PIXELs)."""
         return self._convert(image, self._compact_planes)
 
+    def palette(self, colours) -> bytes:
+        """The colours as PIXELs, one after another."""
+        return self._palette(colours, self._pixels, self._planes)
+
+    def palette_compact(self, colours) -> bytes:
+        """The colours as ZRLE CPIXELs, one after another."""
+        return self._palette(colours, self._compact_pixels, self._compact_planes)
+
+    def _palette(self, colours, known: dict, byte_planes) -> bytes:
+        """Palettes repeat tile after tile, so each colour's bytes are remembered."""
+        if len(known) > KNOWN_COLOURS_LIMIT:
+            known.clear()
+        missing = [colour for colour in dict.fromkeys(colours) if colour not in known]
+        if missing:
+            size = len(byte_planes)
+            data = self._convert(_strip(missing), byte_planes)
+            for number, colour in enumerate(missing):
+                known[colour] = data[number * size : (number + 1) * size]
+        return b"".join(known[colour] for colour in colours)
+
     def _convert(self, image: Image.Image, byte_planes) -> bytes:
         bands = image.split()
         planes = [self._plane(bands, plane, image.size) for plane in byte_planes]
@@ -136,7 +165,7 @@ class PixelConverter:
         return result if result is not None else Image.new("L", size, 0)
 
 
-def strip(colours: list[tuple[int, int, int]]) -> Image.Image:
+def _strip(colours: list[tuple[int, int, int]]) -> Image.Image:
     """A 1-pixel-high image of the given colours, to convert a palette in one go."""
     image = Image.new("RGB", (len(colours), 1))
     image.putdata(colours)
@@ -156,11 +185,40 @@ def indices(image: Image.Image, colours: list[tuple[int, int, int]]) -> bytes:
     """Each pixel's index into `colours` (all of the image's colours, at most 256), a byte each."""
     if len(colours) == 1:
         return bytes(image.width * image.height)
+    if image.width * image.height >= RANKS_MIN_PIXELS:
+        data = _indices_by_ranks(image, colours)
+        if data is not None:
+            return data
     quantized = image.quantize(len(colours), Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
     found = quantized.getpalette()[: 3 * len(colours)]
     position = {colour: index for index, colour in enumerate(colours)}
     table = bytes(position[tuple(found[i : i + 3])] for i in range(0, len(found), 3))
     return quantized.tobytes().translate(table.ljust(256, b"\0"))
+
+
+def _indices_by_ranks(image: Image.Image, colours) -> bytes | None:
+    """`indices` by numbering each channel's values, or None if the numbers need over a byte.
+
+    With the values of each channel numbered 0..n-1, a colour's code (r * ng + g) * nb + b is
+    one per colour; Pillow computes every pixel's code with one lookup per channel and two
+    additions, and `translate` turns codes into indices.  Console palettes fit a byte easily.
+    """
+    values = [sorted({colour[band] for colour in colours}) for band in range(3)]
+    red, green, blue = (len(v) for v in values)
+    if red * green * blue > 256:
+        return None
+    weights = (green * blue, blue, 1)
+    table = [0] * 768
+    codes = [{} for _ in range(3)]
+    for band in range(3):
+        for rank, value in enumerate(values[band]):
+            codes[band][value] = table[256 * band + value] = rank * weights[band]
+    bands = image.point(table).split()
+    code = ImageChops.add(ImageChops.add(bands[0], bands[1]), bands[2])
+    index = bytearray(256)
+    for number, (r, g, b) in enumerate(colours):
+        index[codes[0][r] + codes[1][g] + codes[2][b]] = number
+    return code.tobytes().translate(index)
 
 
 _SHIFTED = {shift: bytes((v << shift) & 0xFF for v in range(256)) for shift in range(8)}
@@ -196,3 +254,23 @@ def tiles(width: int, height: int, tile_width: int, tile_height: int):
     for top in range(0, height, tile_height):
         for left in range(0, width, tile_width):
             yield left, top, min(left + tile_width, width), min(top + tile_height, height)
+
+
+def tiles_with_fill(image: Image.Image, tile_width: int, tile_height: int):
+    """(box, colour) for each tile, row by row: colour when the tile is known to be of that one
+    colour, None when it needs a look.
+
+    A console leaves most of its screen blank.  For each band of tiles one difference against
+    the colour of the band's last pixel finds the columns that hold anything else; the tiles
+    outside them are solid and cost no analysis at all.
+    """
+    width, height = image.size
+    for top in range(0, height, tile_height):
+        bottom = min(top + tile_height, height)
+        band = image.crop((0, top, width, bottom))
+        fill = band.getpixel((width - 1, band.height - 1))
+        content = ImageChops.difference(band, Image.new("RGB", band.size, fill)).getbbox()
+        for left in range(0, width, tile_width):
+            right = min(left + tile_width, width)
+            solid = content is None or right <= content[0] or left >= content[2]
+            yield (left, top, right, bottom), fill if solid else None

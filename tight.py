@@ -158,7 +158,7 @@ def _plan_piece(piece, converter, quality) -> tuple:
         if quality is not None and _photographic(piece):
             return JPEG, _jpeg(piece, quality), None, b""
         return FULL_COLOUR_STREAM, b"", FULL_COLOUR_STREAM, _tpixels(piece, converter)
-    palette = _tpixels(pixels.strip(colours), converter)
+    palette = _tpalette(colours, converter)
     if len(colours) == 1:
         return FILL, palette, None, b""
     data = pixels.indices(piece, colours)
@@ -220,6 +220,13 @@ def _photographic(image) -> bool:
     """More than 256 colours and one per PHOTO_PIXELS_PER_COLOUR pixels: a photo, not text."""
     area = image.width * image.height
     return image.getcolors(max(256, area // PHOTO_PIXELS_PER_COLOUR)) is None
+
+
+def _tpalette(colours, converter) -> bytes:
+    """The colours as TPIXELs."""
+    if converter.is_888:
+        return b"".join(map(bytes, colours))
+    return converter.palette(colours)
 
 
 def _tpixels(image, converter) -> bytes:

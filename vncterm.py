@@ -68,7 +68,12 @@ DESKTOP_NOTICE = "guest desktop up: Ctrl-Alt-F7 or Ctrl-Alt-7 shows it (viewers 
 
 
 class ConsoleDisplay:
-    """The text console as a display: renders lazily, once for all viewers."""
+    """The text console as a display: renders lazily, once for all viewers.
+
+    A frame is rendered when a viewer asks and the console has told of changes since the last
+    one (console.Console.told), so a flood is rendered at the console's pace, not once per
+    viewer request, and viewers asking in between share one frame and its encoding.
+    """
 
     def __init__(self, console_: console.Console, glyphs: render.Glyphs) -> None:
         self.console = console_
@@ -77,6 +82,7 @@ class ConsoleDisplay:
         self.damage = damage.DamageLog(self.size)
         self.plans = encoders.SharedPlans()
         self.listeners = console_.listeners
+        self._rendered = -1
         self.lock = threading.Lock()
         self.cursor = None
         self.cut_text = (0, b"")
@@ -87,11 +93,13 @@ class ConsoleDisplay:
 
     def changes(self, token, copy_rect: bool = True) -> damage.Changes | None:
         with self.lock:
-            frame = self.console.take_frame()
-            if frame.scroll or frame.rows:
-                scroll, rects = self.renderer.apply(frame)
-                if scroll or rects:
-                    self.damage.record(scroll, rects)
+            if self.console.told != self._rendered:
+                self._rendered = self.console.told
+                frame = self.console.take_frame()
+                if frame.scroll or frame.rows:
+                    scroll, rects = self.renderer.apply(frame)
+                    if scroll or rects:
+                        self.damage.record(scroll, rects)
             return self.damage.changes(token, self.renderer.image, copy_rect)
 
     def key(self, keysym: int, down: bool, modifiers: keymap.Modifiers) -> None:

@@ -12,6 +12,7 @@ import threading
 import tty
 
 import pyte
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -265,3 +266,22 @@ def test_log_file_gets_the_raw_stream(tmp_path):
         term = console.Console(FakeSource(), 20, 4, log_file=log_file)
         term.feed(b"\x1b[31mraw\x1b[0m")
     assert path.read_bytes() == b"\x1b[31mraw\x1b[0m"
+
+
+def test_pacer_tells_at_once_except_in_a_flood():
+    """Echo-sized output is told at once; past FLOOD_BYTES in one interval, at its end."""
+    now = [100.0]
+    pacer = console.Pacer(clock=lambda: now[0])
+    assert pacer.timeout(None) is None
+    assert pacer.tell_now(3)
+    now[0] += 0.001
+    assert pacer.tell_now(5) and pacer.tell_now(0) is False
+    assert not pacer.tell_now(console.FLOOD_BYTES)
+    assert pacer.timeout(None) == pytest.approx(console.FRAME_INTERVAL - 0.001)
+    now[0] += 0.002
+    assert not pacer.tell_now(400)
+    now[0] += console.FRAME_INTERVAL
+    assert pacer.timeout(None) == 0.0
+    assert pacer.tell_now(0)
+    assert pacer.timeout(5.0) == 5.0 and not pacer.tell_now(0)
+    assert pacer.tell_now(10)

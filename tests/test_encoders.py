@@ -179,16 +179,18 @@ def test_reduce_keeps_pixel_values_and_merges_only_equal_ones():
         assert len(reduced.getcolors(4096)) == len(values)
 
 
-@pytest.mark.parametrize("count", [1, 2, 3, 17, 127, 255, 256])
-def test_indices_are_exact_even_for_near_colours(count):
+@pytest.mark.parametrize("size", [(33, 17), (64, 40)])
+@pytest.mark.parametrize("count", [1, 2, 3, 6, 17, 127, 255, 256])
+def test_indices_are_exact_even_for_near_colours(count, size):
+    """Both ways to find indices (channel ranks from 1024 pixels on, else the quantizer)."""
     rng = random.Random(count)
     colours = {(100, 100, 100)}
     while len(colours) < count:
         colours.add(tuple(100 + rng.randrange(-3, 4) for _ in range(3))
                     if rng.random() < 0.7 else tuple(rng.randbytes(3)))
     colours = sorted(colours)
-    data = [rng.choice(colours) for _ in range(33 * 17)]
-    image = Image.new("RGB", (33, 17))
+    data = [rng.choice(colours) for _ in range(size[0] * size[1])]
+    image = Image.new("RGB", size)
     image.putdata(data)
     found = pixels.palette(image, 256)
     assert sorted(found) == sorted(set(data))

@@ -34,7 +34,8 @@ Zlib, ZRLE and Tight must match the viewer's inflaters byte for byte until the v
   packed palette, palette runs, plain runs or raw CPIXELs, whichever is shortest.
 
 Hextile, ZRLE and Tight first reduce the image to the colours the viewer can show (`reduce`),
-so that colour counts and runs are those of the viewer's pixels.  The per-pixel work is
+so that colour counts and runs are those of the viewer's pixels.  Hextile and ZRLE find the
+blank tiles of a screen a band at a time (`pixels.tiles_with_fill`).  The per-pixel work is
 Pillow's, zlib's and bytes methods'; Python loops over tiles, rows, palettes and runs only (see
 pixels.py).
 

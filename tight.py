@@ -1,4 +1,4 @@
-"""Tight encoding (7): fills, palettes, zlib and JPEG, for one viewer (rfbproto §Tight).
+"""Tight encoding (7): fills, palettes, zlib and JPEG (rfbproto §Tight).
 
 A Tight rectangle starts with a compression-control byte: its low four bits tell the viewer to
 reset zlib streams 0-3 before this rectangle, its high four bits pick the method.  We use:
@@ -23,7 +23,7 @@ keeps every compact length under its 4 MiB limit.  Each piece is then cut into c
 which as one rectangle costs a byte a pixel, but as two rectangles of two colours costs a bit
 a pixel; for a screen of coloured text that halves the bytes, for 20 bytes of header a group.
 
-A palette pays when colours are few; finding each pixel's index (Pillow's quantizer, the one
+A palette pays when colours are few; finding each pixel's index (pixels.indices, the one
 per-pixel step here that is not a plain copy) costs several times what zlib saves once the
 colours are as dense as a photograph's.  So a piece takes a palette when it has at most
 `FEW_COLOURS` colours, or at most one per `PALETTE_PIXELS_PER_COLOUR` pixels (256 at most);
@@ -38,6 +38,9 @@ Each stream has its own zlib level, from the viewer's compression level through
 compresses palette data harder than full colour (small and cheap to squeeze, where full colour
 is big and costly).  When the viewer's level changes we start new streams and set their reset
 bits in the next rectangle.
+
+`TightEncoder.plan` makes every decision above and is shared by viewers (encoders.py);
+`finish` adds the control bytes and runs the data through one viewer's streams.
 """
 
 from __future__ import annotations

@@ -51,6 +51,7 @@ HANDSHAKE_TIMEOUT = 10.0
 STALL_TIMEOUT = 30.0
 RETRY_DELAY = 2.0
 INPUT_LIMIT = 1024 * 1024
+MAX_GUEST_CONNECTIONS = 4  # the desktop, plus handshakes in flight (a reboot, a replacement)
 
 # --- The VT switch, per viewer ----------------------------------------------------------------
 
@@ -436,7 +437,9 @@ class Desktops:
                             peer)
                 sock.close()
                 continue
-            self._start(lambda sock=sock, peer=peer: self._run(sock, peer), f"upstream-{peer}")
+            upstream = self._admit(sock, peer)
+            if upstream is not None:
+                self._start(lambda upstream=upstream: self._run(upstream), f"upstream-{peer}")
 
     def _dial_loop(self, address) -> None:
         """Dial while no other desktop is up; give up for good if the guest refuses us."""
@@ -447,19 +450,36 @@ class Desktops:
             except OSError as error:
                 log.debug("desktop %s:%s not answering: %s", *address, error)
             else:
-                if self._run(sock, "%s:%s" % address).refused:
+                upstream = self._admit(sock, "%s:%s" % address)
+                if upstream is not None and self._run(upstream).refused:
                     log.error("stopped dialling %s:%s: fix --desktop-password-file and restart",
                               *address)
                     return
             self._stopping.wait(RETRY_DELAY)
 
-    def _run(self, sock: socket.socket, peer: str) -> Upstream:
-        upstream = Upstream(sock, peer, self.password)
+    def _admit(self, sock: socket.socket, peer: str) -> Upstream | None:
+        """An Upstream for a new guest connection, or None (and the socket closed) when we
+        are stopping or MAX_GUEST_CONNECTIONS are open: a guest is untrusted, and each
+        connection costs a thread until its handshake times out."""
         with self._lock:
+            refusal = None
             if self._stopping.is_set():
-                sock.close()
-                return upstream
-            self._upstreams.add(upstream)
+                refusal = "stopping"
+            elif len(self._upstreams) >= MAX_GUEST_CONNECTIONS:
+                refusal = f"{MAX_GUEST_CONNECTIONS} guest connections are open"
+            else:
+                try:
+                    upstream = Upstream(sock, peer, self.password)
+                except OSError as error:
+                    refusal = str(error)
+                else:
+                    self._upstreams.add(upstream)
+                    return upstream
+        log.warning("guest connection from %s refused: %s", peer, refusal)
+        sock.close()
+        return None
+
+    def _run(self, upstream: Upstream) -> Upstream:
         try:
             upstream.run(lambda display: self._up(upstream, display),
                          lambda display: self._down(upstream))

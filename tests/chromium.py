@@ -62,7 +62,7 @@ class Chromium:
                 self._page_socket(profile / "DevToolsActivePort"), timeout=30,
                 suppress_origin=True)
         except BaseException:
-            self._stop_process()
+            peers.stop_process(self.proc)
             raise
         self.next_id = 0
         self.events = []
@@ -171,12 +171,4 @@ class Chromium:
 
     def close(self):
         self.socket.close()
-        self._stop_process()
-
-    def _stop_process(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        peers.stop_process(self.proc)

@@ -28,6 +28,7 @@ when CI is "true": a green CI run must mean the viewers really ran. `wait_until`
 end-to-end waits are real; the tests never assert how long anything took.
 """
 
+import contextlib
 import importlib.util
 import os
 import re
@@ -219,12 +220,26 @@ class Xvfb:
     def stop(self):
         """Stop every program started here, then the X server."""
         for process in [*self.children, self.proc]:
-            process.terminate()
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
+
+
+def stop_process(process, timeout=5, group=False):
+    """SIGTERM, then SIGKILL if it is still there after `timeout` seconds (websockify with a
+    connection open sometimes ignores SIGTERM).  `group`: signal the process group of a
+    process started with start_new_session, so children it forked go too."""
+    def send(signum):
+        if group:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signum)
+        else:
+            process.send_signal(signum)
+
+    send(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        send(signal.SIGKILL)
+        process.wait()
 
 
 def load_rgb(path):

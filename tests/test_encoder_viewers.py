@@ -209,7 +209,7 @@ def novnc(artifacts, tmp_path, target_port):
     with open(artifacts / "websockify.log", "ab") as log:
         proxy = subprocess.Popen(
             ["websockify", "--web", str(NOVNC), f"127.0.0.1:{port}", f"127.0.0.1:{target_port}"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     browser = None
     try:
         assert peers.wait_until(lambda: accepts(port), 20), "websockify never listened"
@@ -219,8 +219,7 @@ def novnc(artifacts, tmp_path, target_port):
     finally:
         if browser is not None:
             browser.close()
-        proxy.terminate()
-        proxy.wait(10)
+        peers.stop_process(proxy, group=True)
 
 
 def accepts(port):

@@ -370,6 +370,23 @@ def test_second_guest_replaces_the_first(proxy):
     assert first.sock.recv(100) == b""
 
 
+def test_guest_connections_beyond_the_cap_are_closed_at_once(proxy):
+    """Connections that never finish a handshake hold a thread each, so only a few may be open;
+    a real guest gets in as soon as one of them goes."""
+    p = proxy()
+    address = ("127.0.0.1", p.reverse_port)
+    silent = [socket.create_connection(address) for _ in range(vncproxy.MAX_GUEST_CONNECTIONS)]
+    p.closers += [each.close for each in silent]
+    extra = socket.create_connection(address)
+    extra.settimeout(5)
+    assert extra.recv(1) == b""
+    extra.close()
+    silent.pop().close()
+    assert wait_for(lambda: len(p.desktops._upstreams) < vncproxy.MAX_GUEST_CONNECTIONS)
+    p.guest().paint()
+    assert wait_for(lambda: p.server.desktop is not None)
+
+
 HOSTILE_UPDATES = [
     pytest.param(lambda g: g.send_update(g.rect(300, 0, 100, 10, RAW)), id="rect-outside"),
     pytest.param(lambda g: g.send_update(g.rect(0, 0, 10, 10, 16)), id="unrequested-zrle"),

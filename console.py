@@ -612,7 +612,12 @@ class Console:
             try:
                 self.source.open()
             except OSError as error:
-                self.set_status(f"waiting for {self.source.name}: {error.strerror or error}")
+                reason = error.strerror or error
+                if not self.source.restarts:
+                    log.error("cannot start %s: %s", self.source.name, reason)
+                    self._closed(f"cannot start {self.source.name}: {reason}")
+                    return
+                self.set_status(f"waiting for {self.source.name}: {reason}")
                 self._sleep(REOPEN_DELAY)
                 continue
             log.info("console %s opened", self.source.name)
@@ -622,12 +627,17 @@ class Console:
             if self._stopping:
                 break
             log.info("console %s closed", self.source.name)
-            self.set_status(f"console closed: {self.source.name}")
             if not self.source.restarts:
-                if self.on_closed:
-                    self.on_closed()
+                self._closed(f"console closed: {self.source.name}")
                 return
+            self.set_status(f"console closed: {self.source.name}")
             self._sleep(REOPEN_DELAY)
+
+    def _closed(self, status: str) -> None:
+        """The source is gone for good: show why, and tell the server."""
+        self.set_status(status)
+        if self.on_closed:
+            self.on_closed()
 
     def _pump(self) -> None:
         """Move bytes between the source and the terminal until the source closes."""

@@ -2,8 +2,9 @@
 
 A toolstack runs one vncterm per domain and manages it like any daemon, so vncterm needs the
 usual plumbing: a pid file (`--pidfile`), a clean exit on SIGTERM (vncterm.py), its log in
-syslog or a file with one line per viewer connect and disconnect (`--syslog`, `--log-file`),
-and a way to give up root (`--user`).  `Service` does these in the one order that works:
+syslog or a file with one line per viewer connect, disconnect and VT switch (`--syslog`,
+`--log-file`), and a way to give up root (`--user`).  `Service` does these in the one order
+that works:
 
 1. at start, before any thread: write the pid file and, with --user, fork the root helper
    (xen.Helper) that keeps the steps needing root, xenstore and opening the guest's pty;

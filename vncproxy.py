@@ -22,8 +22,10 @@ guest that rebooted without closing its socket is not locked out.
 
 The guest is untrusted: every size and rectangle is checked before use (rfbclient), the
 framebuffer is capped (rfbclient.MAX_DESKTOP_PIXELS), input it does not read is capped and then
-the guest is dropped, and a guest that stalls mid-message for `STALL_TIMEOUT` is dropped.  When
-the guest goes, viewers on its desktop return to the console.
+the guest is dropped, a guest that stalls mid-message for `STALL_TIMEOUT` is dropped, the
+whole handshake must be over within `HANDSHAKE_TIMEOUT`, and at most `MAX_GUEST_CONNECTIONS`
+guest connections are open at once.  When the guest goes, viewers on its desktop return to the
+console.
 """
 
 from __future__ import annotations
@@ -201,6 +203,7 @@ class Upstream:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_w.setblocking(False)
         self._closing = False
+        self._deadline = 0.0
         self.refused = False
 
     def run(self, on_up, on_down) -> None:
@@ -251,8 +254,13 @@ class Upstream:
     # The handshake, as a client (RFC 6143 §7.1-7.3).
 
     def recv_exactly(self, size: int) -> bytes:
+        """`size` bytes of the handshake, which must be over by its deadline."""
         data = bytearray()
         while len(data) < size:
+            left = self._deadline - time.monotonic()
+            if left <= 0:
+                raise GuestGone(f"no handshake within {HANDSHAKE_TIMEOUT:.0f} s")
+            self.sock.settimeout(left)
             chunk = self.sock.recv(size - len(data))
             if not chunk:
                 raise GuestGone("closed during the handshake")
@@ -260,6 +268,8 @@ class Upstream:
         return bytes(data)
 
     def handshake(self) -> tuple[int, int]:
+        """RFC 6143 §7.1-7.3 as the client, within one HANDSHAKE_TIMEOUT for all of it."""
+        self._deadline = time.monotonic() + HANDSHAKE_TIMEOUT
         self.sock.settimeout(HANDSHAKE_TIMEOUT)
         version = rfbclient.parse_server_version(self.recv_exactly(rfb.VERSION_LENGTH))
         self.sock.sendall(rfbclient.version_bytes(version))
@@ -519,8 +529,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "--domain; 0 picks one)")
     group.add_argument("--reverse-allow", action="append", type=ipaddress.ip_network,
                        metavar="ADDR[/PREFIX]",
-                       help="who may connect to the reverse port (repeatable; loopback)")
-    group.add_argument("--no-desktop", action="store_true", help="accept no guest desktop")
+                       help="who may connect to the reverse port (repeatable; loopback, and "
+                            "with --domain the guest's own addresses)")
+    group.add_argument("--no-desktop", action="store_true",
+                       help="open no reverse port (--desktop-connect still dials)")
     group.add_argument("--desktop-connect", metavar="HOST:PORT", type=address,
                        help="dial a guest VNC server that only listens, retrying until it "
                             "answers")

@@ -223,6 +223,18 @@ def test_command_source_runs_in_a_sized_pty_and_reports_exit():
         term.stop()
 
 
+def test_a_command_that_cannot_start_closes_the_console_unless_restarted():
+    closed = threading.Event()
+    source = console.CommandSource("no-such-command-here --flag", 20, 4)
+    term = console.Console(source, 20, 4, on_closed=closed.set)
+    term.start()
+    try:
+        assert closed.wait(10)
+        assert term.status.startswith("cannot start no-such-command-here")
+    finally:
+        term.stop()
+
+
 def test_command_source_restarts_when_asked():
     counter = []
     source = console.CommandSource("echo run", 20, 4, restart=True)

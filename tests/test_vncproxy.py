@@ -387,6 +387,21 @@ def test_guest_connections_beyond_the_cap_are_closed_at_once(proxy):
     assert wait_for(lambda: p.server.desktop is not None)
 
 
+def test_a_guest_trickling_its_handshake_is_dropped_at_the_deadline(proxy, monkeypatch):
+    """One deadline for the whole handshake, not one per read: a byte every 0.2 s is not enough."""
+    monkeypatch.setattr(vncproxy, "HANDSHAKE_TIMEOUT", 1.0)
+    p = proxy()
+    guest = socket.create_connection(("127.0.0.1", p.reverse_port))
+    p.closers.append(guest.close)
+    closed = False
+    for byte in b"RFB 003.008\n" * 2:
+        if select.select([guest], [], [], 0.2)[0]:
+            closed = guest.recv(100) == b""
+            break
+        guest.sendall(bytes([byte]))
+    assert closed
+
+
 HOSTILE_UPDATES = [
     pytest.param(lambda g: g.send_update(g.rect(300, 0, 100, 10, RAW)), id="rect-outside"),
     pytest.param(lambda g: g.send_update(g.rect(0, 0, 10, 10, 16)), id="unrequested-zrle"),

@@ -8,12 +8,14 @@ identical pixel for pixel.
 
 import gzip
 import struct
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 import console
+import peers
 import render
 
 # An 8x4 glyph: a frame with a dot, and its mirror, so a swapped glyph would show.
@@ -216,4 +218,33 @@ def test_bdf_font(tmp_path):
     font, _ = render.load_font(str(path))
     assert font.cell == (8, 4)
     assert bits(font.glyph("A", 1)) == GLYPH_B
+    assert font.glyph("中", 2) is None
+
+
+X_FONT = Path("/usr/share/fonts/X11/misc/7x14-ISO8859-1.pcf.gz")  # Debian's xfonts-base
+TRUETYPE = Path("/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf")  # fonts-dejavu-core
+
+
+def drawn(image):
+    """How many pixels of a glyph mask are lit."""
+    return sum(image.histogram()[128:])
+
+
+def test_pcf_font_from_xfonts_base():
+    peers.require("xfonts-base", installed=X_FONT.is_file())
+    font, name = render.load_font(str(X_FONT))
+    assert name == str(X_FONT) and font.cell == (7, 14)
+    letter_a, letter_b = font.glyph("A", 1), font.glyph("B", 1)
+    assert letter_a.size == (7, 14) and drawn(letter_a) > 10
+    assert letter_a.tobytes() != letter_b.tobytes()
+    assert drawn(font.glyph("é", 1)) > drawn(font.glyph("e", 1))
+    assert font.glyph("中", 2) is None
+
+
+def test_truetype_font_is_monospaced_cells():
+    peers.require("fonts-dejavu-core", installed=TRUETYPE.is_file())
+    font, _ = render.load_font(str(TRUETYPE))
+    width, height = font.cell
+    assert 0.5 < width / height < 0.7
+    assert drawn(font.glyph("W", 1)) > 10 and font.glyph("W", 1).size == (width, height)
     assert font.glyph("中", 2) is None

@@ -180,6 +180,26 @@ def test_keys_and_paste_reach_the_pty(start_vncterm, browser, artifacts, tmp_pat
     assert peers.read_text(typed) == expected
 
 
+def test_vnc_authentication_through_the_page(start_vncterm, browser, artifacts, tmp_path):
+    """noVNC asks for the password vncterm's VNC authentication wants; a wrong one is refused."""
+    secret = tmp_path / "password"
+    secret.write_text("swordfsh\n")
+    secret.chmod(0o600)
+    server = start_console(start_vncterm, tmp_path, ("--password-file", str(secret)))
+    browser.open(printed(server, BROWSER_URL))
+    for attempt in ("wrong123", "swordfsh"):
+        browser.click("noVNC_password_input")
+        browser.insert_text(attempt)
+        browser.click("noVNC_credentials_button")
+        if attempt.startswith("wrong"):
+            assert peers.wait_until(lambda: "authentication failed" in peers.read_text(
+                server.log_path), 10), server.report()
+            browser.open(printed(server, BROWSER_URL))
+    errors = peers.until_no_errors(lambda: peers.screenshot_errors(
+        browser.screenshot(artifacts / "novnc-password.png"), PATTERN), timeout=FIRST_PICTURE)
+    assert not errors, "\n".join(errors)
+
+
 # --- The guest desktop -------------------------------------------------------------------------
 
 

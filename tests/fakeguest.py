@@ -56,26 +56,36 @@ class FakeGuest:
         except OSError:
             pass
 
-    def key_events(self):
-        """(down, keysym) of every KeyEvent received, found by walking the messages."""
-        events, data, offset = [], bytes(self.received), 0
+    def messages(self):
+        """(type, whole message) of every complete client message received so far."""
+        messages, data, offset = [], bytes(self.received), 0
         sizes = {0: 20, 3: 10, 4: 8, 5: 6}
         while offset < len(data):
             kind = data[offset]
-            if kind == 2:
-                (count,) = struct.unpack_from(">H", data, offset + 2)
-                offset += 4 + 4 * count
-            elif kind == 6:
-                (length,) = struct.unpack_from(">I", data, offset + 4)
-                offset += 8 + length
+            if kind == 2 and offset + 4 <= len(data):
+                size = 4 + 4 * struct.unpack_from(">H", data, offset + 2)[0]
+            elif kind == 6 and offset + 8 <= len(data):
+                size = 8 + struct.unpack_from(">I", data, offset + 4)[0]
             elif kind in sizes:
-                if kind == 4 and offset + 8 <= len(data):
-                    down, keysym = struct.unpack_from(">BxxI", data, offset + 1)
-                    events.append((bool(down), keysym))
-                offset += sizes[kind]
+                size = sizes[kind]
+            elif kind in (2, 6):
+                break
             else:
                 raise AssertionError(f"unexpected client message {kind}")
-        return events
+            if offset + size > len(data):
+                break
+            messages.append((kind, data[offset : offset + size]))
+            offset += size
+        return messages
+
+    def key_events(self):
+        """(down, keysym) of every KeyEvent received."""
+        return [(bool(message[1]), struct.unpack_from(">I", message, 4)[0])
+                for kind, message in self.messages() if kind == 4]
+
+    def cut_texts(self):
+        """The text of every ClientCutText received."""
+        return [message[8:] for kind, message in self.messages() if kind == 6]
 
     def rect(self, x, y, width, height, encoding, payload=b""):
         return struct.pack(">HHHHi", x, y, width, height, encoding) + payload

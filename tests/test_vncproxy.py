@@ -326,6 +326,25 @@ def test_keys_go_to_the_guest_and_none_stay_stuck(proxy):
     assert (True, ord("b")) not in events
 
 
+def test_clipboard_goes_to_the_display_the_viewer_is_on(proxy):
+    p = proxy()
+    guest = p.guest()
+    guest.paint()
+    client = p.viewer()
+    client.request(incremental=False)
+    assert follow(client, lambda c: (c.width, c.height) == (guest.width, guest.height))
+    client.send(struct.pack(">BxxxI", 6, 14) + b"to the desktop")
+    assert wait_for(lambda: guest.cut_texts() == [b"to the desktop"])
+    for keysym in (CONTROL_L, ALT_L, F1):
+        client.key(keysym)
+    for keysym in (F1, ALT_L, CONTROL_L):
+        client.key(keysym, down=False)
+    assert follow(client, lambda c: (c.width, c.height) != (guest.width, guest.height))
+    client.send(struct.pack(">BxxxI", 6, 14) + b"to the console")
+    assert console_reads(p.master) == b"to the console"
+    assert guest.cut_texts() == [b"to the desktop"]
+
+
 def console_reads(fd, timeout=5.0):
     ready, _, _ = select.select([fd], [], [], timeout)
     return os.read(fd, 100) if ready else b""

@@ -22,8 +22,10 @@ codes, as a keyboard sends them, so noVNC's own keyboard handling is part of wha
 
 import os
 import re
+import signal
 import socket
 import subprocess
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -31,6 +33,7 @@ import pytest
 from PIL import Image, ImageChops
 
 import peers
+import web
 from chromium import Chromium
 from peers import Block
 
@@ -198,6 +201,54 @@ def test_vnc_authentication_through_the_page(start_vncterm, browser, artifacts, 
     errors = peers.until_no_errors(lambda: peers.screenshot_errors(
         browser.screenshot(artifacts / "novnc-password.png"), PATTERN), timeout=FIRST_PICTURE)
     assert not errors, "\n".join(errors)
+
+
+def test_websockify_is_started_again_when_it_dies(start_vncterm, tmp_path):
+    """web.py supervises its child: killed, it comes back on the same port within seconds."""
+    require_browser()
+    server = start_console(start_vncterm, tmp_path)
+    url = printed(server, BROWSER_URL)
+    assert page_loads(url)
+    (child,) = websockify_children(server.proc.pid)
+    os.killpg(child, signal.SIGKILL)
+    assert peers.wait_until(
+        lambda: websockify_children(server.proc.pid) not in ([], [child]), 15)
+    assert peers.wait_until(lambda: page_loads(url), 15)
+    assert "websockify exited with status -9; starting it again" in peers.read_text(
+        server.log_path)
+
+
+def websockify_children(pid):
+    """The process ids of pid's websockify children, from /proc."""
+    tasks = Path(f"/proc/{pid}/task")
+    children = [child for task in tasks.iterdir()
+                for child in (task / "children").read_text().split()]
+    return [int(child) for child in children if b"websockify" in command_line(child)]
+
+
+def command_line(pid):
+    """A process's command line, or b"" once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def page_loads(url):
+    """True when the URL's page comes back 200 with noVNC's page in it."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            return reply.status == 200 and b"noVNC" in reply.read()
+    except OSError:
+        return False
+
+
+def test_missing_novnc_or_websockify_names_the_package(tmp_path, monkeypatch):
+    with pytest.raises(OSError, match="install the Debian package novnc"):
+        web.find_novnc(str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(OSError, match="install the Debian package websockify"):
+        web.websockify_command(tmp_path, ("127.0.0.1", 5900), None, None)
 
 
 # --- The guest desktop -------------------------------------------------------------------------

@@ -50,4 +50,5 @@ clean: ## Remove the virtualenv and test artifacts
 $(VENV)/.ready: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -r requirements-dev.txt
+	$(VENV)/bin/pip install -q atheris || echo "atheris did not install: its fuzz tests will be skipped"
 	touch $@

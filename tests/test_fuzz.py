@@ -18,6 +18,11 @@ however the bytes are split.  Targets, each with its own example budget:
                                 huge CSI parameters, thousands of parameters, OSC titles,
                                 lines of wide characters, modes and resets
 
+Coverage-guided fuzzing (atheris, libFuzzer for Python, where it installs: the Makefile tries).
+tests/atheris_targets.py runs the viewer reader, the guest reader and the console under
+libFuzzer's byte mutations, which steer towards branches not yet reached; each target runs in
+a subprocess for a fixed number of inputs, and a crash or a hang fails the test.
+
 `FUZZ_SCALE=N` multiplies every budget and the number of comings and goings (`make fuzz` runs
 with a large N and no time limit).
 
@@ -32,14 +37,18 @@ dropped once several frames' worth pile up.
 
 import collections
 import contextlib
+import importlib.util
 import logging
 import os
 import resource
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
+from pathlib import Path
 
 import hypothesis
 import pytest
@@ -862,3 +871,23 @@ def test_a_viewer_that_lets_several_frames_pile_up_is_dropped(counted, monkeypat
         reading.close()
     finally:
         p.close()
+
+
+# --- Coverage-guided: atheris ------------------------------------------------------------------
+
+ATHERIS = Path(__file__).parent / "atheris_targets.py"
+ATHERIS_RUNS = {"client": 100_000, "guest": 100_000, "console": 5_000}
+
+
+@pytest.mark.parametrize("target", ATHERIS_RUNS)
+def test_coverage_guided_fuzzing_with_atheris(target, tmp_path):
+    if importlib.util.find_spec("atheris") is None:
+        pytest.skip("atheris did not install here (it is optional; `make test` tries to)")
+    runs = ATHERIS_RUNS[target] * SCALE
+    result = subprocess.run(
+        [sys.executable, str(ATHERIS), target, f"-runs={runs}", "-max_len=4096",
+         "-timeout=20", "-rss_limit_mb=2048"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=None if SCALE > 1 else 300)
+    tail = "\n".join(result.stderr.splitlines()[-30:])
+    assert result.returncode == 0, tail
+    assert f"Done {runs} runs" in result.stderr, tail

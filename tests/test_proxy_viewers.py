@@ -456,7 +456,8 @@ def password_guest(folder, password):
 
 
 def test_desktop_password_file_answers_vnc_authentication(start_vncterm, tmp_path, artifacts):
-    """Xvnc -PasswordFile offers [19, 2] on the reverse link; the password file answers VncAuth."""
+    """Xvnc -PasswordFile offers [19, 2] on the reverse link; the password file answers VncAuth;
+    the hotkeys switch, and viewers return to the console when the guest goes."""
     guest_peers()
     (tmp_path / "password").write_text(PASSWORD + "\n")
     server = start_proxy(start_vncterm, tmp_path,
@@ -467,8 +468,15 @@ def test_desktop_password_file_answers_vnc_authentication(start_vncterm, tmp_pat
         guest.connect(server)
         settle(lambda: desktop_errors(vncdo_capture(server, artifacts / "arrived.png"),
                                       xterm=False))
+        settle(lambda: console_errors(
+            vncdo_capture(server, artifacts / "f1.png", *hotkey("f1"))))
+        settle(lambda: desktop_errors(
+            vncdo_capture(server, artifacts / "f1-f7.png", *hotkey("f1"), *hotkey("f7")),
+            xterm=False))
     finally:
         guest.stop()
+    wait_for_log(server, LEFT)
+    settle(lambda: console_errors(vncdo_capture(server, artifacts / "gone.png")))
 
 
 @pytest.mark.parametrize("password", [None, "wrong"])
@@ -511,6 +519,11 @@ def test_desktop_connect_retries_until_xvnc_listens(start_vncterm, tmp_path, art
         guest.paint()
         wait_for_log(server, ARRIVED)
         settle(lambda: desktop_errors(vncdo_capture(server, artifacts / "first.png"), xterm=False))
+        settle(lambda: console_errors(
+            vncdo_capture(server, artifacts / "1.png", *hotkey("1"))))
+        settle(lambda: desktop_errors(
+            vncdo_capture(server, artifacts / "1-7.png", *hotkey("1"), *hotkey("7")),
+            xterm=False))
     finally:
         guest.stop()
     wait_for_log(server, LEFT)

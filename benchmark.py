@@ -77,6 +77,7 @@ VIEWER_ENCODINGS = (TIGHT, COPY_RECT, DESKTOP_SIZE, CURSOR, COMPRESS_2)
 ENCODING_NAMES = {TIGHT: "Tight", ZRLE: "ZRLE", HEXTILE: "Hextile", ZLIB: "Zlib", RAW: "Raw"}
 PIXEL_FORMAT = struct.pack(">BBBBHHHBBB3x", 32, 24, 0, 1, 255, 255, 255, 16, 8, 0)
 KEY_X, BACKSPACE, RETURN = ord("x"), 0xFF08, 0xFF0D
+CONTROL_L, ALT_L, F1, F7 = 0xFFE3, 0xFFE9, 0xFFBE, 0xFFC4
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -343,6 +344,12 @@ class Viewer:
 
     def key(self, keysym: int) -> None:
         self.send(struct.pack(">BBxxI", 4, 1, keysym) + struct.pack(">BBxxI", 4, 0, keysym))
+
+    def hotkey(self, keysym: int) -> None:
+        """Ctrl-Alt-keysym: press all three, release them in reverse."""
+        keys = (CONTROL_L, ALT_L, keysym)
+        self.send(b"".join(struct.pack(">BBxxI", 4, 1, key) for key in keys)
+                  + b"".join(struct.pack(">BBxxI", 4, 0, key) for key in reversed(keys)))
 
     def type(self, text: str) -> None:
         for character in text:
@@ -788,6 +795,7 @@ def proxy(repetitions: int, keystrokes: int) -> dict:
             "direct": echo_latencies(connect(xvnc), keystrokes),
             "proxy": through_proxy(xvnc, lambda viewer: echo_latencies(viewer, keystrokes)),
         }
+        results["switch"] = through_proxy(xvnc, switch_times)
         stop_process(xterm)
     finally:
         xvnc.stop()
@@ -806,6 +814,23 @@ def throughput(viewer: Viewer, seconds: float = 3) -> dict:
     viewer.close()
     return {"updates_per_s": (len(viewer.updates) - first) / elapsed,
             "mb_per_s": (viewer.consumed - start_bytes) / elapsed / 1e6}
+
+
+def switch_times(viewer: Viewer, rounds: int = 20) -> dict:
+    """Milliseconds from a VT-switch hotkey to the first update with the other display's
+    pixels: Ctrl-Alt-F1 to the console, Ctrl-Alt-F7 back to the desktop; medians."""
+    times = {"to console": [], "to desktop": []}
+    console_size = (COLUMNS * 8, ROWS * 16)
+    for _ in range(rounds):
+        for name, keysym, size in (("to console", F1, console_size), ("to desktop", F7, DESKTOP)):
+            sent = time.perf_counter()
+            viewer.hotkey(keysym)
+            update = viewer.next_update()
+            while viewer.size != size or viewer.image.getbbox() is None:
+                update = viewer.next_update()
+            times[name].append((update.time - sent) * 1000)
+            viewer.settle(0.2)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def through_proxy(xvnc: Xvnc, measure):
@@ -939,6 +964,8 @@ def proxy_rows(table: Table, results: dict) -> None:
     proxied, direct = results["echo"]["proxy"]["p50"], results["echo"]["direct"]["p50"]
     table.add("5 proxy: key echo", "p50 ms (proxy|direct)", proxied, direct,
               f"{proxied - direct:+.2f} ms <= +2 ms", proxied - direct <= 2)
+    for name, milliseconds in results["switch"].items():
+        table.add("5 proxy: VT switch", f"{name} p50 ms", milliseconds)
 
 
 def scale_rows(table: Table, results: dict) -> None:

@@ -27,7 +27,10 @@ Zlib, ZRLE and Tight must match the viewer's inflaters byte for byte until the v
   foreground colour (console text), coloured subrectangles, or raw, whichever is shortest.
   Background and foreground carry over from tile to tile, except after a raw tile (both) and
   after a tile with coloured subrectangles (the foreground): decoders disagree about those
-  (rfb-notes §6.2), so we send them again.
+  (rfb-notes §6.2), so we send them again.  A tile whose colour changes more than
+  `HEXTILE_RUN_LIMIT` times (a photograph, dithering; counted in C) goes raw without looking
+  for subrectangles: they would seldom be smaller, and finding out costs a hundred times the
+  raw copy.
 * Zlib (6, rfbproto §zlib): Raw pixels through one deflate stream per viewer.
 * Tight (7): in tight.py.
 * ZRLE (16, §7.7.6): 64x64 tiles through one deflate stream per viewer; each tile is solid, a
@@ -49,6 +52,7 @@ too; we never compress twice to pick the smaller.
 from __future__ import annotations
 
 import functools
+import re
 import struct
 import threading
 import zlib
@@ -68,6 +72,7 @@ JPEG_QUALITY_LEVELS = range(-32, -22)
 COMPRESSION_LEVELS = range(-256, -246)
 DEFAULT_COMPRESSION = 6
 MAX_COORDINATE = 0xFFFF
+HEXTILE_RUN_LIMIT = 128  # colour changes in a 16x16 tile past which it goes raw unanalysed
 
 
 @dataclass(frozen=True)
@@ -160,6 +165,8 @@ class HextileEncoder(Stateless):
         colours = pixels.palette(tile, 256)
         if len(colours) == 1:
             return *cls._solid(colours[0], converter, background), foreground
+        if pixels.run_count(tile.tobytes(), 3) > HEXTILE_RUN_LIMIT:
+            return bytes([cls.RAW]) + converter.convert(tile), None, None
         size = converter.bytes_per_pixel
         palette = converter.palette(colours)
         mask, body = cls.ANY_SUBRECTS, []
@@ -243,16 +250,19 @@ class ZrleEncoder(OneStream):
         if len(colours) == 1:
             return bytes([cls.SOLID]) + palette
         data = pixels.indices(tile, colours)
-        # Palette RLE is subencoding 128 + palette size; a run of one is the bare index.
-        options = [bytes([cls.PLAIN_RLE + len(colours)]) + palette + b"".join(
-            value if count == 1 else bytes([value[0] | 128]) + _run_length(count)
-            for value, count in pixels.runs(data, 1))]
+        raw_size = 1 + tile.width * tile.height * converter.compact_size
+        options = []
         if len(colours) <= 16:
             bits = 1 if len(colours) == 2 else 2 if len(colours) <= 4 else 4
             options.append(bytes([len(colours)]) + palette
                            + pixels.pack(data, tile.width, tile.height, bits))
-        best = min(options, key=len)
-        if len(best) > 1 + tile.width * tile.height * converter.compact_size:
+        # Palette RLE costs at least a byte a run: list the runs only when that could win.
+        if pixels.run_count(data, 1) < min(map(len, options), default=raw_size):
+            # Subencoding 128 + palette size; a run of one stays the bare index.
+            options.append(bytes([cls.PLAIN_RLE + len(colours)]) + palette
+                           + LONGER_RUNS.sub(_palette_run, data))
+        best = min(options, key=len, default=None)
+        if best is None or len(best) > raw_size:
             return bytes([cls.RAW]) + converter.convert_compact(tile)
         return best
 
@@ -260,12 +270,20 @@ class ZrleEncoder(OneStream):
     def _unpaletted(cls, tile, converter) -> bytes:
         """Plain RLE or raw CPIXELs, whichever is shorter, for a tile of many colours."""
         raw = converter.convert_compact(tile)
-        pixel_runs = pixels.runs(raw, converter.compact_size)
-        if 2 * len(pixel_runs) > tile.width * tile.height:
+        if 2 * pixels.run_count(raw, converter.compact_size) > tile.width * tile.height:
             return bytes([cls.RAW]) + raw
+        pixel_runs = pixels.runs(raw, converter.compact_size)
         rle = bytes([cls.PLAIN_RLE]) + b"".join(
             value + _run_length(count) for value, count in pixel_runs)
         return min(bytes([cls.RAW]) + raw, rle, key=len)
+
+
+LONGER_RUNS = re.compile(rb"(.)\1+", re.DOTALL)
+
+
+def _palette_run(match: re.Match) -> bytes:
+    """A run of two or more of one palette index: the index with its top bit set, the length."""
+    return bytes([match[1][0] | 128]) + _run_length(len(match[0]))
 
 
 def _run_length(count: int) -> bytes:

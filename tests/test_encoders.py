@@ -197,6 +197,27 @@ def test_indices_are_exact_even_for_near_colours(count, size):
     assert [found[i] for i in pixels.indices(image, found)] == data
 
 
+@given(st.integers(1, 4).flatmap(lambda size: st.tuples(
+    st.just(size), st.lists(st.sampled_from([b"\0" * size, b"\1" * size, bytes(range(size))]),
+                            max_size=40))))
+def test_run_count_agrees_with_the_runs_listed(case):
+    size, values = case
+    data = b"".join(values)
+    assert pixels.run_count(data, size) == len(pixels.runs(data, size))
+
+
+@pytest.mark.parametrize("encoding", LOSSLESS)
+def test_a_dithered_screen_round_trips(encoding):
+    """A 1-pixel checkerboard (X's root weave): runs of one everywhere."""
+    pf = FORMATS["32le-rgb"]
+    image = Image.new("1", (130, 70))
+    image.putdata([(x + y) % 2 for y in range(70) for x in range(130)])
+    image = image.convert("RGB")
+    viewer_encoder, decoder = viewer(encoding, pf)
+    decoded, _ = send(viewer_encoder, decoder, 3, 5, image)
+    assert decoded == rfbdecode.expected_pixels(image, pf)
+
+
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])
 @pytest.mark.parametrize("width", [1, 7, 8, 9, 17])
 def test_pack_pads_rows_and_puts_the_first_pixel_high(bits, width):

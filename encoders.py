@@ -27,10 +27,10 @@ Zlib, ZRLE and Tight must match the viewer's inflaters byte for byte until the v
   foreground colour (console text), coloured subrectangles, or raw, whichever is shortest.
   Background and foreground carry over from tile to tile, except after a raw tile (both) and
   after a tile with coloured subrectangles (the foreground): decoders disagree about those
-  (rfb-notes §6.2), so we send them again.  A tile whose colour changes more than
-  `HEXTILE_RUN_LIMIT` times (a photograph, dithering; counted in C) goes raw without looking
-  for subrectangles: they would seldom be smaller, and finding out costs a hundred times the
-  raw copy.
+  (rfb-notes §6.2), so we send them again.  A tile with more than `HEXTILE_RUN_LIMIT` runs
+  of one colour (a photograph, dithering) goes raw: subrectangles would seldom be smaller,
+  and finding them all costs a hundred times the raw copy.  Runs are counted in C for tiles
+  of many colours; for two-colour tiles (text) the search for subrectangles gives up there.
 * Zlib (6, rfbproto §zlib): Raw pixels through one deflate stream per viewer.
 * Tight (7): in tight.py.
 * ZRLE (16, §7.7.6): 64x64 tiles through one deflate stream per viewer; each tile is solid, a
@@ -72,7 +72,7 @@ JPEG_QUALITY_LEVELS = range(-32, -22)
 COMPRESSION_LEVELS = range(-256, -246)
 DEFAULT_COMPRESSION = 6
 MAX_COORDINATE = 0xFFFF
-HEXTILE_RUN_LIMIT = 128  # colour changes in a 16x16 tile past which it goes raw unanalysed
+HEXTILE_RUN_LIMIT = 128  # runs in a 16x16 tile past which it goes raw
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,9 @@ class HextileEncoder(Stateless):
         colours = pixels.palette(tile, 256)
         if len(colours) == 1:
             return *cls._solid(colours[0], converter, background), foreground
-        if pixels.run_count(tile.tobytes(), 3) > HEXTILE_RUN_LIMIT:
+        busy = len(colours) > 2 and pixels.run_count(tile.tobytes(), 3) > HEXTILE_RUN_LIMIT
+        subrects = None if busy else _subrects(tile, colours)
+        if subrects is None:
             return bytes([cls.RAW]) + converter.convert(tile), None, None
         size = converter.bytes_per_pixel
         palette = converter.palette(colours)
@@ -173,7 +175,6 @@ class HextileEncoder(Stateless):
         if colours[0] != background:
             mask |= cls.BACKGROUND
             body.append(palette[:size])
-        subrects = _subrects(tile, colours)
         if len(colours) == 2:
             if colours[1] != foreground:
                 mask |= cls.FOREGROUND
@@ -197,8 +198,9 @@ def _hextile_subrect(x: int, y: int, width: int, height: int) -> bytes:
     return bytes([x << 4 | y, (width - 1) << 4 | (height - 1)])
 
 
-def _subrects(tile: Image.Image, colours) -> list[list[int]]:
-    """Rectangles [x, y, w, h, colour index] covering every pixel not of colours[0].
+def _subrects(tile: Image.Image, colours) -> list[list[int]] | None:
+    """Rectangles [x, y, w, h, colour index] covering every pixel not of colours[0], or None
+    once the tile has shown more than HEXTILE_RUN_LIMIT runs: a busy tile goes raw.
 
     Runs of one colour in the tile's RGB bytes, cut at the end of each row, become
     rectangles; a run exactly below one of the same colour and span on the row above makes
@@ -209,7 +211,9 @@ def _subrects(tile: Image.Image, colours) -> list[list[int]]:
     width = tile.width
     rects, above, here = [], {}, {}
     x = y = 0
-    for value, count in pixels.runs(tile.tobytes(), 3):
+    for number, (value, count) in enumerate(pixels.runs(tile.tobytes(), 3)):
+        if number == HEXTILE_RUN_LIMIT:
+            return None
         while count:
             span = min(count, width - x)
             if value != background:
@@ -272,9 +276,8 @@ class ZrleEncoder(OneStream):
         raw = converter.convert_compact(tile)
         if 2 * pixels.run_count(raw, converter.compact_size) > tile.width * tile.height:
             return bytes([cls.RAW]) + raw
-        pixel_runs = pixels.runs(raw, converter.compact_size)
         rle = bytes([cls.PLAIN_RLE]) + b"".join(
-            value + _run_length(count) for value, count in pixel_runs)
+            value + _run_length(count) for value, count in pixels.runs(raw, converter.compact_size))
         return min(bytes([cls.RAW]) + raw, rle, key=len)
 
 

@@ -244,9 +244,9 @@ def pack(data: bytes, width: int, height: int, bits: int) -> bytes:
 _RUN_PATTERNS = {size: re.compile(rb"(.{%d})\1*" % size, re.DOTALL) for size in (1, 2, 3, 4)}
 
 
-def runs(data: bytes, size: int) -> list[tuple[bytes, int]]:
-    """Runs of equal `size`-byte pixels in data, as (pixel, count)."""
-    return [(m[1], (m.end() - m.start()) // size) for m in _RUN_PATTERNS[size].finditer(data)]
+def runs(data: bytes, size: int):
+    """Runs of equal `size`-byte pixels in data, as (pixel, count), one at a time."""
+    return ((m[1], (m.end() - m.start()) // size) for m in _RUN_PATTERNS[size].finditer(data))
 
 
 def run_count(data: bytes, size: int) -> int:

@@ -203,7 +203,7 @@ def test_indices_are_exact_even_for_near_colours(count, size):
 def test_run_count_agrees_with_the_runs_listed(case):
     size, values = case
     data = b"".join(values)
-    assert pixels.run_count(data, size) == len(pixels.runs(data, size))
+    assert pixels.run_count(data, size) == len(list(pixels.runs(data, size)))
 
 
 @pytest.mark.parametrize("encoding", LOSSLESS)

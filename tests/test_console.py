@@ -209,30 +209,28 @@ def test_pty_source_reads_writes_and_reopens(tmp_path):
         os.close(slave)
 
 
-def test_command_source_runs_in_a_sized_pty_and_reports_exit():
+def closed_console(command, columns, lines):
+    """The screen text and status of a console once its command has ended (or failed to start)."""
     closed = threading.Event()
-    source = console.CommandSource("sh -c 'stty size; echo $TERM; tty -s && echo tty'", 33, 7)
-    term = console.Console(source, 33, 7, on_closed=closed.set)
+    source = console.CommandSource(command, columns, lines)
+    term = console.Console(source, columns, lines, on_closed=closed.set)
     term.start()
     try:
         assert closed.wait(10)
-        text = screen_text(term)
-        assert "7 33" in text and "xterm-256color" in text and "tty" in text
-        assert "console closed" in term.status
+        return screen_text(term), term.status
     finally:
         term.stop()
+
+
+def test_command_source_runs_in_a_sized_pty_and_reports_exit():
+    text, status = closed_console("sh -c 'stty size; echo $TERM; tty -s && echo tty'", 33, 7)
+    assert "7 33" in text and "xterm-256color" in text and "tty" in text
+    assert "console closed" in status
 
 
 def test_a_command_that_cannot_start_closes_the_console_unless_restarted():
-    closed = threading.Event()
-    source = console.CommandSource("no-such-command-here --flag", 20, 4)
-    term = console.Console(source, 20, 4, on_closed=closed.set)
-    term.start()
-    try:
-        assert closed.wait(10)
-        assert term.status.startswith("cannot start no-such-command-here")
-    finally:
-        term.stop()
+    _, status = closed_console("no-such-command-here --flag", 20, 4)
+    assert status.startswith("cannot start no-such-command-here")
 
 
 def test_command_source_restarts_when_asked():

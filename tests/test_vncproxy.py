@@ -301,12 +301,18 @@ def test_guest_protocol_versions(proxy, version):
     assert follow(client, shows(guest.colour))
 
 
-def test_keys_go_to_the_guest_and_none_stay_stuck(proxy):
-    p = proxy()
+def guest_and_viewer(p):
+    """A painted guest desktop and a viewer that has asked for everything."""
     guest = p.guest()
     guest.paint()
     client = p.viewer()
     client.request(incremental=False)
+    return guest, client
+
+
+def test_keys_go_to_the_guest_and_none_stay_stuck(proxy):
+    p = proxy()
+    guest, client = guest_and_viewer(p)
     client.read_update()
     client.key(ord("a"))
     client.key(CONTROL_L)
@@ -328,10 +334,7 @@ def test_keys_go_to_the_guest_and_none_stay_stuck(proxy):
 
 def test_clipboard_goes_to_the_display_the_viewer_is_on(proxy):
     p = proxy()
-    guest = p.guest()
-    guest.paint()
-    client = p.viewer()
-    client.request(incremental=False)
+    guest, client = guest_and_viewer(p)
     assert follow(client, lambda c: (c.width, c.height) == (guest.width, guest.height))
     client.send(struct.pack(">BxxxI", 6, 14) + b"to the desktop")
     assert wait_for(lambda: guest.cut_texts() == [b"to the desktop"])

@@ -56,6 +56,7 @@ import collections
 import errno
 import fcntl
 import functools
+import itertools
 import logging
 import os
 import re
@@ -582,6 +583,7 @@ class Console:
         self.on_closed = on_closed
         self.listeners: set = set()
         self.told = 0
+        self._notices = itertools.count(1)
         self._view_offset = 0
         self._full = True
         self._cursor = None
@@ -701,8 +703,8 @@ class Console:
             self.stream.feed(data)
 
     def _notify(self) -> None:
-        """Tell the viewers that the screen changed; `told` counts these."""
-        self.told += 1
+        """Tell the viewers that the screen changed; `told` counts these (from any thread)."""
+        self.told = next(self._notices)
         for listener in list(self.listeners):
             listener()
 

@@ -51,7 +51,6 @@ too; we never compress twice to pick the smaller.
 
 from __future__ import annotations
 
-import functools
 import re
 import struct
 import threading
@@ -354,14 +353,16 @@ class ViewerEncoder:
         # Of the levels, only Tight's JPEG quality changes a plan.
         quality = self.levels.quality if self.encoding == Encoding.TIGHT else None
 
-        def plan():
+        def compute():
             return encoder.plan(x, y, image, self.converter, quality)
 
-        if shared is not None:
+        if shared is None:
+            plan = compute()
+        else:
             plans, generation = shared
             key = (x, y, width, height, self.encoding, self.pixel_format, quality)
-            plan = functools.partial(plans.get, generation, key, plan)
-        rects = encoder.finish(plan(), self.levels)
+            plan = plans.get(generation, key, compute)
+        rects = encoder.finish(plan, self.levels)
         self.sent[self.encoding.name.lower()] += len(rects)
         return rects
 

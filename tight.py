@@ -114,12 +114,13 @@ class TightEncoder:
         planned = []
         for left, top, right, bottom in pieces(*image.size):
             piece = image.crop((left, top, right, bottom))
-            groups = [(0, piece.width)] if _dense(piece) else _column_groups(piece)
-            for start, end in groups:
+            dense = _dense(piece)
+            plan_part = _plan_dense if dense else _plan_piece
+            for start, end in [(0, piece.width)] if dense else _column_groups(piece):
                 part = piece.crop((start, 0, end, piece.height))
                 header = rfb.rect_header(
                     x + left + start, y + top, end - start, bottom - top, Encoding.TIGHT)
-                planned.append((header, *_plan_piece(part, converter, quality)))
+                planned.append((header, *plan_part(part, converter, quality)))
         return planned
 
     def finish(self, planned, levels) -> list[bytes]:
@@ -158,9 +159,7 @@ def _plan_piece(piece, converter, quality) -> tuple:
     """(method, tail, stream, data) for one rectangle: fill, JPEG, palette or full colour."""
     colours = pixels.palette(piece, _palette_limit(piece))
     if colours is None:
-        if quality is not None and _photographic(piece):
-            return JPEG, _jpeg(piece, quality), None, b""
-        return FULL_COLOUR_STREAM, b"", FULL_COLOUR_STREAM, _tpixels(piece, converter)
+        return _plan_dense(piece, converter, quality)
     palette = _tpalette(colours, converter)
     if len(colours) == 1:
         return FILL, palette, None, b""
@@ -171,6 +170,13 @@ def _plan_piece(piece, converter, quality) -> tuple:
         return MONO_STREAM | FILTER_FOLLOWS, tail, MONO_STREAM, pixels.pack(
             data, *piece.size, 1)
     return INDEXED_STREAM | FILTER_FOLLOWS, tail, INDEXED_STREAM, data
+
+
+def _plan_dense(piece, converter, quality) -> tuple:
+    """(method, tail, stream, data) for a piece with too many colours for a palette."""
+    if quality is not None and _photographic(piece):
+        return JPEG, _jpeg(piece, quality), None, b""
+    return FULL_COLOUR_STREAM, b"", FULL_COLOUR_STREAM, _tpixels(piece, converter)
 
 
 def _jpeg(piece, quality: int) -> bytes:

@@ -61,5 +61,5 @@ def pytest_terminal_summary(terminalreporter):
     if peers.missing_peers:
         terminalreporter.write_line(
             f"skipped peer tests (missing {', '.join(sorted(peers.missing_peers))}): "
-            f"{' '.join(sorted(peers.skipped_tests))}; install the peers with: "
-            f"{peers.INSTALL_COMMAND}")
+            f"{' '.join(sorted(peers.skipped_tests))}; get the peers with: "
+            f"{'; '.join(sorted(set(peers.missing_peers.values())))}")

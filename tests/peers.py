@@ -52,23 +52,24 @@ INSTALL_COMMAND = "make peers"
 LISTENING = re.compile(r"vncterm: listening on 127\.0\.0\.1:(\d+)")
 SGR_BACKGROUND = {"red": 41, "green": 42, "blue": 44}
 
-missing_peers = set()
+missing_peers = {}  # peer -> how to get it
 skipped_tests = set()
 
 
-def require(peer, installed=None):
+def require(peer, installed=None, how=INSTALL_COMMAND):
     """Skip (or, under CI=true, fail) the test unless program or module `peer` is installed.
 
-    `installed`, when given, is the test's own answer to "is it there?".
+    `installed`, when given, is the test's own answer to "is it there?"; `how` tells how to get
+    it (root, or an optional module, are not Debian packages).
     """
     if installed is None:
         installed = shutil.which(peer) or importlib.util.find_spec(peer)
     if installed:
         return
-    reason = f"peer {peer!r} is not installed (install it with: {INSTALL_COMMAND})"
+    reason = f"peer {peer!r} is not installed (get it with: {how})"
     if os.environ.get("CI") == "true":
         pytest.fail(reason, pytrace=False)
-    missing_peers.add(peer)
+    missing_peers[peer] = how
     skipped_tests.add(os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0])
     pytest.skip(reason)
 

@@ -37,7 +37,6 @@ dropped once several frames' worth pile up.
 
 import collections
 import contextlib
-import importlib.util
 import logging
 import os
 import resource
@@ -63,7 +62,7 @@ import rfb
 import rfbclient
 import viewer
 import vncproxy
-from peers import ARTIFACTS, wait_until
+from peers import ARTIFACTS, require, wait_until
 from rawviewer import RAW, Client
 from test_auth import SecureClient, certificates, client_tls, server_tls  # noqa: F401
 from test_server import Harness, open_fds, server_image, settle
@@ -881,8 +880,7 @@ ATHERIS_RUNS = {"client": 100_000, "guest": 100_000, "console": 5_000}
 
 @pytest.mark.parametrize("target", ATHERIS_RUNS)
 def test_coverage_guided_fuzzing_with_atheris(target, tmp_path):
-    if importlib.util.find_spec("atheris") is None:
-        pytest.skip("atheris did not install here (it is optional; `make test` tries to)")
+    require("atheris", how="pip install atheris (the Makefile tries to)")
     runs = ATHERIS_RUNS[target] * SCALE
     result = subprocess.run(
         [sys.executable, str(ATHERIS), target, f"-runs={runs}", "-max_len=4096",

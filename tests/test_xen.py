@@ -410,8 +410,7 @@ USER_DRIVER = textwrap.dedent("""\
 
 
 def test_as_nobody_the_console_survives_a_reboot(fake, guests, tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("dropping privileges needs root")
+    peers.require("root", installed=os.geteuid() == 0, how="run the tests as root, as CI does")
     first = guests()
     fake.start_domain(first)
     mode = os.stat(first.path)
@@ -644,8 +643,7 @@ def test_vncterm_with_stay_outlives_the_domain(fake, guests, start_vncterm_domai
 
 def test_vncterm_as_nobody_keeps_the_console_across_a_reboot(fake, guests, start_vncterm_domain):
     peers.require("vncdotool")
-    if os.geteuid() != 0:
-        pytest.skip("--user needs root")
+    peers.require("root", installed=os.geteuid() == 0, how="run the tests as root, as CI does")
     first = guests()
     fake.start_domain(first)
     server = start_vncterm_domain(["--user", "nobody"])

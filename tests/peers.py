@@ -166,37 +166,38 @@ class VncTerm:
         assert self.proc.returncode == 0, f"vncterm did not exit cleanly\n{self.report()}"
 
 
-class Xvfb:
-    """A virtual X screen on a display number of its own choosing, with the peers started on it."""
+class XServer:
+    """An X server on a display number of its own choosing (-displayfd), with the programs
+    started on it; `argv` is its command line without -displayfd, logged to artifacts/NAME.log."""
 
-    def __init__(self, folder, size="1280x1024"):
+    def __init__(self, folder, argv, name):
         self.folder = folder
         self.children = []
+        self.log_path = folder / f"{name}.log"
         read_end, write_end = os.pipe()
-        with open(folder / "Xvfb.log", "wb") as log:
+        with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                ["Xvfb", "-displayfd", str(write_end), "-screen", "0", f"{size}x24",
-                 "-nolisten", "tcp", "-br"],
+                [argv[0], "-displayfd", str(write_end), *argv[1:]],
                 pass_fds=[write_end], stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         os.close(write_end)
         try:
-            self.display = ":" + self._read_display_number(read_end)
+            self.display = ":" + self._read_display_number(read_end, argv[0])
         finally:
             os.close(read_end)
         self.env = dict(os.environ, DISPLAY=self.display, NO_AT_BRIDGE="1")
 
-    def _read_display_number(self, read_end, timeout=15):
-        """Read the number Xvfb writes to -displayfd once it accepts clients."""
+    def _read_display_number(self, read_end, program, timeout=15):
+        """Read the number the server writes to -displayfd once it accepts clients."""
         text = b""
         deadline = time.monotonic() + timeout
         while not text.endswith(b"\n"):
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not select.select([read_end], [], [], remaining)[0]:
                 self.proc.kill()
-                raise AssertionError(f"Xvfb gave no display number; see {self.folder / 'Xvfb.log'}")
+                raise AssertionError(f"{program} gave no display number; see {self.log_path}")
             chunk = os.read(read_end, 16)
             if not chunk:
-                raise AssertionError(f"Xvfb exited; see {self.folder / 'Xvfb.log'}")
+                raise AssertionError(f"{program} exited; see {self.log_path}")
             text += chunk
         return text.decode().strip()
 
@@ -222,6 +223,23 @@ class Xvfb:
         """Stop every program started here, then the X server."""
         for process in [*self.children, self.proc]:
             stop_process(process)
+
+
+class Xvfb(XServer):
+    """A virtual X screen for the viewers under test."""
+
+    def __init__(self, folder, size="1280x1024"):
+        super().__init__(folder, ["Xvfb", "-screen", "0", f"{size}x24", "-nolisten", "tcp", "-br"],
+                         "Xvfb")
+
+
+class Xvnc(XServer):
+    """TigerVNC's Xvnc as a guest's X server, not resetting when its last client leaves (so a
+    painted root stays painted); `options` are added to its command line."""
+
+    def __init__(self, folder, size, name="Xvnc", options=()):
+        super().__init__(folder, ["Xvnc", "-geometry", "%dx%d" % size, "-depth", "24",
+                                  "-nolisten", "tcp", "-noreset", *options], name)
 
 
 def stop_process(process, timeout=5, group=False):

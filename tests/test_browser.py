@@ -24,7 +24,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -254,32 +253,13 @@ def test_missing_novnc_or_websockify_names_the_package(tmp_path, monkeypatch):
 # --- The guest desktop -------------------------------------------------------------------------
 
 
-class Xvnc(peers.Xvfb):
-    """TigerVNC's Xvnc as a guest's X server: no TCP listener, no authentication."""
-
-    def __init__(self, folder, size=DESKTOP_SIZE):
-        self.folder = folder
-        self.children = []
-        read_end, write_end = os.pipe()
-        with open(folder / "Xvnc.log", "wb") as log:
-            self.proc = subprocess.Popen(
-                ["Xvnc", "-displayfd", str(write_end), "-geometry", "%dx%d" % size,
-                 "-depth", "24", "-nolisten", "tcp", "-rfbport", "-1", "-SecurityTypes", "None"],
-                pass_fds=[write_end], stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        os.close(write_end)
-        try:
-            self.display = ":" + self._read_display_number(read_end)
-        finally:
-            os.close(read_end)
-        self.env = dict(os.environ, DISPLAY=self.display)
-
-
 @pytest.fixture
 def guest(artifacts):
     """An Xvnc guest desktop painted ROOT, stopped at teardown."""
     for peer in ("Xvnc", "vncconfig", "xsetroot"):
         peers.require(peer)
-    desktop = Xvnc(artifacts)
+    desktop = peers.Xvnc(artifacts, DESKTOP_SIZE, options=("-rfbport", "-1", "-SecurityTypes",
+                                                           "None"))
     desktop.run("xsetroot", "-solid", ROOT)
     yield desktop
     desktop.stop()

@@ -28,7 +28,6 @@ and the failure then lists what was wrong.  Every process a test starts is stopp
 handle at teardown (fixtures, or try/finally), never by name.
 """
 
-import os
 import queue
 import re
 import socket
@@ -98,25 +97,11 @@ def wait_for_log(server, pattern, count=1, timeout=20.0):
 # --- Guest X servers ---------------------------------------------------------------------------
 
 
-class Xvnc(peers.Xvfb):
-    """TigerVNC's Xvnc as the guest's X server, on a display number of its own choosing."""
+class Xvnc(peers.Xvnc):
+    """TigerVNC's Xvnc as the guest's X server, which paints and connects on request."""
 
-    def __init__(self, folder, name="Xvnc", size=DESKTOP_SIZE, options=()):
-        self.folder = folder
-        self.children = []
-        self.log_path = folder / f"{name}.log"
-        read_end, write_end = os.pipe()
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                ["Xvnc", "-displayfd", str(write_end), "-geometry", "%dx%d" % size, "-depth", "24",
-                 "-nolisten", "tcp", "-noreset", *options],
-                pass_fds=[write_end], stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        os.close(write_end)
-        try:
-            self.display = ":" + self._read_display_number(read_end)
-        finally:
-            os.close(read_end)
-        self.env = dict(os.environ, DISPLAY=self.display)
+    def __init__(self, folder, name="Xvnc", options=()):
+        super().__init__(folder, DESKTOP_SIZE, name, options)
 
     def paint(self, colour=ROOT, xterm_command=None):
         """Paint the root; with xterm_command, start an xterm running it and wait for its window."""

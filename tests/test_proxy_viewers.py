@@ -64,6 +64,16 @@ def hotkey(key):
     return ("keydown", "ctrl", "keydown", "alt", "key", key, "keyup", "alt", "keyup", "ctrl")
 
 
+def hotkeys_switch(server, artifacts, to_console, to_desktop, **desktop_checks):
+    """A fresh vncdotool viewer on the desktop: `to_console` shows it the console, and
+    `to_console` then `to_desktop` bring it back to the desktop."""
+    settle(lambda: console_errors(
+        vncdo_capture(server, artifacts / f"{to_console}.png", *hotkey(to_console))))
+    settle(lambda: desktop_errors(
+        vncdo_capture(server, artifacts / f"{to_console}-{to_desktop}.png",
+                      *hotkey(to_console), *hotkey(to_desktop)), **desktop_checks))
+
+
 # --- vncterm and its log -----------------------------------------------------------------------
 
 
@@ -369,14 +379,8 @@ def test_tigervnc_guest_arrives_and_hotkeys_switch(proxy, guest, artifacts):
     settle(lambda: desktop_errors(vncdo_capture(proxy, artifacts / "arrived.png")))
     settle(lambda: desktop_errors(
         peers.vncsnapshot_capture(proxy, artifacts / "arrived-vncsnapshot.jpg")))
-    settle(lambda: console_errors(
-        vncdo_capture(proxy, artifacts / "f1.png", *hotkey("f1"))))
-    settle(lambda: desktop_errors(
-        vncdo_capture(proxy, artifacts / "f1-f7.png", *hotkey("f1"), *hotkey("f7"))))
-    settle(lambda: console_errors(
-        vncdo_capture(proxy, artifacts / "1.png", *hotkey("1"))))
-    settle(lambda: desktop_errors(
-        vncdo_capture(proxy, artifacts / "1-7.png", *hotkey("1"), *hotkey("7"))))
+    hotkeys_switch(proxy, artifacts, "f1", "f7")
+    hotkeys_switch(proxy, artifacts, "1", "7")
     settle(lambda: console_errors(
         vncdo_capture(proxy, artifacts / "f7-f6.png", *hotkey("f7"), *hotkey("f6"))))
 
@@ -453,11 +457,7 @@ def test_desktop_password_file_answers_vnc_authentication(start_vncterm, tmp_pat
         guest.connect(server)
         settle(lambda: desktop_errors(vncdo_capture(server, artifacts / "arrived.png"),
                                       xterm=False))
-        settle(lambda: console_errors(
-            vncdo_capture(server, artifacts / "f1.png", *hotkey("f1"))))
-        settle(lambda: desktop_errors(
-            vncdo_capture(server, artifacts / "f1-f7.png", *hotkey("f1"), *hotkey("f7")),
-            xterm=False))
+        hotkeys_switch(server, artifacts, "f1", "f7", xterm=False)
     finally:
         guest.stop()
     wait_for_log(server, LEFT)
@@ -504,11 +504,7 @@ def test_desktop_connect_retries_until_xvnc_listens(start_vncterm, tmp_path, art
         guest.paint()
         wait_for_log(server, ARRIVED)
         settle(lambda: desktop_errors(vncdo_capture(server, artifacts / "first.png"), xterm=False))
-        settle(lambda: console_errors(
-            vncdo_capture(server, artifacts / "1.png", *hotkey("1"))))
-        settle(lambda: desktop_errors(
-            vncdo_capture(server, artifacts / "1-7.png", *hotkey("1"), *hotkey("7")),
-            xterm=False))
+        hotkeys_switch(server, artifacts, "1", "7", xterm=False)
     finally:
         guest.stop()
     wait_for_log(server, LEFT)

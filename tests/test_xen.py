@@ -247,17 +247,29 @@ def test_waits_for_the_console_without_polling_then_attaches(fake, guests, run_c
     assert guest.heard(1) == b"x"
 
 
-def test_reboot_moves_the_console_to_a_new_pty(fake, guests, run_console):
+def attached_console(fake, guests, run_console):
+    """A started domain's pty, and a Console attached to it."""
     first = guests()
     fake.start_domain(first)
     term = run_console(xen.DomainSource(xen.Domain(DOMAIN, fake.xenstore)))
     assert status_is(term, "") == ""
+    return first, term
+
+
+def new_pty(fake, guests, term, timeout=15.0):
+    """The console key names a new pty, as after a reboot; the Console must follow it."""
+    second = guests()
+    fake.store.write(TTY_KEY, second.path)
+    assert peers.wait_until(lambda: term.source.path == second.path, timeout=timeout)
+    return second
+
+
+def test_reboot_moves_the_console_to_a_new_pty(fake, guests, run_console):
+    first, term = attached_console(fake, guests, run_console)
     first.say(b"first boot\r\n")
     assert shows(term, "first boot")
     first.hang_up()
-    second = guests()
-    fake.store.write(TTY_KEY, second.path)
-    assert peers.wait_until(lambda: term.source.path == second.path)
+    second = new_pty(fake, guests, term)
     second.say(b"second boot\r\n")
     assert shows(term, "second boot")
     term.key(ord("y"), keymap.Modifiers())
@@ -266,13 +278,8 @@ def test_reboot_moves_the_console_to_a_new_pty(fake, guests, run_console):
 
 def test_a_new_pty_is_followed_even_if_the_old_one_never_hangs_up(fake, guests, run_console):
     """Needs the Console to wait on watch_fileno() while attached (the proposed console.py hook)."""
-    first = guests()
-    fake.start_domain(first)
-    term = run_console(xen.DomainSource(xen.Domain(DOMAIN, fake.xenstore)))
-    assert status_is(term, "") == ""
-    second = guests()
-    fake.store.write(TTY_KEY, second.path)
-    assert peers.wait_until(lambda: term.source.path == second.path, timeout=5)
+    _, term = attached_console(fake, guests, run_console)
+    second = new_pty(fake, guests, term, timeout=5)
     second.say(b"on the new pty\r\n")
     assert shows(term, "on the new pty")
 

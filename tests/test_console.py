@@ -70,19 +70,25 @@ def test_terminal_shows_what_plain_pyte_shows(pieces):
 @settings(max_examples=200, deadline=None)
 @given(st.lists(PIECES, max_size=40), st.integers(min_value=1, max_value=5))
 def test_frames_keep_a_viewer_exact(pieces, every):
-    term = new_console()
+    assert_frames_keep_a_viewer_exact(new_console(), pieces, every)
+
+
+def assert_frames_keep_a_viewer_exact(term, pieces, every):
+    """Feed the pieces, handing a viewer the frame after every `every`-th piece and at the end:
+    the viewer's rows must then be the screen's, and the cursor where the terminal has it."""
     term.set_status("")
-    viewer = [None] * LINES
+    viewer = [None] * term.lines
     for index, piece in enumerate(pieces):
         term.feed(piece.encode())
         if index % every == 0:
             apply_frame(viewer, term.take_frame())
     apply_frame(viewer, term.take_frame())
-    screen = cells_of(term.terminal)
-    cursor = term.terminal.cursor
-    expected_cursor = None if cursor.hidden else (min(cursor.x, COLUMNS - 1), cursor.y)
-    assert viewer == screen
-    assert term._cursor == expected_cursor
+    screen = term.terminal
+    assert viewer == [[screen.buffer[y][x] for x in range(term.columns)]
+                      for y in range(term.lines)]
+    cursor = screen.cursor
+    assert term._cursor == (None if cursor.hidden
+                            else (min(cursor.x, term.columns - 1), cursor.y))
 
 
 def apply_frame(viewer, frame):

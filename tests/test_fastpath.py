@@ -28,6 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import console
+from test_console import FakeSource, assert_frames_keep_a_viewer_exact, screen_text
 
 COLUMNS, LINES, SCROLLBACK = 20, 6, 5
 PRINTABLE = "".join(chr(code) for code in range(0x20, 0x7F))
@@ -208,34 +209,7 @@ def test_a_long_run_is_counted_not_drawn():
 @settings(max_examples=200, deadline=None)
 @given(INPUT, st.integers(min_value=1, max_value=5))
 def test_frames_keep_a_viewer_exact(pieces, every):
-    term = console.Console(FakeSource(), COLUMNS, LINES)
-    term.set_status("")
-    viewer = [None] * LINES
-    for index, piece in enumerate(pieces):
-        term.feed(piece.encode())
-        if index % every == 0:
-            apply_frame(viewer, term.take_frame())
-    apply_frame(viewer, term.take_frame())
-    assert viewer == [row_cells(term.terminal.buffer[y], COLUMNS) for y in range(LINES)]
-
-
-def apply_frame(viewer, frame):
-    if frame.scroll:
-        viewer[:] = viewer[frame.scroll :] + [None] * frame.scroll
-    for row, cells in frame.rows.items():
-        viewer[row] = cells
-
-
-class FakeSource:
-    name = "fake"
-    restarts = True
-
-    def write(self, data):
-        return len(data)
-
-
-def screen_text(term):
-    return "\n".join(term.terminal.display)
+    assert_frames_keep_a_viewer_exact(console.Console(FakeSource(), COLUMNS, LINES), pieces, every)
 
 
 def test_sequences_pyte_cannot_handle_are_ignored():

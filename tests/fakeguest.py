@@ -10,6 +10,8 @@ import socket
 import struct
 import threading
 
+import peers
+
 RAW, COPY_RECT, DESKTOP_SIZE, CURSOR = 0, 1, -223, -239
 
 
@@ -39,13 +41,7 @@ class FakeGuest:
         self._reader.start()
 
     def recv(self, size):
-        data = bytearray()
-        while len(data) < size:
-            chunk = self.sock.recv(size - len(data))
-            if not chunk:
-                raise ConnectionError("proxy closed the connection")
-            data += chunk
-        return bytes(data)
+        return peers.recv_exactly(self.sock, size, "proxy")
 
     def _read(self):
         try:

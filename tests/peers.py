@@ -74,6 +74,17 @@ def require(peer, installed=None, how=INSTALL_COMMAND):
     pytest.skip(reason)
 
 
+def recv_exactly(sock, size, peer):
+    """`size` bytes from sock; ConnectionError naming `peer` if it closes first."""
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError(f"{peer} closed the connection")
+        data += chunk
+    return bytes(data)
+
+
 def wait_until(predicate, timeout=15.0, interval=0.1):
     """Call predicate until it returns something truthy; return that, or its last value."""
     deadline = time.monotonic() + timeout

@@ -11,6 +11,8 @@ import struct
 
 from PIL import Image
 
+import peers
+
 RAW, COPY_RECT, DESKTOP_SIZE, EXTENDED_DESKTOP_SIZE = 0, 1, -223, -308
 
 
@@ -47,13 +49,7 @@ class Client:
         self.resizes = []
 
     def recv(self, size):
-        data = bytearray()
-        while len(data) < size:
-            chunk = self.sock.recv(size - len(data))
-            if not chunk:
-                raise ConnectionError("server closed the connection")
-            data += chunk
-        return bytes(data)
+        return peers.recv_exactly(self.sock, size, "server")
 
     def reason(self):
         (length,) = struct.unpack(">I", self.recv(4))

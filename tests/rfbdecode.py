@@ -23,6 +23,8 @@ from collections import Counter, namedtuple
 
 from PIL import Image
 
+import peers
+
 RAW, COPY_RECT, HEXTILE, ZLIB, TIGHT, ZRLE = 0, 1, 5, 6, 7, 16
 NAMES = {RAW: "raw", COPY_RECT: "copy_rect", HEXTILE: "hextile", ZLIB: "zlib",
          TIGHT: "tight", ZRLE: "zrle"}
@@ -407,14 +409,12 @@ class Client:
         self.decoder = None
 
     def read(self, size):
-        data = bytearray()
-        while len(data) < size:
-            chunk = self.sock.recv(size - len(data))
-            if not chunk:
-                raise DecodeError("server closed the connection")
-            data += chunk
+        try:
+            data = peers.recv_exactly(self.sock, size, "server")
+        except ConnectionError as error:
+            raise DecodeError(str(error)) from None
         self.received += size
-        return bytes(data)
+        return data
 
     def set_pixel_format(self, pf):
         self.sock.sendall(b"\0\0\0\0" + pf.to_bytes())

@@ -283,25 +283,16 @@ class PhotoServer:
             except Exception as error:  # reported by the test, which owns the assertion
                 self.error = error
 
-    @staticmethod
-    def receive(connection, size):
-        data = b""
-        while len(data) < size:
-            chunk = connection.recv(size - len(data))
-            if not chunk:
-                raise ConnectionError("viewer left during the handshake")
-            data += chunk
-        return data
-
     def handshake(self, connection):
         connection.sendall(rfb.SERVER_VERSION)
-        version = rfb.parse_client_version(self.receive(connection, 12))
+        version = rfb.parse_client_version(peers.recv_exactly(connection, 12, "viewer"))
         connection.sendall(rfb.security_offer(version, [rfb.SecurityType.NONE]))
         if version != rfb.VERSION_3_3:
-            rfb.parse_security_choice(self.receive(connection, 1), [rfb.SecurityType.NONE])
+            rfb.parse_security_choice(peers.recv_exactly(connection, 1, "viewer"),
+                                      [rfb.SecurityType.NONE])
         if rfb.needs_security_result(version, rfb.SecurityType.NONE):
             connection.sendall(rfb.security_result(version, True))
-        self.receive(connection, 1)
+        peers.recv_exactly(connection, 1, "viewer")
         width, height = self.image.size
         connection.sendall(rfb.server_init(width, height, rfb.DEFAULT_PIXEL_FORMAT, "photo"))
 

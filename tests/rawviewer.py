@@ -20,6 +20,19 @@ class Client:
     def __init__(self, port, version=b"RFB 003.008\n", shared=True, timeout=10.0):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            self.handshake(version, shared)
+        except BaseException:
+            self.sock.close()
+            raise
+        self.image = Image.new("RGB", (self.width, self.height))
+        self.bells = 0
+        self.cut_texts = []
+        self.rects = []
+        self.resizes = []
+
+    def handshake(self, version, shared):
+        """RFC 6143 §7.1-7.3 as the viewer; the security step is choose() and authenticate()."""
         self.server_version = self.recv(12)
         self.sock.sendall(version)
         minor = int(version[8:11])
@@ -27,26 +40,33 @@ class Client:
             count = self.recv(1)[0]
             if count == 0:
                 raise ConnectionRefusedError(self.reason())
-            types = self.recv(count)
-            assert 1 in types, types
-            self.sock.sendall(b"\x01")
-            if minor >= 8:
-                assert self.recv(4) == b"\0\0\0\0"
+            self.types = list(self.recv(count))
+            chosen = self.choose(self.types)
+            self.sock.sendall(bytes([chosen]))
         else:
-            (kind,) = struct.unpack(">I", self.recv(4))
-            if kind == 0:
+            (chosen,) = struct.unpack(">I", self.recv(4))
+            if chosen == 0:
                 raise ConnectionRefusedError(self.reason())
-            assert kind == 1
+            self.types = [chosen]
+        if self.authenticate(chosen) != 1 or minor >= 8:
+            (result,) = struct.unpack(">I", self.recv(4))
+            if result != 0:
+                raise PermissionError(self.reason() if minor >= 8 else "refused")
         self.sock.sendall(b"\x01" if shared else b"\x00")
         self.width, self.height = struct.unpack(">HH", self.recv(4))
         self.pixel_format = self.recv(16)
         (length,) = struct.unpack(">I", self.recv(4))
         self.name = self.recv(length).decode()
-        self.image = Image.new("RGB", (self.width, self.height))
-        self.bells = 0
-        self.cut_texts = []
-        self.rects = []
-        self.resizes = []
+
+    def choose(self, types):
+        """The security type to ask for: None, which this viewer needs the server to offer."""
+        assert 1 in types, types
+        return 1
+
+    def authenticate(self, chosen):
+        """Run the chosen security type; return the method whose SecurityResult follows."""
+        assert chosen == 1, chosen
+        return chosen
 
     def recv(self, size):
         return peers.recv_exactly(self.sock, size, "server")

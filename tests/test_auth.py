@@ -22,7 +22,6 @@ import time
 
 import pytest
 from Crypto.Cipher import DES
-from PIL import Image
 
 import auth
 import peers
@@ -52,55 +51,29 @@ class SecureClient(Client):
 
     def __init__(self, port, password=None, tls=None, version=b"RFB 003.008\n", shared=True,
                  subtype=None, timeout=10.0):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        try:
-            self.handshake(password, tls, version, shared, subtype)
-        except BaseException:
-            self.sock.close()
-            raise
-        self.bells, self.cut_texts, self.rects, self.resizes = 0, [], [], []
-        self.image = Image.new("RGB", (self.width, self.height))
+        self.password, self.tls, self.subtype = password, tls, subtype
+        super().__init__(port, version, shared, timeout)
 
-    def handshake(self, password, tls, version, shared, subtype):
-        self.server_version = self.recv(12)
-        self.sock.sendall(version)
-        minor = int(version[8:11])
-        if minor >= 7:
-            count = self.recv(1)[0]
-            if count == 0:
-                raise ConnectionRefusedError(self.reason())
-            self.types = list(self.recv(count))
-            chosen = VENCRYPT if tls and VENCRYPT in self.types else self.types[-1]
-            self.sock.sendall(bytes([chosen]))
-        else:
-            (chosen,) = struct.unpack(">I", self.recv(4))
-            if chosen == 0:
-                raise ConnectionRefusedError(self.reason())
-            self.types = [chosen]
-        method = self.vencrypt(tls, subtype) if chosen == VENCRYPT else chosen
+    def choose(self, types):
+        return VENCRYPT if self.tls and VENCRYPT in types else types[-1]
+
+    def authenticate(self, chosen):
+        method = self.vencrypt() if chosen == VENCRYPT else chosen
         if method in (2, X509_VNC):
-            self.sock.sendall(vnc_response(self.recv(16), password or b""))
-        if method != 1 or minor >= 8:
-            (result,) = struct.unpack(">I", self.recv(4))
-            if result != 0:
-                raise PermissionError(self.reason() if minor >= 8 else "refused")
-        self.sock.sendall(b"\x01" if shared else b"\x00")
-        self.width, self.height = struct.unpack(">HH", self.recv(4))
-        self.pixel_format = self.recv(16)
-        (length,) = struct.unpack(">I", self.recv(4))
-        self.name = self.recv(length).decode()
+            self.sock.sendall(vnc_response(self.recv(16), self.password or b""))
+        return method
 
-    def vencrypt(self, tls, subtype):
+    def vencrypt(self):
         """VeNCrypt 0.2 up to a finished TLS handshake; return the subtype chosen."""
         assert self.recv(2) == b"\x00\x02"
         self.sock.sendall(b"\x00\x02")
         assert self.recv(1) == b"\x00"
         count = self.recv(1)[0]
         self.subtypes = list(struct.unpack(f">{count}I", self.recv(4 * count)))
-        chosen = subtype or self.subtypes[0]
+        chosen = self.subtype or self.subtypes[0]
         self.sock.sendall(struct.pack(">I", chosen))
         assert self.recv(1) == b"\x01"
-        self.sock = tls.wrap_socket(self.sock, server_hostname="127.0.0.1")
+        self.sock = self.tls.wrap_socket(self.sock, server_hostname="127.0.0.1")
         return chosen
 
 

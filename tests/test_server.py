@@ -93,12 +93,18 @@ class Harness:
 
 @pytest.fixture
 def harness():
+    yield from leak_checked(Harness)
+
+
+def leak_checked(kind):
+    """A fixture's body: yield start(**options), which makes a `kind`; afterwards close every
+    one made and check that no thread or file descriptor outlived them."""
     threads_before = set(threading.enumerate())
     fds_before = open_fds()
     made = []
 
     def start(**options):
-        made.append(Harness(**options))
+        made.append(kind(**options))
         return made[-1]
 
     yield start

@@ -10,7 +10,6 @@ import os
 import select
 import socket
 import struct
-import threading
 
 import pytest
 
@@ -22,7 +21,7 @@ from peers import wait_until as wait_for
 from rawviewer import DESKTOP_SIZE as VIEWER_DESKTOP_SIZE
 from rawviewer import RAW as VIEWER_RAW
 from rawviewer import Client
-from test_server import Harness
+from test_server import Harness, leak_checked
 from vncproxy import CONSOLE, DESKTOP, DESKTOP_DOWN, DESKTOP_UP, NO_DESKTOP, TO_CONSOLE, TO_DESKTOP
 
 CONTROL_L, ALT_L, F1, F7 = 0xFFE3, 0xFFE9, 0xFFBE, 0xFFC4
@@ -241,17 +240,7 @@ class Proxy(Harness):
 
 @pytest.fixture
 def proxy():
-    threads = set(threading.enumerate())
-    made = []
-
-    def start(**options):
-        made.append(Proxy(**options))
-        return made[-1]
-
-    yield start
-    for each in made:
-        each.close()
-    assert wait_for(lambda: set(threading.enumerate()) <= threads), threading.enumerate()
+    yield from leak_checked(Proxy)
 
 
 def follow(client, until, rounds=60):

@@ -7,7 +7,8 @@ PEER_PACKAGES := python3-venv tigervnc-standalone-server tigervnc-tools tigervnc
 	xvfb xterm xdotool x11-utils x11-xserver-utils xfonts-base vncsnapshot gvncviewer imagemagick \
 	novnc websockify chromium console-setup-linux fonts-dejavu-core fonts-droid-fallback \
 	python3-pyte python3-pil python3-serial python3-pycryptodome openssl \
-	qemu-system-x86 linux-image-cloud-amd64 busybox-static cpio
+	qemu-system-x86 linux-image-cloud-amd64 busybox-static cpio \
+	remmina remmina-plugin-vnc ssvnc xtightvncviewer virt-viewer tightvncserver xclip
 APT := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300
 
 .PHONY: help run test lint peers bench fuzz clean

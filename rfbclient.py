@@ -9,7 +9,12 @@ The guest is untrusted.  Every size it announces is capped before anything is al
 against the current framebuffer before it uses a byte of it.  We ask the guest only for
 encodings that are cheap and safe to decode in Python on a local link (Raw, CopyRect, the two
 resize pseudo-encodings and Cursor), so each rectangle's length follows from its header and
-Raw rows are handed out as they arrive: a huge update never sits in memory.
+Raw rows are handed out as they arrive: a huge update never sits in memory.  Counts that the
+guest chooses (rectangles in an update) are walked in a loop, never by recursion.
+
+Where deployed servers bend the spec harmlessly, we bend with them: TightVNC 1.3 puts the
+hotspot of its hidden-pointer cursor just outside the image, so a hotspot is clamped into the
+cursor rather than refused.  The limits that protect us (the cursor's size) stay hard.
 """
 
 from __future__ import annotations
@@ -38,6 +43,11 @@ MAX_DESKTOP_PIXELS = 4096 * 4096
 MAX_NAME = 4096
 MAX_REASON = 1024
 MAX_CURSOR_SIDE = 256
+
+# What a step of ServerReader returns when it consumed bytes that make no event (an empty
+# rectangle): the reader loops on to the next step instead of recursing, because one update
+# may hold 65,535 of them.
+_NO_EVENT = object()
 
 
 def parse_server_version(data: bytes) -> tuple[int, int]:
@@ -216,6 +226,12 @@ class ServerReader:
 
     def next_event(self):
         """The next event, or None if more bytes are needed."""
+        while (event := self._step()) is _NO_EVENT:
+            pass
+        return event
+
+    def _step(self):
+        """Read one event, or None for "need more bytes", or _NO_EVENT for "read on"."""
         if self._update_done:
             self._update_done = False
             return UpdateEnd()
@@ -275,7 +291,7 @@ class ServerReader:
         del self._buffer[:12]
         if width == 0 or height == 0:
             self._finish_rect()
-            return self.next_event()
+            return _NO_EVENT
         self._raw = [x, y, width, height]
         return self._raw_rows()
 
@@ -328,8 +344,9 @@ class ServerReader:
     def _cursor(self, x, y, width, height):
         if width > MAX_CURSOR_SIDE or height > MAX_CURSOR_SIDE:
             raise ProtocolError(f"cursor of {width}x{height}")
-        if width and height and (x >= width or y >= height):
-            raise ProtocolError(f"cursor hotspot {x},{y} outside its {width}x{height} image")
+        if width and height:
+            # Xtightvnc hides the pointer with a 1x2 cursor whose hotspot is (0,2).
+            x, y = min(x, width - 1), min(y, height - 1)
         pixels_size = width * height * self.BYTES_PER_PIXEL
         mask_size = (width + 7) // 8 * height
         if len(self._buffer) < 12 + pixels_size + mask_size:

@@ -203,7 +203,7 @@ def test_vnc_authentication_reverses_key_bits():
     # s=0x73 -> 0xCE.
     key = bytes([0x0E, 0x86, 0xCE, 0xCE, 0, 0, 0, 0])
     expected = DES.new(key, DES.MODE_ECB).encrypt(challenge)
-    assert rfbclient.vnc_auth_response(challenge, b"pass") == expected
+    assert rfb.vnc_auth_response(challenge, b"pass") == expected
 
 
 # --- The proxy against a scripted guest, seen by a raw viewer -------------------------------

@@ -2,7 +2,10 @@
 
 vncproxy.py connects to (or is reverse-connected by) the guest's Xvnc, x11vnc or installer,
 and speaks RFB as the *client* (RFC 6143 §7.1-7.3, §7.5, §7.6).  Like rfb.py, this module only
-turns bytes into events and events into bytes; vncproxy.py does the I/O.
+turns bytes into events and events into bytes; vncproxy.py does the I/O.  The handshake is
+read by `HandshakeReader`, one step at a time in the order the caller's straight-line code asks
+for them; each step says how many more bytes it needs, so a blocking caller reads exactly those
+and never past the handshake.  After ServerInit, `ServerReader` turns the stream into events.
 
 The guest is untrusted.  Every size it announces is capped before anything is allocated
 (`check_desktop_size`, name and reason lengths), and `ServerReader` checks every rectangle

@@ -210,6 +210,16 @@ class HandshakeReader:
 # --- Client-to-server messages, §7.5 ------------------------------------------------------------
 
 
+def security_choice(security_type: int) -> bytes:
+    """The type we chose, §7.1.2 (3.7 and later; a 3.3 server chose for us)."""
+    return bytes([security_type])
+
+
+def client_init(shared: bool) -> bytes:
+    """ClientInit, §7.3.1: whether other clients may stay connected."""
+    return bytes([shared])
+
+
 def set_pixel_format(pixel_format: PixelFormat) -> bytes:
     return struct.pack(">B3x", ClientMsg.SET_PIXEL_FORMAT) + pixel_format.to_bytes()
 

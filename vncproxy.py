@@ -269,7 +269,7 @@ class Upstream:
             if not result.ok:
                 reason = "no reason given" if result.reason is None else repr(result.reason)
                 raise AuthenticationRefused(f"guest refused authentication: {reason}")
-        self.sock.sendall(b"\x01")
+        self.sock.sendall(rfbclient.client_init(shared=True))
         init = read(reader.server_init)
         self.sock.sendall(
             rfbclient.set_pixel_format(rfb.DEFAULT_PIXEL_FORMAT)
@@ -285,7 +285,7 @@ class Upstream:
         for kind in usable:
             if kind in offered:
                 if version != rfb.VERSION_3_3:
-                    self.sock.sendall(bytes([kind]))
+                    self.sock.sendall(rfbclient.security_choice(kind))
                 return kind
         hint = "" if self.password else " (give --desktop-password-file for VNC authentication)"
         raise AuthenticationRefused(f"guest offers security types {offered}, none usable{hint}")

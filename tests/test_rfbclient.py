@@ -198,6 +198,13 @@ def test_hostile_handshakes_are_refused(name, args, data, reason):
         run_step(reader, name, args)
 
 
+def test_client_handshake_messages():
+    assert rfbclient.version_bytes(V38) == b"RFB 003.008\n"
+    assert rfbclient.security_choice(2) == b"\x02"
+    assert rfbclient.client_init(shared=True) == b"\x01"
+    assert rfbclient.client_init(shared=False) == b"\x00"
+
+
 # --- Fuzzed: the same steps, however the bytes are split, and only ProtocolError -------------
 
 

@@ -1,9 +1,10 @@
 """Who may watch and who may type: VNC authentication, VeNCrypt TLS, limits on strangers.
 
 A viewer proves itself in the security step of the handshake (RFC 6143 §7.1.2-7.2), which
-viewer.py runs as straight-line code; this module holds what that code asks: which security
-types to offer, the VeNCrypt messages, whether a response matches a password, and whether an
-address has failed too often.  Like rfb.py it never reads a socket itself.
+viewer.py runs as straight-line code, with rfb.py parsing each piece (VeNCrypt's messages and
+the DES response included); this module holds the policy that code asks about: which security
+types to offer, whether a response matches a password, and whether an address has failed too
+often.  Like rfb.py it never reads a socket itself.
 
 What is offered, best first (rfb-notes §2):
 
@@ -20,12 +21,10 @@ VNC authentication is DES over a 16-byte challenge with the password as key, cut
 It proves the viewer knows the password without sending it, but it is weak: an eavesdropper
 who records one exchange can search the key space offline.  Over VeNCrypt's TLS nobody sees
 the exchange, which is why X509Vnc is the combination to use on a network.  The DES itself is
-pycryptodome's (rfbclient.vnc_auth_response, which the proxy uses towards the guest too):
-a hand-written DES would be code nobody audits, and `cryptography` offers DES only as
-TripleDES with a repeated key, now in its "decrepit" namespace.  Responses are compared in
-constant time.  TLS is the standard library's ssl module, 1.2 or later, with the operator's
-certificate, and sends no session tickets: TigerVNC 1.12's viewer stalls when they arrive
-with the SecurityResult, and nothing here resumes sessions.
+pycryptodome's, in rfb.vnc_auth_response, which the proxy uses towards the guest too.
+Responses are compared in constant time.  TLS is the standard library's ssl module, 1.2 or
+later, with the operator's certificate, and sends no session tickets: TigerVNC 1.12's viewer
+stalls when they arrive with the SecurityResult, and nothing here resumes sessions.
 
 Strangers are kept cheap.  Every failed attempt is logged with the viewer's address and
 answered only after `FAILURE_DELAY`, as TigerVNC does; after `BLACKLIST_THRESHOLD` failures an
@@ -52,24 +51,14 @@ import logging
 import os
 import secrets
 import ssl
-import struct
 import threading
 import time
 
 import rfb
-import rfbclient
-from rfb import ProtocolError, SecurityType
+from rfb import SecurityType, VeNCryptSubtype
 
 log = logging.getLogger("vncterm.auth")
 
-VENCRYPT = 19
-X509_NONE = 260
-X509_VNC = 261
-VENCRYPT_VERSION = b"\x00\x02"
-VENCRYPT_OK, VENCRYPT_FAILED = b"\x00", b"\x01"
-VENCRYPT_SUBTYPE_ACCEPTED = b"\x01"
-
-CHALLENGE_LENGTH = 16
 PASSWORD_LENGTH = 8
 FAILURE_DELAY = 0.1
 BLACKLIST_THRESHOLD = 5
@@ -91,30 +80,11 @@ class Access(enum.Enum):
     VIEW_ONLY = "view-only"
 
 
-# --- VeNCrypt, rfb-notes §2 ------------------------------------------------------------------
-
-
-def vencrypt_version_ack(reply: bytes) -> bytes:
-    """Our answer to the viewer's VeNCrypt version: only 0.2 is spoken."""
-    return VENCRYPT_OK if reply == VENCRYPT_VERSION else VENCRYPT_FAILED
-
-
-def vencrypt_subtypes(subtypes: list[int]) -> bytes:
-    return struct.pack(f">B{len(subtypes)}I", len(subtypes), *subtypes)
-
-
-def parse_vencrypt_choice(data: bytes, offered: list[int]) -> int:
-    (chosen,) = struct.unpack(">I", data)
-    if chosen not in offered:
-        raise ProtocolError(f"viewer chose VeNCrypt subtype {chosen}, which was not offered")
-    return chosen
-
-
 # --- VNC authentication, RFC 6143 §7.2.2 ----------------------------------------------------
 
 
 def new_challenge() -> bytes:
-    return secrets.token_bytes(CHALLENGE_LENGTH)
+    return secrets.token_bytes(rfb.CHALLENGE_LENGTH)
 
 
 def check_response(challenge: bytes, response: bytes, password: bytes | None,
@@ -122,7 +92,7 @@ def check_response(challenge: bytes, response: bytes, password: bytes | None,
     """Which password, if any, the viewer's response to the challenge proves it knows."""
     for access, secret in ((Access.FULL, password), (Access.VIEW_ONLY, view_only_password)):
         if secret is not None and hmac.compare_digest(
-                rfbclient.vnc_auth_response(challenge, secret), response):
+                rfb.vnc_auth_response(challenge, secret), response):
             return access
     return None
 
@@ -218,11 +188,12 @@ class Security:
         plain = [SecurityType.VNC_AUTHENTICATION if self.password else SecurityType.NONE]
         if self.tls is None or version == rfb.VERSION_3_3:
             return plain
-        return [VENCRYPT] if self.tls_only else [VENCRYPT, *plain]
+        vencrypt = SecurityType.VENCRYPT
+        return [vencrypt] if self.tls_only else [vencrypt, *plain]
 
     @property
     def subtypes(self) -> list[int]:
-        return [X509_VNC if self.password else X509_NONE]
+        return [VeNCryptSubtype.X509_VNC if self.password else VeNCryptSubtype.X509_NONE]
 
     def check(self, challenge: bytes, response: bytes) -> Access | None:
         return check_response(challenge, response, self.password, self.view_only_password)

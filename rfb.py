@@ -8,7 +8,12 @@ do the I/O and hand the bytes here, the way h11 does HTTP:
   `parse_security_choice`, `security_result`, `server_init`);
 * after the handshake, `ClientReader` is fed whatever bytes arrive and hands back one
   complete client message at a time (§7.5), leaving a partial message buffered;
-* the server's messages (§7.6) are built by small functions that return bytes.
+* the server's messages (§7.6) are built by small functions that return bytes;
+* the security step's wire formats live here too: VNC Authentication's DES response (§7.2.2),
+  which the proxy's client side (rfbclient.py) computes with the same function, and the
+  server's side of VeNCrypt (rfbproto): we send version 0.2, the viewer answers with its
+  version, we acknowledge, offer subtypes, read its choice, accept, and TLS starts on the
+  same socket.  Which types to offer and whether a password matches is auth.py's policy.
 
 Every number that comes off the wire is checked before it is used.  A peer that breaks the
 protocol gets a `ProtocolError` with a one-line reason; the caller closes that one connection.
@@ -74,11 +79,19 @@ class Encoding(enum.IntEnum):
 
 
 class SecurityType(enum.IntEnum):
-    """Security types, RFC 6143 §7.2."""
+    """Security types, RFC 6143 §7.2 (19 is VeNCrypt, rfbproto)."""
 
     INVALID = 0
     NONE = 1
     VNC_AUTHENTICATION = 2
+    VENCRYPT = 19
+
+
+class VeNCryptSubtype(enum.IntEnum):
+    """The VeNCrypt subtypes we speak: TLS with an X.509 certificate, then None or VncAuth."""
+
+    X509_NONE = 260
+    X509_VNC = 261
 
 
 class ExtendedDesktopSizeStatus(enum.IntEnum):
@@ -155,6 +168,51 @@ def security_result(version: tuple[int, int], ok: bool, reason: str = "") -> byt
 def needs_security_result(version: tuple[int, int], security_type: int) -> bool:
     """Before 3.8, security type None is followed by no SecurityResult at all."""
     return version == VERSION_3_8 or security_type != SecurityType.NONE
+
+
+# --- VNC Authentication, §7.2.2 -------------------------------------------------------------
+
+CHALLENGE_LENGTH = 16
+
+
+def vnc_auth_response(challenge: bytes, password: bytes) -> bytes:
+    """The response that proves a password: the challenge DES-encrypted with it as the key.
+
+    The key is the password cut or NUL-padded to 8 bytes, each byte with its bits reversed (VNC
+    takes the low bit as DES's first).  Both sides use this: the server to check a viewer, the
+    proxy to answer a guest.  DES comes from pycryptodome, imported here so that only users of
+    VNC authentication need it: a hand-written DES would be code nobody audits, and
+    `cryptography` offers DES only as TripleDES with a repeated key.
+    """
+    from Crypto.Cipher import DES
+
+    key = bytes(int(f"{byte:08b}"[::-1], 2) for byte in password[:8].ljust(8, b"\0"))
+    return DES.new(key, DES.MODE_ECB).encrypt(challenge)
+
+
+# --- VeNCrypt, rfbproto §VeNCrypt (the server's side) ---------------------------------------
+
+VENCRYPT_VERSION = b"\x00\x02"
+VENCRYPT_OK, VENCRYPT_FAILED = b"\x00", b"\x01"
+VENCRYPT_SUBTYPE_ACCEPTED = b"\x01"
+
+
+def vencrypt_version_ack(reply: bytes) -> bytes:
+    """Our answer to the viewer's 2-byte VeNCrypt version: only 0.2 is spoken."""
+    return VENCRYPT_OK if reply == VENCRYPT_VERSION else VENCRYPT_FAILED
+
+
+def vencrypt_subtypes(subtypes: list[int]) -> bytes:
+    """The subtypes we offer: a count byte, then each as a U32."""
+    return struct.pack(f">B{len(subtypes)}I", len(subtypes), *subtypes)
+
+
+def parse_vencrypt_choice(data: bytes, offered: list[int]) -> int:
+    """The viewer's 4-byte subtype: it must be one we offered."""
+    (chosen,) = struct.unpack(">I", data)
+    if chosen not in offered:
+        raise ProtocolError(f"viewer chose VeNCrypt subtype {chosen}, which was not offered")
+    return chosen
 
 
 # --- Pixel format, §7.4 -----------------------------------------------------------------

@@ -2,14 +2,22 @@
 
 vncproxy.py connects to (or is reverse-connected by) the guest's Xvnc, x11vnc or installer,
 and speaks RFB as the *client* (RFC 6143 §7.1-7.3, §7.5, §7.6).  Like rfb.py, this module only
-turns bytes into events and events into bytes; vncproxy.py does the I/O.
+turns bytes into events and events into bytes; vncproxy.py does the I/O.  The handshake is
+read by `HandshakeReader`, one step at a time in the order the caller's straight-line code asks
+for them; each step says how many more bytes it needs, so a blocking caller reads exactly those
+and never past the handshake.  After ServerInit, `ServerReader` turns the stream into events.
 
 The guest is untrusted.  Every size it announces is capped before anything is allocated
 (`check_desktop_size`, name and reason lengths), and `ServerReader` checks every rectangle
 against the current framebuffer before it uses a byte of it.  We ask the guest only for
 encodings that are cheap and safe to decode in Python on a local link (Raw, CopyRect, the two
 resize pseudo-encodings and Cursor), so each rectangle's length follows from its header and
-Raw rows are handed out as they arrive: a huge update never sits in memory.
+Raw rows are handed out as they arrive: a huge update never sits in memory.  Counts that the
+guest chooses (rectangles in an update) are walked in a loop, never by recursion.
+
+Where deployed servers bend the spec harmlessly, we bend with them: TightVNC 1.3 puts the
+hotspot of its hidden-pointer cursor just outside the image, so a hotspot is clamped into the
+cursor rather than refused.  The limits that protect us (the cursor's size) stay hard.
 """
 
 from __future__ import annotations
@@ -18,11 +26,13 @@ import struct
 from dataclasses import dataclass
 
 from rfb import (
+    CHALLENGE_LENGTH,
     CUT_TEXT_HEADER,
     RECT_HEADER,
     VERSION_3_3,
     VERSION_3_7,
     VERSION_3_8,
+    VERSION_LENGTH,
     VERSION_RE,
     CappedBody,
     ClientMsg,
@@ -30,6 +40,7 @@ from rfb import (
     ExtendedDesktopSizeStatus,
     PixelFormat,
     ProtocolError,
+    SecurityType,
     ServerMsg,
 )
 
@@ -38,6 +49,11 @@ MAX_DESKTOP_PIXELS = 4096 * 4096
 MAX_NAME = 4096
 MAX_REASON = 1024
 MAX_CURSOR_SIDE = 256
+
+# What a step of ServerReader returns when it consumed bytes that make no event (an empty
+# rectangle): the reader loops on to the next step instead of recursing, because one update
+# may hold 65,535 of them.
+_NO_EVENT = object()
 
 
 def parse_server_version(data: bytes) -> tuple[int, int]:
@@ -57,22 +73,6 @@ def version_bytes(version: tuple[int, int]) -> bytes:
     return b"RFB %03d.%03d\n" % version
 
 
-def check_reason_length(length: int) -> None:
-    if length > MAX_REASON:
-        raise ProtocolError(f"reason string of {length} bytes")
-
-
-def parse_server_init_header(data: bytes) -> tuple[int, int, PixelFormat, int]:
-    """The first 24 bytes of ServerInit, checked: (width, height, pixel format, name length)."""
-    width, height = struct.unpack(">HH", data[:4])
-    pixel_format = PixelFormat.from_bytes(data[4:20])
-    (name_length,) = struct.unpack(">I", data[20:24])
-    check_desktop_size(width, height)
-    if name_length > MAX_NAME:
-        raise ProtocolError(f"desktop name of {name_length} bytes")
-    return width, height, pixel_format, name_length
-
-
 def check_desktop_size(width: int, height: int) -> None:
     if not (1 <= width <= MAX_DESKTOP_SIDE and 1 <= height <= MAX_DESKTOP_SIDE):
         raise ProtocolError(f"desktop size {width}x{height} is out of range")
@@ -80,16 +80,144 @@ def check_desktop_size(width: int, height: int) -> None:
         raise ProtocolError(f"desktop size {width}x{height} is too large")
 
 
-def vnc_auth_response(challenge: bytes, password: bytes) -> bytes:
-    """VNC Authentication, RFC 6143 §7.2.2: DES-encrypt the challenge with the password.
+# --- The handshake, as the client, §7.1-7.3 -----------------------------------------------------
 
-    VNC uses each key byte with its bits reversed (the low bit is DES's first bit).  DES comes
-    from pycryptodome, imported here so that only users of VNC authentication need it.
+
+@dataclass(frozen=True)
+class SecurityResult:
+    """§7.1.3: did the server accept us; `reason` only for a failure under RFB 3.8."""
+
+    ok: bool
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class ServerInit:
+    """§7.3.2, its sizes checked against our caps."""
+
+    width: int
+    height: int
+    pixel_format: PixelFormat
+    name: str
+
+
+SERVER_INIT_HEADER = struct.Struct(">HH16sI")
+
+
+class HandshakeReader:
+    """The server's side of the handshake, read one step at a time as its bytes arrive.
+
+    The caller runs the handshake in a straight line (gtk-vnc's shape) and asks for the step it
+    expects next: `version()`, `security_types(version)`, `challenge()`,
+    `security_result(version)`, `server_init()`.  A step returns None while its bytes are
+    incomplete, and `needed` then says how many more bytes it needs at least, so a blocking
+    caller reads exactly that many and never reads past the handshake.  A step consumes only its
+    own bytes; whatever follows stays buffered for the next one.
     """
-    from Crypto.Cipher import DES
 
-    key = bytes(int(f"{byte:08b}"[::-1], 2) for byte in password[:8].ljust(8, b"\0"))
-    return DES.new(key, DES.MODE_ECB).encrypt(challenge)
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self.needed = 0
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def version(self) -> tuple[int, int] | None:
+        """ProtocolVersion, §7.1.1: the version we answer with."""
+        if not self._have(VERSION_LENGTH):
+            return None
+        return parse_server_version(self._take(VERSION_LENGTH))
+
+    def security_types(self, version: tuple[int, int]) -> list[int] | None:
+        """§7.1.2: the types offered (3.7+), or the one type chosen (3.3); a refusal raises."""
+        if version == VERSION_3_3:
+            if not self._have(4):
+                return None
+            size, types = 4, [int.from_bytes(self._buffer[:4], "big")]
+        else:
+            if not self._have(1):
+                return None
+            size = 1 + self._buffer[0]
+            if not self._have(size):
+                return None
+            types = list(self._buffer[1:size])
+        if types in ([], [SecurityType.INVALID]):
+            reason = self._reason(size)
+            if reason is None:
+                return None
+            raise ProtocolError(f"guest refused the connection: {reason!r}")
+        del self._buffer[:size]
+        return types
+
+    def challenge(self) -> bytes | None:
+        """VNC Authentication's challenge, §7.2.2."""
+        return self._take(CHALLENGE_LENGTH) if self._have(CHALLENGE_LENGTH) else None
+
+    def security_result(self, version: tuple[int, int]) -> SecurityResult | None:
+        """SecurityResult, §7.1.3, with the failure's reason string under 3.8."""
+        if not self._have(4):
+            return None
+        if self._buffer[:4] == b"\0\0\0\0":
+            del self._buffer[:4]
+            return SecurityResult(True)
+        if version != VERSION_3_8:
+            del self._buffer[:4]
+            return SecurityResult(False)
+        reason = self._reason(4)
+        return None if reason is None else SecurityResult(False, reason)
+
+    def server_init(self) -> ServerInit | None:
+        """ServerInit, §7.3.2; a size or name beyond our caps is refused before it is read."""
+        if not self._have(SERVER_INIT_HEADER.size):
+            return None
+        width, height, pixel_format, name_length = SERVER_INIT_HEADER.unpack(
+            self._buffer[:SERVER_INIT_HEADER.size])
+        check_desktop_size(width, height)
+        if name_length > MAX_NAME:
+            raise ProtocolError(f"desktop name of {name_length} bytes")
+        size = SERVER_INIT_HEADER.size + name_length
+        if not self._have(size):
+            return None
+        name = bytes(self._buffer[SERVER_INIT_HEADER.size:size]).decode("utf-8", "replace")
+        del self._buffer[:size]
+        return ServerInit(width, height, PixelFormat.from_bytes(pixel_format), name)
+
+    def _have(self, size: int) -> bool:
+        """True if `size` bytes are buffered; otherwise note how many more are needed."""
+        self.needed = max(0, size - len(self._buffer))
+        return self.needed == 0
+
+    def _take(self, size: int) -> bytes:
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+    def _reason(self, offset: int) -> str | None:
+        """The reason string that starts at `offset`, and everything before it consumed."""
+        if not self._have(offset + 4):
+            return None
+        (length,) = struct.unpack_from(">I", self._buffer, offset)
+        if length > MAX_REASON:
+            raise ProtocolError(f"reason string of {length} bytes")
+        end = offset + 4 + length
+        if not self._have(end):
+            return None
+        reason = bytes(self._buffer[offset + 4:end]).decode("utf-8", "replace")
+        del self._buffer[:end]
+        return reason
+
+
+# --- Client-to-server messages, §7.5 ------------------------------------------------------------
+
+
+def security_choice(security_type: int) -> bytes:
+    """The type we chose, §7.1.2 (3.7 and later; a 3.3 server chose for us)."""
+    return bytes([security_type])
+
+
+def client_init(shared: bool) -> bytes:
+    """ClientInit, §7.3.1: whether other clients may stay connected."""
+    return bytes([shared])
 
 
 def set_pixel_format(pixel_format: PixelFormat) -> bytes:
@@ -216,6 +344,12 @@ class ServerReader:
 
     def next_event(self):
         """The next event, or None if more bytes are needed."""
+        while (event := self._step()) is _NO_EVENT:
+            pass
+        return event
+
+    def _step(self):
+        """Read one event, or None for "need more bytes", or _NO_EVENT for "read on"."""
         if self._update_done:
             self._update_done = False
             return UpdateEnd()
@@ -275,7 +409,7 @@ class ServerReader:
         del self._buffer[:12]
         if width == 0 or height == 0:
             self._finish_rect()
-            return self.next_event()
+            return _NO_EVENT
         self._raw = [x, y, width, height]
         return self._raw_rows()
 
@@ -328,8 +462,9 @@ class ServerReader:
     def _cursor(self, x, y, width, height):
         if width > MAX_CURSOR_SIDE or height > MAX_CURSOR_SIDE:
             raise ProtocolError(f"cursor of {width}x{height}")
-        if width and height and (x >= width or y >= height):
-            raise ProtocolError(f"cursor hotspot {x},{y} outside its {width}x{height} image")
+        if width and height:
+            # Xtightvnc hides the pointer with a 1x2 cursor whose hotspot is (0,2).
+            x, y = min(x, width - 1), min(y, height - 1)
         pixels_size = width * height * self.BYTES_PER_PIXEL
         mask_size = (width + 7) // 8 * height
         if len(self._buffer) < 12 + pixels_size + mask_size:

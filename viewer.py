@@ -164,23 +164,23 @@ class ViewerSession(socketserver.BaseRequestHandler):
         chosen = types[0]
         if version != rfb.VERSION_3_3:
             chosen = rfb.parse_security_choice(self.recv_exactly(1), types)
-        method = self.vencrypt() if chosen == auth.VENCRYPT else chosen
-        if method in (SecurityType.VNC_AUTHENTICATION, auth.X509_VNC):
+        method = self.vencrypt() if chosen == SecurityType.VENCRYPT else chosen
+        if method in (SecurityType.VNC_AUTHENTICATION, rfb.VeNCryptSubtype.X509_VNC):
             self.vnc_authentication(version)
         elif rfb.needs_security_result(version, chosen):
             self.sock.sendall(rfb.security_result(version, True))
 
     def vencrypt(self) -> int:
         """VeNCrypt 0.2 (rfb-notes §2): agree on a subtype, then TLS; return the subtype."""
-        self.sock.sendall(auth.VENCRYPT_VERSION)
-        ack = auth.vencrypt_version_ack(self.recv_exactly(2))
+        self.sock.sendall(rfb.VENCRYPT_VERSION)
+        ack = rfb.vencrypt_version_ack(self.recv_exactly(2))
         self.sock.sendall(ack)
-        if ack != auth.VENCRYPT_OK:
+        if ack != rfb.VENCRYPT_OK:
             raise rfb.ProtocolError("viewer asked for a VeNCrypt version other than 0.2")
         subtypes = self.security.subtypes
-        self.sock.sendall(auth.vencrypt_subtypes(subtypes))
-        chosen = auth.parse_vencrypt_choice(self.recv_exactly(4), subtypes)
-        self.sock.sendall(auth.VENCRYPT_SUBTYPE_ACCEPTED)
+        self.sock.sendall(rfb.vencrypt_subtypes(subtypes))
+        chosen = rfb.parse_vencrypt_choice(self.recv_exactly(4), subtypes)
+        self.sock.sendall(rfb.VENCRYPT_SUBTYPE_ACCEPTED)
         self.sock = self.security.tls.wrap_socket(
             self.sock, server_side=True, do_handshake_on_connect=False)
         self.sock.settimeout(self.time_left())
@@ -194,7 +194,7 @@ class ViewerSession(socketserver.BaseRequestHandler):
         """VNC authentication, §7.2.2, and its SecurityResult; failures wait and are counted."""
         challenge = auth.new_challenge()
         self.sock.sendall(challenge)
-        access = self.security.check(challenge, self.recv_exactly(auth.CHALLENGE_LENGTH))
+        access = self.security.check(challenge, self.recv_exactly(rfb.CHALLENGE_LENGTH))
         if access is None:
             self.security.blacklist.failed(self.host)
             time.sleep(auth.FAILURE_DELAY)

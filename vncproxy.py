@@ -45,6 +45,7 @@ import damage
 import encoders
 import rfb
 import rfbclient
+from netio import PeerGone, Wakeup, recv_exactly
 from rfb import SecurityType
 
 log = logging.getLogger("vncterm.proxy")
@@ -200,10 +201,8 @@ class Upstream:
         self.display: DesktopDisplay | None = None
         self._outbox = bytearray()
         self._outbox_lock = threading.Lock()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_w.setblocking(False)
+        self._wakeup = Wakeup()
         self._closing = False
-        self._deadline = 0.0
         self.refused = False
 
     def run(self, on_up, on_down) -> None:
@@ -219,14 +218,13 @@ class Upstream:
             log.error("guest %s: %s", self.peer, error)
         except rfb.ProtocolError as error:
             log.warning("guest %s: protocol error: %s", self.peer, error)
-        except (GuestGone, OSError) as error:
+        except (GuestGone, PeerGone, OSError) as error:
             log.info("guest %s: gone (%s)", self.peer, error)
         except Exception:
             log.exception("guest %s: internal error", self.peer)
         finally:
             self.sock.close()
-            self._wake_r.close()
-            self._wake_w.close()
+            self._wakeup.close()
             if self.display is not None:
                 log.info("guest desktop %s disconnected", self.peer)
                 on_down(self.display)
@@ -246,75 +244,51 @@ class Upstream:
                 self.close()
                 return
             self._outbox += data
-        try:
-            self._wake_w.send(b"!")
-        except OSError:
-            pass
+        self._wakeup.poke()
 
-    # The handshake, as a client (RFC 6143 §7.1-7.3).
-
-    def recv_exactly(self, size: int) -> bytes:
-        """`size` bytes of the handshake, which must be over by its deadline."""
-        data = bytearray()
-        while len(data) < size:
-            left = self._deadline - time.monotonic()
-            if left <= 0:
-                raise GuestGone(f"no handshake within {HANDSHAKE_TIMEOUT:.0f} s")
-            self.sock.settimeout(left)
-            chunk = self.sock.recv(size - len(data))
-            if not chunk:
-                raise GuestGone("closed during the handshake")
-            data += chunk
-        return bytes(data)
+    # The handshake, as a client (RFC 6143 §7.1-7.3), each step parsed by rfbclient.
 
     def handshake(self) -> tuple[int, int]:
         """RFC 6143 §7.1-7.3 as the client, within one HANDSHAKE_TIMEOUT for all of it."""
-        self._deadline = time.monotonic() + HANDSHAKE_TIMEOUT
+        reader = rfbclient.HandshakeReader()
+        deadline = time.monotonic() + HANDSHAKE_TIMEOUT
         self.sock.settimeout(HANDSHAKE_TIMEOUT)
-        version = rfbclient.parse_server_version(self.recv_exactly(rfb.VERSION_LENGTH))
+
+        def read(step, *args):
+            while (value := step(*args)) is None:
+                reader.feed(recv_exactly(self.sock, reader.needed, deadline))
+            return value
+
+        version = read(reader.version)
         self.sock.sendall(rfbclient.version_bytes(version))
-        chosen = self.choose_security(version)
+        chosen = self.choose_security(version, read(reader.security_types, version))
         if chosen == SecurityType.VNC_AUTHENTICATION:
-            challenge = self.recv_exactly(16)
-            self.sock.sendall(rfbclient.vnc_auth_response(challenge, self.password))
+            self.sock.sendall(rfb.vnc_auth_response(read(reader.challenge), self.password))
         if rfb.needs_security_result(version, chosen):
-            self.check_security_result(version)
-        self.sock.sendall(b"\x01")
-        width, height, _, name_length = rfbclient.parse_server_init_header(self.recv_exactly(24))
-        self.recv_exactly(name_length)
+            result = read(reader.security_result, version)
+            if not result.ok:
+                reason = "no reason given" if result.reason is None else repr(result.reason)
+                raise AuthenticationRefused(f"guest refused authentication: {reason}")
+        self.sock.sendall(rfbclient.client_init(shared=True))
+        init = read(reader.server_init)
         self.sock.sendall(
             rfbclient.set_pixel_format(rfb.DEFAULT_PIXEL_FORMAT)
             + rfbclient.set_encodings(list(rfbclient.ServerReader.ENCODINGS))
-            + rfbclient.framebuffer_update_request(False, width, height))
-        return width, height
+            + rfbclient.framebuffer_update_request(False, init.width, init.height))
+        return init.width, init.height
 
-    def choose_security(self, version) -> int:
+    def choose_security(self, version, offered: list[int]) -> int:
+        """The first type we can use of those offered; under 3.7+ tell the guest."""
         usable = [SecurityType.NONE]
         if self.password is not None:
             usable.append(SecurityType.VNC_AUTHENTICATION)
-        if version == rfb.VERSION_3_3:
-            offered = [int.from_bytes(self.recv_exactly(4), "big")]
-        else:
-            offered = list(self.recv_exactly(self.recv_exactly(1)[0]))
-        if offered in ([], [SecurityType.INVALID]):
-            raise rfb.ProtocolError(f"guest refused the connection: {self.read_reason()!r}")
         for kind in usable:
             if kind in offered:
                 if version != rfb.VERSION_3_3:
-                    self.sock.sendall(bytes([kind]))
+                    self.sock.sendall(rfbclient.security_choice(kind))
                 return kind
         hint = "" if self.password else " (give --desktop-password-file for VNC authentication)"
         raise AuthenticationRefused(f"guest offers security types {offered}, none usable{hint}")
-
-    def check_security_result(self, version) -> None:
-        if self.recv_exactly(4) != b"\0\0\0\0":
-            reason = repr(self.read_reason()) if version == rfb.VERSION_3_8 else "no reason given"
-            raise AuthenticationRefused(f"guest refused authentication: {reason}")
-
-    def read_reason(self) -> str:
-        length = int.from_bytes(self.recv_exactly(4), "big")
-        rfbclient.check_reason_length(length)
-        return self.recv_exactly(length).decode("utf-8", "replace")
 
     # Mirroring.
 
@@ -324,14 +298,14 @@ class Upstream:
         last_data = time.monotonic()
         with selectors.DefaultSelector() as selector:
             selector.register(self.sock, selectors.EVENT_READ)
-            selector.register(self._wake_r, selectors.EVENT_READ)
+            selector.register(self._wakeup, selectors.EVENT_READ)
             while not self._closing:
                 events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self._outbox else 0)
                 selector.modify(self.sock, events)
                 timeout = STALL_TIMEOUT / 4 if reader.mid_message else None
                 for key, _ in selector.select(timeout):
-                    if key.fileobj is self._wake_r:
-                        self._wake_r.recv(4096)
+                    if key.fileobj is self._wakeup:
+                        self._wakeup.drain()
                     elif self.receive(reader):
                         last_data = time.monotonic()
                 self.flush()

@@ -236,15 +236,6 @@ def test_waiting_caps_all_and_per_address():
     assert waiting._counts == {}
 
 
-def test_vencrypt_messages():
-    assert auth.vencrypt_version_ack(b"\x00\x02") == b"\x00"
-    assert auth.vencrypt_version_ack(b"\x00\x01") != b"\x00"
-    assert auth.vencrypt_subtypes([X509_VNC]) == b"\x01\x00\x00\x01\x05"
-    assert auth.parse_vencrypt_choice(struct.pack(">I", X509_VNC), [X509_VNC]) == X509_VNC
-    with pytest.raises(auth.ProtocolError):
-        auth.parse_vencrypt_choice(struct.pack(">I", X509_NONE), [X509_VNC])
-
-
 def test_password_files(tmp_path, caplog):
     good = tmp_path / "good"
     good.write_bytes(b"secret\nsecond line\n")

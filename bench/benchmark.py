@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""benchmark.py: vncterm side by side with TigerVNC's Xvnc running xterm, in one run.
+"""bench/benchmark.py: vncterm side by side with TigerVNC's Xvnc running xterm, in one run.
 
 What.  `make bench` runs every workload of issue 6 against vncterm and, in the same run,
 against the peer a user would otherwise reach for: TigerVNC's `Xvnc` with one `xterm` of the
@@ -20,16 +20,16 @@ bench/latest.json).  The workloads:
 7. idle RSS.
 
 How.  The servers are black boxes started as processes: vncterm through its command line
-(`--command`, `--port 0`), the peer as `Xvnc -displayfd` plus `xterm -e`.  Everything is
-measured from outside.  `Viewer` is a small RFB 3.8 client written here from RFC 6143.  It asks
-both servers for the same pixel format and encodings (Tight, CopyRect, compression level 2,
-the pointer shape apart, as TigerVNC's viewer does, but no JPEG, so that pictures are exact),
-timestamps each update with the arrival of its last byte, and decodes it into a Pillow image.
-CPU and memory come from /proc.  A flood has "settled" at the last update that changed a
-pixel, once the command has finished (it touches a file) and the screen has stayed quiet; a
-second viewer then checks that the picture is what the server sends anyone.  Keystrokes are
-measured one at a time: type `x`, wait for it, rub it out with BackSpace, so that every
-keystroke starts from the same picture.
+(`--command`, `--port 0`), the peer as `Xvnc -displayfd` plus `xterm -e`, both with the
+starters the real-peer tests use (tests/peers.py: `VncTerm`, `Xvnc`), extended here only with
+what is measured (process ids, the reverse port, the xterm).  Everything is measured from
+outside.  Both servers are read by `client.Viewer`, the benchmark's own small RFB client,
+which timestamps each update with the arrival of its last byte.  CPU and memory come from
+/proc.  A flood has "settled" at the last update that changed a pixel, once the command has
+finished (it touches a file) and the screen has stayed quiet; a second viewer then checks
+that the picture is what the server sends anyone.  Keystrokes are measured one at a time:
+type `x`, wait for it, rub it out with BackSpace, so that every keystroke starts from the
+same picture.
 
 Trade-offs.  Medians of a few repetitions, not a statistics package; the whole run takes a few
 minutes.  Machines are noisy, so only figures from the same run are compared, and the goals
@@ -42,42 +42,46 @@ measure itself); their "final screen" is their last update.
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
 import random
 import re
-import select
 import shutil
-import signal
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import threading
 import time
-import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
+from client import (
+    COMPRESS_2,
+    COPY_RECT,
+    CURSOR,
+    HEXTILE,
+    RAW,
+    TIGHT,
+    VIEWER_ENCODINGS,
+    ZLIB,
+    ZRLE,
+    Viewer,
+)
 from PIL import Image, ImageChops
 
-REPO = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+import peers  # noqa: E402  (the tests' process helpers, found through the line above)
+
 OUT = REPO / "bench"
 WORK = OUT / "work"
 COLUMNS, ROWS = 80, 25
 XTERM_FONT = "8x16"
 DESKTOP = (1024, 768)
 PEER = "Xvnc+xterm"
-
-RAW, COPY_RECT, HEXTILE, ZLIB, TIGHT, ZRLE = 0, 1, 5, 6, 7, 16
-DESKTOP_SIZE, CURSOR, COMPRESS_2 = -223, -239, -254
-VIEWER_ENCODINGS = (TIGHT, COPY_RECT, DESKTOP_SIZE, CURSOR, COMPRESS_2)
 ENCODING_NAMES = {TIGHT: "Tight", ZRLE: "ZRLE", HEXTILE: "Hextile", ZLIB: "Zlib", RAW: "Raw"}
-PIXEL_FORMAT = struct.pack(">BBBBHHHBBB3x", 32, 24, 0, 1, 255, 255, 255, 16, 8, 0)
-KEY_X, BACKSPACE, RETURN = ord("x"), 0xFF08, 0xFF0D
-CONTROL_L, ALT_L, F1, F7 = 0xFFE3, 0xFFE9, 0xFFBE, 0xFFC4
+KEY_X, BACKSPACE, RETURN, F1, F7 = ord("x"), 0xFF08, 0xFF0D, 0xFFBE, 0xFFC4
+REVERSE = re.compile(r"guest desktops connect to [\d.]+:(\d+)")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -178,12 +182,10 @@ def free_port() -> int:
 
 
 def wait_for(predicate, timeout: float, what: str):
-    """Poll `predicate` until it returns something true, and return that."""
-    deadline = time.monotonic() + timeout
-    while not (result := predicate()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gave up waiting for {what}")
-        time.sleep(0.02)
+    """Poll `predicate` until it returns something true, and return that; raise on timeout."""
+    result = peers.wait_until(predicate, timeout, interval=0.02)
+    if not result:
+        raise TimeoutError(f"gave up waiting for {what}")
     return result
 
 
@@ -194,86 +196,42 @@ def wait_cpu(process: subprocess.Popen) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def stop_process(process: subprocess.Popen) -> None:
-    """SIGTERM, then SIGKILL if it is still there after 10 s."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-class VncTerm:
-    """vncterm.py serving `command`; .port, .reverse_port, .pids."""
+class VncTerm(peers.VncTerm):
+    """vncterm.py serving `command`, started as the tests start it; .reverse_port, .pids."""
 
     def __init__(self, command: str, options=()) -> None:
-        argv = [sys.executable, "vncterm.py", "--port", "0", "--reverse-port", "0",
-                "--size", f"{COLUMNS}x{ROWS}", "--command", command, *options]
-        self.log = open(OUT / "vncterm.log", "ab")
-        self.process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=self.log,
-                                        stdin=subprocess.DEVNULL)
-        self.port = self.reverse_port = None
-        for line in self.process.stdout:
-            text = line.decode()
-            if match := re.search(r"listening on [\d.]+:(\d+)", text):
-                self.port = int(match[1])
-            if match := re.search(r"guest desktops connect to [\d.]+:(\d+)", text):
-                self.reverse_port = int(match[1])
-            if self.port and self.reverse_port:
-                break
-        if self.port is None:
-            raise RuntimeError("vncterm did not start; see bench/vncterm.log")
-        self.pids = [self.process.pid]
+        super().__init__(command, OUT / "vncterm.log", options=options)
+        self.pids = [self.proc.pid]
+        line = wait_for(self.reverse_line, 20, "vncterm's reverse port")
+        self.reverse_port = int(line[1])
+
+    def reverse_line(self):
+        """The match of the line that names the reverse port, once vncterm has printed it."""
+        return next(filter(None, map(REVERSE.search, list(self.output))), None)
 
     def wait_exit(self) -> float:
         """Wait for vncterm to exit on its own; return the CPU seconds it used."""
-        return wait_cpu(self.process)
-
-    def stop(self) -> None:
-        stop_process(self.process)
-        self.process.stdout.close()
-        self.log.close()
+        return wait_cpu(self.proc)
 
 
-class Xvnc:
-    """TigerVNC's Xvnc on a display of its own choosing, and the X programs run on it."""
+class Xvnc(peers.Xvnc):
+    """TigerVNC's Xvnc, started as the tests start it, serving viewers on a free loopback port
+    without authentication; .pids are the processes whose CPU and memory count as the peer's."""
 
     def __init__(self, size=(COLUMNS * 8, ROWS * 16)) -> None:
         self.port = free_port()
-        self.log = open(OUT / "xvnc.log", "ab")
-        read_end, write_end = os.pipe()
-        self.process = subprocess.Popen(
-            ["Xvnc", "-displayfd", str(write_end), "-rfbport", str(self.port), "-localhost",
-             "-SecurityTypes", "None", "-geometry", "%dx%d" % size, "-depth", "24"],
-            pass_fds=[write_end], stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
-        os.close(write_end)
-        with os.fdopen(read_end) as display:
-            self.display = ":" + display.readline().strip()
-        self.env = dict(os.environ, DISPLAY=self.display)
-        self.children: list[subprocess.Popen] = []
-        self.pids = [self.process.pid]
-
-    def start(self, argv) -> subprocess.Popen:
-        child = subprocess.Popen(argv, cwd=REPO, env=self.env, stdin=subprocess.DEVNULL,
-                                 stdout=self.log, stderr=self.log)
-        self.children.append(child)
-        return child
+        super().__init__(OUT, size, options=("-rfbport", str(self.port), "-localhost",
+                                             "-SecurityTypes", "None"))
+        self.pids = [self.proc.pid]
 
     def xterm(self, command: str, keep_pid: bool = True) -> subprocess.Popen:
         """An 80x25 xterm at the top left, 8x16 font, no borders, running `command`."""
         child = self.start(["xterm", "-geometry", f"{COLUMNS}x{ROWS}+0+0", "-fn", XTERM_FONT,
                             "-bw", "0", "-b", "0", "-bg", "black", "-fg", "white",
-                            "-e", "sh", "-c", command])
+                            "-e", "sh", "-c", command], "xterm")
         if keep_pid:
             self.pids.append(child.pid)
         return child
-
-    def stop(self) -> None:
-        for process in [*self.children, self.process]:
-            stop_process(process)
-        self.log.close()
 
 
 def peer_with_xterm(command: str) -> Xvnc:
@@ -281,251 +239,6 @@ def peer_with_xterm(command: str) -> Xvnc:
     server = Xvnc()
     server.xterm(command)
     return server
-
-
-# --- The viewer ----------------------------------------------------------------------------------
-
-
-@dataclass
-class Update:
-    """One FramebufferUpdate: when its last byte arrived, its size, whether it changed pixels,
-    and how many bytes the connection had carried by its end."""
-
-    time: float
-    size: int
-    changed: bool
-    end: int
-
-
-class Viewer:
-    """An RFB 3.8 viewer (security None) that decodes Raw, CopyRect and Tight, or only parses.
-
-    With `decode=False` it walks every encoding's framing (Raw, CopyRect, Hextile, Zlib, ZRLE,
-    Tight) without touching pixels or zlib.  It asks for the next update as soon as one has
-    arrived, so a request is always outstanding, as real viewers do.
-    """
-
-    def __init__(self, port: int, encodings=VIEWER_ENCODINGS, decode: bool = True) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buffer = bytearray()
-        self.received = self.consumed = 0
-        self.arrivals: collections.deque = collections.deque()
-        self.decode = decode
-        self.send_lock = threading.Lock()
-        self.updates: list[Update] = []
-        self.seen_encodings: set[int] = set()
-        self.read(12)
-        self.send(b"RFB 003.008\n")
-        if 1 not in self.read(self.read(1)[0]):
-            raise RuntimeError("the server does not offer security None")
-        self.send(b"\x01")
-        if self.read(4) != b"\0\0\0\0":
-            raise RuntimeError("security handshake failed")
-        self.send(b"\x01")
-        width, height = struct.unpack(">HH", self.read(4))
-        self.read(16)
-        self.read(struct.unpack(">I", self.read(4))[0])
-        self.image = Image.new("RGB", (width, height))
-        self.streams = [zlib.decompressobj() for _ in range(4)]
-        self.send(b"\0\0\0\0" + PIXEL_FORMAT)
-        self.send(struct.pack(f">BxH{len(encodings)}i", 2, len(encodings), *encodings))
-
-    @property
-    def size(self):
-        return self.image.size
-
-    def send(self, data: bytes) -> None:
-        with self.send_lock:
-            self.sock.sendall(data)
-
-    def request(self, incremental: bool = True) -> None:
-        self.send(struct.pack(">BBHHHH", 3, incremental, 0, 0, *self.size))
-
-    def key(self, keysym: int) -> None:
-        self.send(struct.pack(">BBxxI", 4, 1, keysym) + struct.pack(">BBxxI", 4, 0, keysym))
-
-    def hotkey(self, keysym: int) -> None:
-        """Ctrl-Alt-keysym: press all three, release them in reverse."""
-        keys = (CONTROL_L, ALT_L, keysym)
-        self.send(b"".join(struct.pack(">BBxxI", 4, 1, key) for key in keys)
-                  + b"".join(struct.pack(">BBxxI", 4, 0, key) for key in reversed(keys)))
-
-    def type(self, text: str) -> None:
-        for character in text:
-            self.key(ord(character))
-
-    def pointer(self, x: int, y: int) -> None:
-        self.send(struct.pack(">BBHH", 5, 0, x, y))
-
-    def close(self) -> None:
-        self.sock.close()
-
-    # Bytes in.
-
-    def fill(self, timeout: float | None) -> bool:
-        """Wait up to `timeout` for bytes; False if none came.  Note when they came."""
-        if not select.select([self.sock], [], [], timeout)[0]:
-            return False
-        data = self.sock.recv(1 << 20)
-        if not data:
-            raise ConnectionError("the server closed the connection")
-        self.buffer += data
-        self.received += len(data)
-        self.arrivals.append((self.received, time.perf_counter()))
-        return True
-
-    def arrival(self) -> float:
-        """When the last byte consumed so far arrived."""
-        while self.arrivals[0][0] < self.consumed:
-            self.arrivals.popleft()
-        return self.arrivals[0][1]
-
-    def read(self, size: int) -> bytes:
-        while len(self.buffer) < size:
-            if not self.fill(30):
-                raise TimeoutError("the server went quiet in the middle of a message")
-        data = bytes(self.buffer[:size])
-        del self.buffer[:size]
-        self.consumed += size
-        return data
-
-    def u8(self) -> int:
-        return self.read(1)[0]
-
-    def u16(self) -> int:
-        return struct.unpack(">H", self.read(2))[0]
-
-    def u32(self) -> int:
-        return struct.unpack(">I", self.read(4))[0]
-
-    # Messages.
-
-    def next_update(self, timeout: float | None = 30) -> Update | None:
-        """The next FramebufferUpdate, or None if nothing arrives within `timeout`."""
-        while True:
-            if not self.buffer and not self.fill(timeout):
-                return None
-            start = self.consumed
-            kind = self.u8()
-            if kind == 2:
-                continue
-            if kind == 3:
-                self.read(3)
-                self.read(self.u32())
-                continue
-            if kind != 0:
-                raise RuntimeError(f"unexpected server message {kind}")
-            self.read(1)
-            changed = False
-            for _ in range(self.u16()):
-                changed |= self.read_rect()
-            self.request()
-            update = Update(self.arrival(), self.consumed - start, changed, self.consumed)
-            self.updates.append(update)
-            return update
-
-    def settle(self, quiet: float = 0.3, limit: float = 30) -> None:
-        """Take updates until none has come for `quiet` seconds."""
-        deadline = time.monotonic() + limit
-        while self.next_update(quiet) is not None:
-            if time.monotonic() > deadline:
-                raise TimeoutError("the screen never settled")
-
-    def read_rect(self) -> bool:
-        """Read one rectangle; True if it changed pixels (always False without decoding)."""
-        x, y, width, height, encoding = struct.unpack(">HHHHi", self.read(12))
-        self.seen_encodings.add(encoding)
-        box = (x, y, x + width, y + height)
-        before = self.image.crop(box).tobytes() if self.decode else None
-        if encoding == RAW:
-            data = self.read(width * height * 4)
-            self.paste(Image.frombytes("RGB", (width, height), data, "raw", "BGRX"), x, y)
-        elif encoding == COPY_RECT:
-            src_x, src_y = self.u16(), self.u16()
-            if self.decode:
-                tile = self.image.crop((src_x, src_y, src_x + width, src_y + height))
-                self.image.paste(tile, (x, y))
-        elif encoding == TIGHT:
-            self.tight(x, y, width, height)
-        elif encoding in (ZLIB, ZRLE) and not self.decode:
-            self.read(self.u32())
-        elif encoding == HEXTILE and not self.decode:
-            self.skip_hextile(width, height)
-        elif encoding == DESKTOP_SIZE:
-            self.image = Image.new("RGB", (width, height))
-            return True
-        elif encoding == CURSOR:
-            self.read(width * height * 4 + (width + 7) // 8 * height)
-            return False
-        else:
-            raise RuntimeError(f"cannot read encoding {encoding} (decode={self.decode})")
-        return self.decode and self.image.crop(box).tobytes() != before
-
-    def paste(self, tile: Image.Image, x: int, y: int) -> None:
-        if self.decode:
-            self.image.paste(tile, (x, y))
-
-    def tight(self, x: int, y: int, width: int, height: int) -> None:
-        """Tight (rfbproto §Tight) with 3-byte TPIXELs: fill, copy and palette filters."""
-        control = self.u8()
-        for number in range(4):
-            if control >> number & 1:
-                self.streams[number] = zlib.decompressobj()
-        method = control >> 4
-        if method == 8:
-            self.paste(Image.new("RGB", (width, height), tuple(self.read(3))), x, y)
-            return
-        if method > 8:
-            raise RuntimeError(f"Tight method {method} was not asked for")
-        colours = None
-        if method & 4:
-            filter_id = self.u8()
-            if filter_id == 1:
-                colours = self.read(3 * (self.u8() + 1))
-            elif filter_id != 0:
-                raise RuntimeError(f"Tight filter {filter_id} is not implemented here")
-        if colours is None:
-            size, mode, raw_mode = width * height * 3, "RGB", "RGB"
-        elif len(colours) == 6:
-            size, mode, raw_mode = (width + 7) // 8 * height, "P", "P;1"
-        else:
-            size, mode, raw_mode = width * height, "P", "P"
-        if size < 12:
-            data = self.read(size)
-        else:
-            data = self.read(self.compact_length())
-            if self.decode:
-                data = self.streams[method & 3].decompress(data)
-        if self.decode:
-            tile = Image.frombytes(mode, (width, height), data, "raw", raw_mode)
-            if colours is not None:
-                tile.putpalette(colours)
-            self.paste(tile.convert("RGB"), x, y)
-
-    def compact_length(self) -> int:
-        """Tight's 1-3 byte length: 7 bits a byte, low first; the third byte has 8."""
-        length, shift = 0, 0
-        for _ in range(3):
-            byte = self.u8()
-            length |= (byte & 0x7F if shift < 14 else byte) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
-        return length
-
-    def skip_hextile(self, width: int, height: int) -> None:
-        """Walk a Hextile rectangle's tiles without decoding them."""
-        for ty in range(0, height, 16):
-            for tx in range(0, width, 16):
-                tile_width, tile_height = min(16, width - tx), min(16, height - ty)
-                mask = self.u8()
-                if mask & 1:
-                    self.read(tile_width * tile_height * 4)
-                    continue
-                self.read(4 * (bool(mask & 2) + bool(mask & 4)))
-                if mask & 8:
-                    self.read(self.u8() * (6 if mask & 16 else 2))
 
 
 def connect(server, encodings=VIEWER_ENCODINGS, decode: bool = True) -> Viewer:
@@ -779,7 +492,8 @@ def proxy(repetitions: int, keystrokes: int) -> dict:
         busy = {
             "xterm flood": lambda: xvnc.xterm("sh bench/work/flood.sh", keep_pid=False),
             "image": lambda: xvnc.start(["animate", "-window", "root", "-delay", "5",
-                                         "bench/work/photo-a.png", "bench/work/photo-b.png"]),
+                                         "bench/work/photo-a.png", "bench/work/photo-b.png"],
+                                        "animate"),
         }
         for name, begin in busy.items():
             program = begin()
@@ -788,7 +502,7 @@ def proxy(repetitions: int, keystrokes: int) -> dict:
             for _ in range(repetitions):
                 results[name]["direct"].append(throughput(Viewer(xvnc.port)))
                 results[name]["proxy"].append(through_proxy(xvnc, throughput))
-            stop_process(program)
+            peers.stop_process(program)
         xterm = xvnc.xterm("cat", keep_pid=False)
         time.sleep(1)
         results["echo"] = {
@@ -796,7 +510,7 @@ def proxy(repetitions: int, keystrokes: int) -> dict:
             "proxy": through_proxy(xvnc, lambda viewer: echo_latencies(viewer, keystrokes)),
         }
         results["switch"] = through_proxy(xvnc, switch_times)
-        stop_process(xterm)
+        peers.stop_process(xterm)
     finally:
         xvnc.stop()
     return results
@@ -1050,6 +764,7 @@ def main(argv=None) -> int:
         print(f"benchmark: missing {', '.join(missing)}; `make bench` installs them",
               file=sys.stderr)
         return 2
+    os.chdir(REPO)  # the workload scripts and the shells name their files from the checkout
     OUT.mkdir(exist_ok=True)
     report("writing the workload files")
     write_workloads()

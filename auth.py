@@ -5,7 +5,7 @@ viewer.py runs as straight-line code; this module holds what that code asks: whi
 types to offer, the VeNCrypt messages, whether a response matches a password, and whether an
 address has failed too often.  Like rfb.py it never reads a socket itself.
 
-What is offered, best first (rfb-notes §2):
+What is offered, best first (docs/protocol.md, "Security types and VeNCrypt"):
 
     no TLS:           [VncAuth] with a password, else [None]
     --tls-cert:       [VeNCrypt, VncAuth or None]; VeNCrypt carries X509Vnc with a password,
@@ -91,7 +91,7 @@ class Access(enum.Enum):
     VIEW_ONLY = "view-only"
 
 
-# --- VeNCrypt, rfb-notes §2 ------------------------------------------------------------------
+# --- VeNCrypt (docs/protocol.md) --------------------------------------------------------------
 
 
 def vencrypt_version_ack(reply: bytes) -> bytes:

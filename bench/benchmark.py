@@ -31,6 +31,10 @@ that the picture is what the server sends anyone.  Keystrokes are measured one a
 type `x`, wait for it, rub it out with BackSpace, so that every keystroke starts from the
 same picture.
 
+The files: client.py (the timing viewer), servers.py (the two servers, their input files and
+their processes' CPU and memory), table.py (the printed table), and this one (the workloads
+and the command line).
+
 Trade-offs.  Medians of a few repetitions, not a statistics package; the whole run takes a few
 minutes.  Machines are noisy, so only figures from the same run are compared, and the goals
 are judged on ratios where the issue states them that way.  The workloads are fixed: the
@@ -44,10 +48,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
-import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -55,222 +56,32 @@ import threading
 import time
 from pathlib import Path
 
-from client import (
-    COMPRESS_2,
-    COPY_RECT,
-    CURSOR,
-    HEXTILE,
-    RAW,
-    TIGHT,
-    VIEWER_ENCODINGS,
-    ZLIB,
-    ZRLE,
-    Viewer,
-)
+from client import COMPRESS_2, COPY_RECT, HEXTILE, RAW, TIGHT, ZLIB, ZRLE, Viewer
 from PIL import Image, ImageChops
+from servers import (
+    COLUMNS,
+    DESKTOP,
+    OUT,
+    PEER,
+    REPO,
+    ROWS,
+    WORK,
+    VncTerm,
+    Xvnc,
+    connect,
+    cpu_seconds,
+    matches_fresh_viewer,
+    memory_mb,
+    peer_with_xterm,
+    peers,
+    wait_cpu,
+    wait_for,
+    write_workloads,
+)
+from table import build_table
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-import peers  # noqa: E402  (the tests' process helpers, found through the line above)
-
-OUT = REPO / "bench"
-WORK = OUT / "work"
-COLUMNS, ROWS = 80, 25
-XTERM_FONT = "8x16"
-DESKTOP = (1024, 768)
-PEER = "Xvnc+xterm"
 ENCODING_NAMES = {TIGHT: "Tight", ZRLE: "ZRLE", HEXTILE: "Hextile", ZLIB: "Zlib", RAW: "Raw"}
 KEY_X, BACKSPACE, RETURN, F1, F7 = ord("x"), 0xFF08, 0xFF0D, 0xFFBE, 0xFFC4
-REVERSE = re.compile(r"guest desktops connect to [\d.]+:(\d+)")
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-# --- Workload files ---------------------------------------------------------------------------
-
-
-def write_workloads() -> None:
-    """The generated files (fixed seeds) and the scripts the shells run."""
-    WORK.mkdir(parents=True, exist_ok=True)
-    listing = coloured_listing(random.Random(6))
-    (WORK / "listing.txt").write_text(listing)
-    (WORK / "screen.txt").write_text("\n".join(listing.splitlines()[1000:1024]) + "\n")
-    (WORK / "plain.txt").write_text(plain_text(random.Random(20), 20_000_000))
-    for name, command in (("seq", "seq 1 200000"), ("listing", "cat bench/work/listing.txt")):
-        (WORK / f"{name}.sh").write_text(f"{command}\n: > bench/work/done\n")
-    (WORK / "flood.sh").write_text("while :; do seq 1 100000; done\n")
-    for name, seed in (("a", 1), ("b", 2)):
-        photo(seed).save(WORK / f"photo-{name}.png")
-
-
-WORDS = ("libc", "python3", "gtk", "x86_64-linux-gnu", "systemd", "perl", "locale", "firmware",
-         "modules", "cups", "dbus", "udev", "ssl", "share", "apt", "gconv", "icu", "mesa")
-
-
-def coloured_listing(chooser: random.Random, entries: int = 20000) -> str:
-    """What `ls --color=always -lR /usr/lib` prints, made up: directories, files, links."""
-    lines, directory = [], "/usr/lib"
-    for number in range(entries):
-        if number % 40 == 0:
-            directory = "/usr/lib/" + "/".join(chooser.sample(WORDS, chooser.randint(1, 3)))
-            lines += ["", f"{directory}:", f"total {chooser.randint(8, 9000)}"]
-        name = "-".join(chooser.sample(WORDS, chooser.randint(1, 3)))
-        kind = chooser.random()
-        if kind < 0.2:
-            mode, shown = "drwxr-xr-x", f"\x1b[01;34m{name}\x1b[0m"
-        elif kind < 0.35:
-            target = f"{name}.so.{chooser.randint(0, 9)}"
-            mode, shown = "lrwxrwxrwx", f"\x1b[01;36m{name}.so\x1b[0m -> {target}"
-        elif kind < 0.5:
-            mode, shown = "-rwxr-xr-x", f"\x1b[01;32m{name}\x1b[0m"
-        else:
-            mode, shown = "-rw-r--r--", f"{name}.{chooser.choice(['py', 'h', 'conf', 'so.1'])}"
-        size = chooser.randint(0, 2_000_000)
-        day = chooser.randint(1, 28)
-        lines.append(f"{mode} 1 root root {size:8d} Mar {day:2d} 10:{day + 10:02d} {shown}")
-    return "\n".join(lines) + "\n"
-
-
-def plain_text(chooser: random.Random, size: int) -> str:
-    """Log lines of plain ASCII, `size` bytes in all."""
-    lines, total, number = [], 0, 0
-    while total < size:
-        number += 1
-        words = " ".join(chooser.choices(WORDS, k=chooser.randint(2, 9)))
-        line = f"[{number / 1000:12.6f}] kernel: {words} {chooser.randint(0, 1 << 32):x}"
-        lines.append(line)
-        total += len(line) + 1
-    return "\n".join(lines) + "\n"
-
-
-def photo(seed: int) -> Image.Image:
-    """A photograph-like picture the size of the desktop: smooth shapes and a little noise."""
-    bands = [Image.effect_mandelbrot(DESKTOP, (-2.2 + seed * 0.1 + b * 0.05, -1.2,
-                                                 1.0 - b * 0.1, 1.2), 64 + 32 * b)
-             for b in range(3)]
-    noise = Image.effect_noise(DESKTOP, 12)
-    bands = [ImageChops.add(band.point(lambda v, b=b: (v * (3 + b)) % 256), noise, 1, -6)
-             for b, band in enumerate(bands)]
-    return Image.merge("RGB", bands)
-
-
-# --- Processes ---------------------------------------------------------------------------------
-
-
-def cpu_seconds(pids) -> float:
-    """User plus system time of the processes (not their children), from /proc."""
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / CLOCK_TICKS
-
-
-def memory_mb(pids, field: str = "VmRSS") -> float:
-    """Resident memory of the processes in MB (VmHWM: the peak), from /proc."""
-    total = 0
-    for pid in pids:
-        match = re.search(rf"^{field}:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
-        total += int(match[1])
-    return total / 1024
-
-
-def free_port() -> int:
-    """A TCP port on loopback that nobody listens on just now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, what: str):
-    """Poll `predicate` until it returns something true, and return that; raise on timeout."""
-    result = peers.wait_until(predicate, timeout, interval=0.02)
-    if not result:
-        raise TimeoutError(f"gave up waiting for {what}")
-    return result
-
-
-def wait_cpu(process: subprocess.Popen) -> float:
-    """Wait for a child to exit; return the CPU seconds it used."""
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return usage.ru_utime + usage.ru_stime
-
-
-class VncTerm(peers.VncTerm):
-    """vncterm.py serving `command`, started as the tests start it; .reverse_port, .pids."""
-
-    def __init__(self, command: str, options=()) -> None:
-        super().__init__(command, OUT / "vncterm.log", options=options)
-        self.pids = [self.proc.pid]
-        line = wait_for(self.reverse_line, 20, "vncterm's reverse port")
-        self.reverse_port = int(line[1])
-
-    def reverse_line(self):
-        """The match of the line that names the reverse port, once vncterm has printed it."""
-        return next(filter(None, map(REVERSE.search, list(self.output))), None)
-
-    def wait_exit(self) -> float:
-        """Wait for vncterm to exit on its own; return the CPU seconds it used."""
-        return wait_cpu(self.proc)
-
-
-class Xvnc(peers.Xvnc):
-    """TigerVNC's Xvnc, started as the tests start it, serving viewers on a free loopback port
-    without authentication; .pids are the processes whose CPU and memory count as the peer's."""
-
-    def __init__(self, size=(COLUMNS * 8, ROWS * 16)) -> None:
-        self.port = free_port()
-        super().__init__(OUT, size, options=("-rfbport", str(self.port), "-localhost",
-                                             "-SecurityTypes", "None"))
-        self.pids = [self.proc.pid]
-
-    def xterm(self, command: str, keep_pid: bool = True) -> subprocess.Popen:
-        """An 80x25 xterm at the top left, 8x16 font, no borders, running `command`."""
-        child = self.start(["xterm", "-geometry", f"{COLUMNS}x{ROWS}+0+0", "-fn", XTERM_FONT,
-                            "-bw", "0", "-b", "0", "-bg", "black", "-fg", "white",
-                            "-e", "sh", "-c", command], "xterm")
-        if keep_pid:
-            self.pids.append(child.pid)
-        return child
-
-
-def peer_with_xterm(command: str) -> Xvnc:
-    """The peer: Xvnc the size of the console, with one xterm running `command`."""
-    server = Xvnc()
-    server.xterm(command)
-    return server
-
-
-def connect(server, encodings=VIEWER_ENCODINGS, decode: bool = True) -> Viewer:
-    """A viewer with the whole screen and the pointer on the console (focus follows it).
-
-    A decoding viewer also waits until the console shows something (xterm may not be up yet,
-    and keys typed into an empty X screen are lost).
-    """
-    viewer = wait_for(lambda: try_connect(server.port, encodings, decode), 20, "the server")
-    viewer.pointer(COLUMNS * 4, ROWS * 8)
-    viewer.request(False)
-    viewer.next_update()
-    while decode and viewer.image.getbbox() is None:
-        viewer.next_update()
-    return viewer
-
-
-def try_connect(port, encodings, decode):
-    """A Viewer, or None while the server is not listening yet."""
-    try:
-        return Viewer(port, encodings, decode)
-    except (ConnectionError, OSError):
-        return None
-
-
-def matches_fresh_viewer(server, viewer: Viewer) -> bool:
-    """Does a viewer that connects now get exactly the picture `viewer` shows?"""
-    fresh = connect(server, (RAW, CURSOR))
-    try:
-        return fresh.image.tobytes() == viewer.image.tobytes()
-    finally:
-        fresh.close()
 
 
 # --- Workloads -----------------------------------------------------------------------------------
@@ -571,137 +382,6 @@ def desktop_viewer(port: int) -> Viewer | None:
     viewer.close()
     time.sleep(0.2)
     return None
-
-
-# --- The table -----------------------------------------------------------------------------------
-
-
-def median(runs, key):
-    """The median of one figure over repetitions."""
-    return statistics.median(run[key] for run in runs)
-
-
-class Table:
-    """Rows of: workload, figure, vncterm, peer, ratio, goal, met."""
-
-    def __init__(self) -> None:
-        self.rows = []
-
-    def add(self, workload, figure, ours, peer=None, goal="", met=None, ratio=True) -> None:
-        ratio = ours / peer if ratio and isinstance(peer, (int, float)) and peer else None
-        self.rows.append({"workload": workload, "figure": figure, "vncterm": ours, "peer": peer,
-                          "ratio": ratio, "goal": goal, "met": met})
-
-    def text(self) -> str:
-        header = ("workload", "figure", "vncterm", PEER, "ratio", "goal", "met")
-        lines = [[row["workload"], row["figure"], number(row["vncterm"]), number(row["peer"]),
-                  number(row["ratio"], ratio=True), row["goal"],
-                  {True: "yes", False: "NO", None: ""}[row["met"]]] for row in self.rows]
-        widths = [max(len(str(cells[i])) for cells in [header, *lines]) for i in range(7)]
-        rule = ["-" * width for width in widths]
-        return "\n".join("  ".join(str(cell).ljust(width) for cell, width in
-                                   zip(cells, widths, strict=True)).rstrip()
-                         for cells in [header, rule, *lines])
-
-
-def number(value, ratio: bool = False) -> str:
-    """A figure as the table shows it."""
-    if value is None:
-        return "-"
-    if isinstance(value, str):
-        return value
-    if ratio:
-        return f"{value:.2f}x"
-    if abs(value) >= 10000:
-        return f"{value:,.0f}"
-    return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
-
-
-def build_table(results: dict) -> Table:
-    """The table of every workload that ran."""
-    table = Table()
-    for name, add_rows in TABLE_ROWS.items():
-        if name in results:
-            add_rows(table, results[name])
-    return table
-
-
-def echo_rows(table: Table, results: dict) -> None:
-    ours, peer = results["vncterm"], results[PEER]
-    table.add("1 key echo", "p50 ms", ours["p50"], peer["p50"], "ratio <= 0.15",
-              ours["p50"] <= 0.15 * peer["p50"])
-    for figure in ("p90", "max"):
-        table.add("1 key echo", f"{figure} ms", ours[figure], peer[figure])
-
-
-def flood_rows(table: Table, results: dict) -> None:
-    for script, title in (("seq", "2 flood seq 1 200000"), ("listing", "2 flood ls -lR")):
-        ours, peer = results["vncterm"][script], results[PEER][script]
-        seconds, peer_seconds = median(ours, "seconds"), median(peer, "seconds")
-        data, peer_data = median(ours, "bytes"), median(peer, "bytes")
-        table.add(title, "settle s", seconds, peer_seconds, "ratio <= 1",
-                  seconds <= peer_seconds)
-        table.add(title, "bytes", data, peer_data, "ratio <= 0.5", data <= 0.5 * peer_data)
-        table.add(title, "updates", median(ours, "updates"), median(peer, "updates"))
-        table.add(title, "server CPU s", median(ours, "cpu"), median(peer, "cpu"))
-        table.add(title, "final screen verified", verified(ours), verified(peer))
-
-
-def verified(runs) -> str:
-    return "yes" if all(run["verified"] for run in runs) else "NO"
-
-
-def no_viewer_rows(table: Table, results: dict) -> None:
-    ours, peer = results["vncterm"], results[PEER]
-    cpu, peer_cpu = median(ours, "cpu"), median(peer, "cpu")
-    table.add("3 20 MB, no viewer", "server CPU s", cpu, peer_cpu, "ratio <= 1", cpu <= peer_cpu)
-    rate = median(ours, "mb_per_s")
-    table.add("3 20 MB, no viewer", "ingest MB/s", rate, median(peer, "mb_per_s"), ">= 5 MB/s",
-              rate >= 5)
-
-
-def screen_rows(table: Table, results: dict) -> None:
-    for name, size in results["vncterm"].items():
-        goal = name.startswith(("Tight", "ZRLE"))
-        table.add("4 full screen", f"{name} bytes", size, results[PEER][name],
-                  "<= 8 KB" if goal else "", size <= 8192 if goal else None)
-
-
-def proxy_rows(table: Table, results: dict) -> None:
-    for name in ("xterm flood", "image"):
-        proxied, direct = results[name]["proxy"], results[name]["direct"]
-        rate, direct_rate = median(proxied, "updates_per_s"), median(direct, "updates_per_s")
-        table.add(f"5 proxy: {name}", "updates/s (proxy|direct)", rate, direct_rate,
-                  "ratio >= 0.8", rate >= 0.8 * direct_rate)
-        table.add(f"5 proxy: {name}", "MB/s (proxy|direct)", median(proxied, "mb_per_s"),
-                  median(direct, "mb_per_s"))
-    proxied, direct = results["echo"]["proxy"]["p50"], results["echo"]["direct"]["p50"]
-    table.add("5 proxy: key echo", "p50 ms (proxy|direct)", proxied, direct,
-              f"{proxied - direct:+.2f} ms <= +2 ms", proxied - direct <= 2)
-    for name, milliseconds in results["switch"].items():
-        table.add("5 proxy: VT switch", f"{name} p50 ms", milliseconds)
-
-
-def scale_rows(table: Table, results: dict) -> None:
-    ours, peer = results["vncterm"], results[PEER]
-    many, one = median(ours["many"], "seconds"), median(ours["one"], "seconds")
-    peer_many, peer_one = median(peer["many"], "seconds"), median(peer["one"], "seconds")
-    title = "6 scale, seq flood"
-    table.add(title, "50 viewers settle s", many, peer_many)
-    table.add(title, "1 viewer settle s", one, peer_one)
-    table.add(title, "50 / 1 viewers", many / one, peer_many / peer_one, "vncterm <= 2",
-              many <= 2 * one, ratio=False)
-    table.add(title, "peak RSS MB, 50 viewers", median(ours["many"], "peak_rss"),
-              median(peer["many"], "peak_rss"))
-
-
-def idle_rows(table: Table, results: dict) -> None:
-    rss = results["vncterm"]["rss"]
-    table.add("7 idle", "RSS MB", rss, results[PEER]["rss"], "<= 40 MB", rss <= 40)
-
-
-TABLE_ROWS = {"echo": echo_rows, "floods": flood_rows, "no_viewer": no_viewer_rows,
-              "screen": screen_rows, "proxy": proxy_rows, "scale": scale_rows, "idle": idle_rows}
 
 
 # --- Main ----------------------------------------------------------------------------------------

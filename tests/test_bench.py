@@ -14,6 +14,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
 import benchmark  # noqa: E402  (bench/ is not a package; the line above finds it)
+import client  # noqa: E402
+import servers  # noqa: E402
 
 
 def test_command_line_lists_the_workloads():
@@ -24,15 +26,14 @@ def test_command_line_lists_the_workloads():
 
 
 def test_timing_client_reads_vncterm():
-    server = benchmark.VncTerm("sh -c 'printf hello; exec cat'")
+    server = servers.VncTerm("sh -c 'printf hello; exec cat'")
     try:
         assert server.reverse_port
-        viewer = benchmark.connect(server)
+        viewer = servers.connect(server)
         viewer.settle()
-        assert viewer.size == (benchmark.COLUMNS * 8, benchmark.ROWS * 16)
+        assert viewer.size == (servers.COLUMNS * 8, servers.ROWS * 16)
         assert viewer.image.getbbox() is not None
-        assert viewer.seen_encodings <= {benchmark.TIGHT, benchmark.COPY_RECT,
-                                         benchmark.CURSOR}
+        assert viewer.seen_encodings <= {client.TIGHT, client.COPY_RECT, client.CURSOR}
         viewer.close()
     finally:
         server.stop()

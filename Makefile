@@ -38,7 +38,7 @@ BENCH_PACKAGES := tigervnc-standalone-server tigervnc-tools xterm xfonts-base im
 bench: $(VENV)/.ready ## Time vncterm against Xvnc+xterm (installs them, needs root); table in bench/
 	$(APT) update -qq
 	$(APT) install -y --no-install-recommends $(BENCH_PACKAGES)
-	$(PY) benchmark.py $(ARGS)
+	$(PY) bench/benchmark.py $(ARGS)
 
 FUZZ_SCALE ?= 50
 

@@ -6,7 +6,7 @@ the DES response included); this module holds the policy that code asks about: w
 types to offer, whether a response matches a password, and whether an address has failed too
 often.  Like rfb.py it never reads a socket itself.
 
-What is offered, best first (rfb-notes §2):
+What is offered, best first (docs/protocol.md, "Security types and VeNCrypt"):
 
     no TLS:           [VncAuth] with a password, else [None]
     --tls-cert:       [VeNCrypt, VncAuth or None]; VeNCrypt carries X509Vnc with a password,

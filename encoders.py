@@ -20,14 +20,15 @@ is already the finished rectangle.
 An encoder object is made the first time a viewer's preference picks its encoding and kept
 for the whole connection, across SetPixelFormat and SetEncodings, because the zlib streams of
 Zlib, ZRLE and Tight must match the viewer's inflaters byte for byte until the viewer leaves
-(rfb-notes §6.6).  Adding an encoding means adding a class and a line in `ENCODERS`.
+(docs/protocol.md, "Compression state").  Adding an encoding means adding a class and a
+line in `ENCODERS`.
 
 * Raw (0, §7.7.1): the pixels in the viewer's format.
 * Hextile (5, §7.7.4): 16x16 tiles, each solid, background plus subrectangles of one
   foreground colour (console text), coloured subrectangles, or raw, whichever is shortest.
   Background and foreground carry over from tile to tile, except after a raw tile (both) and
   after a tile with coloured subrectangles (the foreground): decoders disagree about those
-  (rfb-notes §6.2), so we send them again.  A tile with more than `HEXTILE_RUN_LIMIT` runs
+  (docs/protocol.md), so we send them again.  A tile with more than `HEXTILE_RUN_LIMIT` runs
   of one colour (a photograph, dithering) goes raw: subrectangles would seldom be smaller,
   and finding them all costs a hundred times the raw copy.  Runs are counted in C for tiles
   of many colours; for two-colour tiles (text) the search for subrectangles gives up there.

@@ -57,7 +57,7 @@ _NO_EVENT = object()
 
 
 def parse_server_version(data: bytes) -> tuple[int, int]:
-    """Map a server's ProtocolVersion to the version a client answers (rfb-notes §1.2)."""
+    """Map a server's ProtocolVersion to the version a client answers (docs/protocol.md)."""
     match = VERSION_RE.fullmatch(data)
     if not match:
         raise ProtocolError(f"bad protocol version string {data!r}")

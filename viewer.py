@@ -171,7 +171,7 @@ class ViewerSession(socketserver.BaseRequestHandler):
             self.sock.sendall(rfb.security_result(version, True))
 
     def vencrypt(self) -> int:
-        """VeNCrypt 0.2 (rfb-notes §2): agree on a subtype, then TLS; return the subtype."""
+        """VeNCrypt 0.2 (docs/protocol.md): agree on a subtype, then TLS; return the subtype."""
         self.sock.sendall(rfb.VENCRYPT_VERSION)
         ack = rfb.vencrypt_version_ack(self.recv_exactly(2))
         self.sock.sendall(ack)

@@ -10,9 +10,10 @@ format, and decodes every update into a *shadow framebuffer*, the picture of a
 
 Viewers never see a byte of the guest's stream.  They get pixels re-encoded from the shadow
 with their own encoders and zlib state, exactly as for the console, because a viewer's inflater
-cannot survive a splice of two servers' streams (rfb-notes §6.6, DESIGN "Why a shadow
-framebuffer").  So a VT switch is only: pick the other display, resize the viewer, repaint.
-Input goes the other way: keys, pointer and clipboard are forwarded to the guest as they come.
+cannot survive a splice of two servers' streams (docs/protocol.md, "Compression state";
+docs/design.md, "Why a shadow framebuffer").  So a VT switch is only: pick the other display,
+resize the viewer, repaint.  Input goes the other way: keys, pointer and clipboard are
+forwarded to the guest as they come.
 
 Each viewer is in one state of the table `TRANSITIONS` below, with one function,
 `transition`, that moves it.  The hotkeys are Ctrl-Alt-F1..F6 (console) and Ctrl-Alt-F7

@@ -1,7 +1,8 @@
 """A viewer's side of RFB rectangles, for tests only: decode what the encoders send.
 
-Written from the protocol description (rfb-notes §6, RFC 6143 §7.7, rfbproto §Tight and
-§zlib), not from encoders.py, so that a test compares two independent readings of the spec.
+Written from the protocol description (RFC 6143 §7.7, rfbproto §Tight and §zlib,
+docs/protocol.md), not from encoders.py, so that a test compares two independent readings of
+the spec.
 Everything here is plain and slow on purpose: one Python step per pixel, strict checks on
 every field (a decoder that forgives a broken stream proves nothing), and statistics of the
 sub-encodings seen, so tests can show which paths they exercised.

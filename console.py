@@ -77,6 +77,7 @@ from pyte import modes as pyte_modes
 from pyte.screens import StaticDefaultDict
 
 import keymap
+import lograte
 
 log = logging.getLogger("vncterm.console")
 
@@ -589,6 +590,8 @@ class Console:
         self._cursor = None
         self._outbox = bytearray()
         self._write_lock = threading.Lock()
+        self._dropped = lograte.RateLimitedLog(
+            log, logging.WARNING, "console is not reading its input: %d bytes dropped")
         self._stopping = False
         self._wake_r = self._wake_w = None
         self._thread = threading.Thread(target=self._run, name="console-reader", daemon=True)
@@ -730,7 +733,7 @@ class Console:
         """Send bytes to the program on the console; never blocks."""
         with self._write_lock:
             if len(self._outbox) + len(data) > OUTBOX_LIMIT:
-                log.warning("console is not reading its input: %d bytes dropped", len(data))
+                self._dropped(len(data))
                 return
             self._outbox += data
         self._wake()

@@ -58,6 +58,7 @@ import fcntl
 import functools
 import itertools
 import logging
+import math
 import os
 import re
 import selectors
@@ -69,12 +70,13 @@ import termios
 import threading
 import time
 import tty
+import unicodedata
 from dataclasses import dataclass, field
 
 import pyte
 from pyte import charsets
 from pyte import modes as pyte_modes
-from pyte.screens import StaticDefaultDict
+from pyte.screens import StaticDefaultDict, wcwidth
 
 import keymap
 import lograte
@@ -92,8 +94,10 @@ DECAWM, DECSCNM, IRM = pyte_modes.DECAWM, pyte_modes.DECSCNM, pyte_modes.IRM
 READ_LIMIT = 256 * 1024
 FRAME_INTERVAL = 1 / 60
 FLOOD_BYTES = 1024
+SLICE_SECONDS = 0.01
 PARSER_RUN_LIMIT = 64 * 1024  # characters of one escape sequence (an OSC title, say) we keep
 STYLE_CACHE_LIMIT = 256
+MARKS_PER_CELL = 5
 
 
 # --- Sources -----------------------------------------------------------------------------
@@ -279,8 +283,11 @@ class Terminal(pyte.Screen):
     def draw(self, data: str) -> None:
         """pyte's draw; printable ASCII goes in a line-piece at a time."""
         cursor = self.cursor
+        if not data.isascii():
+            super().draw(self._without_excess_marks(data))
+            return
         if not (self._plain_text_mode() and cursor.x <= self.columns
-                and DECAWM in self.mode and data.isascii() and data.isprintable()):
+                and DECAWM in self.mode and data.isprintable()):
             super().draw(data)
             return
         chars = self._chars()
@@ -294,6 +301,45 @@ class Terminal(pyte.Screen):
             self.buffer[cursor.y].update(enumerate(map(chars.__getitem__, piece), cursor.x))
             cursor.x += len(piece)
         self.dirty.add(cursor.y)
+
+    def _without_excess_marks(self, data: str) -> str:
+        """data less the combining marks that would stack more than MARKS_PER_CELL on a cell.
+
+        pyte combines each mark with the cell before the cursor by normalizing the whole
+        cell, so a cell's cost grows with its marks and a stream of marks costs their count
+        squared.  xterm keeps at most five (`combiningChars`) and drops the rest; so do we.
+        """
+        stacked = self._marks_before_cursor()
+        kept = []
+        for char in data:
+            if unicodedata.combining(char) and wcwidth(char) == 0:
+                stacked += 1
+                if stacked > MARKS_PER_CELL:
+                    continue
+            else:
+                stacked = 0
+            kept.append(char)
+        return "".join(kept)
+
+    def _marks_before_cursor(self) -> int:
+        """How many code points the cell that a combining mark would join has after its first."""
+        x, y = self.cursor.x, self.cursor.y
+        if x:
+            cell = self.buffer[y][min(x, self.columns) - 1]
+        elif y:
+            cell = self.buffer[y - 1][self.columns - 1]
+        else:
+            return 0
+        return max(0, len(cell.data) - 1)
+
+    def alignment_display(self) -> None:
+        """pyte's DECALN (every cell's character becomes E), with each new cell made once."""
+        self.dirty.update(range(self.lines))
+        aligned = AlignedChars()
+        columns = range(self.columns)
+        for y in range(self.lines):
+            row = self.buffer[y]
+            row.update(enumerate(map(aligned.__getitem__, map(row.__getitem__, columns))))
 
     def select_graphic_rendition(self, *attrs: int) -> None:
         """pyte's SGR, remembered: the result depends only on these arguments."""
@@ -418,6 +464,14 @@ class StyledChars(dict):
         return char
 
 
+class AlignedChars(dict):
+    """Each cell with its character replaced by E (DECALN), made once per distinct cell."""
+
+    def __missing__(self, cell):
+        aligned = self[cell] = cell._replace(data="E")
+        return aligned
+
+
 SGR = re.compile(r"\x1b\[([0-9;]*)m")
 LINES = re.compile(r"(?:[ -~]*(?:\x1b\[[0-9;]*m[ -~]*)*\r\n)+")
 
@@ -447,7 +501,8 @@ class Stream(pyte.ByteStream):
     _pieces = re.compile(
         r"(?P<text>%s)" % pyte.Stream._text_pattern.pattern
         + r"|\x1b\[(?P<private>\??)(?P<params>[0-9;]*)(?P<final>[@-~])"
-        + r"|(?P<control>[\x07-\x0d])")
+        + r"|(?P<control>[\x07-\x0d])"
+        + r"|(?P<alignment>(?:\x1b#8)+)")
 
     def attach(self, screen) -> None:
         self._parser_run = 0
@@ -456,32 +511,49 @@ class Stream(pyte.ByteStream):
         self._controls = {char: getattr(screen, name) for char, name in self.basic.items()}
 
     def feed(self, data: bytes) -> None:
-        text = self.utf8_decoder.decode(data) if self.use_utf8 else data.decode("latin-1")
-        position, end = 0, len(text)
+        self.parse(self.decode(data))
+
+    def decode(self, data: bytes) -> str:
+        """A read as text, the way pyte decodes it (UTF-8 split across reads is kept)."""
+        return self.utf8_decoder.decode(data) if self.use_utf8 else data.decode("latin-1")
+
+    def parse(self, text: str, position: int = 0, deadline: float = math.inf) -> int:
+        """Parse text from position on, stopping early once time.monotonic() passes deadline.
+
+        Returns where it stopped (len(text) when it got through); the next call goes on
+        from there.  The deadline is checked between pieces, after at least one.
+        """
+        end = len(text)
         while position < end:
-            if not self._taking_plain_text:
-                self._taking_plain_text = self._send_to_parser(text[position])
-                position += 1
-                continue
-            if position == 0 or text[position - 1] == "\n":
-                run = LINES.match(text, position)
-                if run:
-                    self.listener.print_lines(run[0].split("\r\n")[:-1])
-                    position = run.end()
-                    continue
-            piece = self._pieces.match(text, position)
-            if piece is None:
-                self._taking_plain_text = self._send_to_parser(text[position])
-                position += 1
-                continue
-            position = piece.end()
-            kind = piece.lastgroup
-            if kind == "text":
-                self.listener.draw(piece["text"])
-            elif kind == "control":
-                self._controls[piece["control"]]()
-            else:
-                self._csi_sequence(piece["private"], piece["params"], piece["final"])
+            position = self._parse_piece(text, position)
+            if time.monotonic() >= deadline:
+                break
+        return position
+
+    def _parse_piece(self, text: str, position: int) -> int:
+        """Parse the piece of text that starts at position; where the next one starts."""
+        if not self._taking_plain_text:
+            self._taking_plain_text = self._send_to_parser(text[position])
+            return position + 1
+        if position == 0 or text[position - 1] == "\n":
+            run = LINES.match(text, position)
+            if run:
+                self.listener.print_lines(run[0].split("\r\n")[:-1])
+                return run.end()
+        piece = self._pieces.match(text, position)
+        if piece is None:
+            self._taking_plain_text = self._send_to_parser(text[position])
+            return position + 1
+        kind = piece.lastgroup
+        if kind == "text":
+            self.listener.draw(piece["text"])
+        elif kind == "control":
+            self._controls[piece["control"]]()
+        elif kind == "alignment":
+            self.listener.alignment_display()
+        else:
+            self._csi_sequence(piece["private"], piece["params"], piece["final"])
+        return piece.end()
 
     def _csi_sequence(self, private: str, params: str, final: str) -> None:
         handler = self._csi.get(final, self.listener.debug)
@@ -666,8 +738,8 @@ class Console:
                 if data == b"":
                     return
                 if data:
-                    self._parse(data)
-                if pacer.tell_now(len(data or b"")):
+                    self._parse(data, pacer)
+                elif pacer.tell_now(0):
                     self._notify()
 
     def _sleep(self, seconds: float) -> None:
@@ -695,15 +767,30 @@ class Console:
 
     def feed(self, data: bytes) -> None:
         """Parse bytes from the source and tell the viewers."""
-        self._parse(data)
+        self._parse(data, Pacer())
         self._notify()
 
-    def _parse(self, data: bytes) -> None:
+    def _parse(self, data: bytes, pacer: Pacer) -> None:
+        """Parse a read in slices of at most SLICE_SECONDS under the lock.
+
+        Between slices the lock is free, so viewers can take frames and read the modes,
+        their keys go out to the source, the viewers are told as the pacer says, and stop()
+        is heard: a read that is slow to parse delays the console, never freezes it.
+        """
         if self.log_file is not None:
             self.log_file.write(data)
             self.log_file.flush()
-        with self.lock:
-            self.stream.feed(data)
+        text, position, untold = self.stream.decode(data), 0, len(data)
+        while True:
+            with self.lock:
+                position = self.stream.parse(text, position, time.monotonic() + SLICE_SECONDS)
+            if pacer.tell_now(untold):
+                self._notify()
+            untold = 0
+            if position == len(text) or self._stopping:
+                return
+            self._flush()
+            time.sleep(0)  # a thread waiting for the lock gets it now, not after the read
 
     def _notify(self) -> None:
         """Tell the viewers that the screen changed; `told` counts these (from any thread)."""

@@ -10,6 +10,7 @@ import pyte
 
 import console
 import peers
+import terminal
 from test_console import FakeSource, screen_text
 
 
@@ -82,7 +83,7 @@ def test_stop_is_heard_between_slices():
     assert screen_text(term).startswith("abc   ")
 
 
-class CountingTerminal(console.Terminal):
+class CountingTerminal(terminal.Terminal):
     def __init__(self, *args):
         super().__init__(*args)
         self.fills = 0
@@ -96,7 +97,7 @@ def test_a_run_of_decalns_is_one_screen_fill_and_shows_what_pyte_shows():
     ours = CountingTerminal(20, 4)
     theirs = pyte.Screen(20, 4)
     data = b"\x1b[31mab\r\n\x1b[44mc" + b"\x1b#8" * 5000 + b"\x1b[Hx"
-    console.Stream(ours).feed(data)
+    terminal.Stream(ours).feed(data)
     pyte.ByteStream(theirs).feed(data)
     assert ours.fills == 1
     assert cells(ours) == cells(theirs)
@@ -112,9 +113,9 @@ def test_combining_marks_are_capped_per_cell():
     row, next_row = term.terminal.buffer[0], term.terminal.buffer[1]
     assert row[0].data == unicodedata.normalize("NFC", "a" + marks[:3])
     assert row[1].data == "b"
-    assert len(row[2].data) <= 1 + console.MARKS_PER_CELL
+    assert len(row[2].data) <= 1 + terminal.MARKS_PER_CELL
     assert unicodedata.normalize("NFD", row[2].data).startswith("c\u0301")
-    assert len(next_row[19].data) == 1 + console.MARKS_PER_CELL
+    assert len(next_row[19].data) == 1 + terminal.MARKS_PER_CELL
 
 
 def cells(screen):

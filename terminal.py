@@ -93,7 +93,7 @@ class Terminal(pyte.Screen):
         """pyte's draw; printable ASCII goes in a line-piece at a time."""
         cursor = self.cursor
         if not data.isascii():
-            super().draw(self._without_excess_marks(data))
+            super().draw(self._without_excess_marks(data) if MARK.search(data) else data)
             return
         if not (self._plain_text_mode() and cursor.x <= self.columns
                 and DECAWM in self.mode and data.isprintable()):
@@ -276,6 +276,13 @@ class AlignedChars(dict):
         return aligned
 
 
+def mark_pattern() -> re.Pattern:
+    """One character with a combining class: what pyte stacks on the cell before the cursor."""
+    marks = (chr(code) for code in range(0x300, 0x20000) if unicodedata.combining(chr(code)))
+    return re.compile("[%s]" % "".join(map(re.escape, marks)))
+
+
+MARK = mark_pattern()
 SGR = re.compile(r"\x1b\[([0-9;]*)m")
 LINES = re.compile(r"(?:[ -~]*(?:\x1b\[[0-9;]*m[ -~]*)*\r\n)+")
 

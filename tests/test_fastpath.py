@@ -44,7 +44,7 @@ MOVES = st.sampled_from([
     "\x1bD", "\x1bE", "\x1b7", "\x1b8",
 ])
 EDITS = st.sampled_from([
-    "\x1b[2J", "\x1b[K", "\x1b[2L", "\x1b[3M", "\x1b[5P", "\x1b[4@", "\x1b[S", "\x1bc",
+    "\x1b[2J", "\x1b[K", "\x1b[2L", "\x1b[3M", "\x1b[5P", "\x1b[4@", "\x1b[S", "\x1bc", "\x1b#8",
 ])
 MODES = st.sampled_from([
     "\x1b[2;4r", "\x1b[r", "\x1b[1;2r", "\x1b[?25l", "\x1b[?25h", "\x1b[?7l", "\x1b[?7h",

@@ -65,7 +65,8 @@ MARKS_PER_CELL = 5  # xterm's combiningChars: 2 by default, 5 at most
 
 
 class Terminal(pyte.Screen):
-    """A pyte screen that reports whole-screen scrolls and draws plain text in bulk."""
+    """A pyte screen that reports whole-screen scrolls, draws plain text in bulk and bounds
+    what costly sequences cost."""
 
     def __init__(self, columns: int, lines: int, scrollback: int = SCROLLBACK_LINES) -> None:
         super().__init__(columns, lines)
@@ -112,7 +113,11 @@ class Terminal(pyte.Screen):
         self.dirty.add(cursor.y)
 
     def _without_excess_marks(self, data: str) -> str:
-        """data less the combining marks that would stack more than MARKS_PER_CELL on a cell."""
+        """data less the combining marks that would stack more than MARKS_PER_CELL on a cell.
+
+        A dropped mark does nothing at all, as in xterm; pyte would first wrap a cursor that
+        waits past the last column.
+        """
         stacked = self._marks_before_cursor()
         kept = []
         for char in data:
@@ -298,8 +303,9 @@ class Stream(pyte.ByteStream):
 
     In the parser's ground state, at the start of a line, `LINES` takes a run of whole lines of
     printable ASCII and SGR sequences, each ending in CR LF (`Terminal.print_lines`).
-    Elsewhere `_pieces` takes other text (`draw`), a CSI sequence of digits and semicolons, or
-    one control character.  Whatever neither matches (other escapes, OSC, C1 codes, a
+    Elsewhere `_pieces` takes other text (`draw`), a CSI sequence of digits and semicolons,
+    one control character, or a run of DECALNs (one `alignment_display`, which is idempotent).
+    Whatever neither matches (other escapes, OSC, C1 codes, a
     sequence split across reads) goes to pyte's parser one character at a time, as pyte itself
     does.  Trying `LINES` only where a line starts keeps the scan linear.  A sequence pyte
     cannot handle is ignored (pyte raises TypeError for `ESC [ 1;2;3 A`, AssertionError for

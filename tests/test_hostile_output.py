@@ -7,11 +7,13 @@ import sys
 import unicodedata
 
 import pyte
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import console
 import peers
 import terminal
-from test_console import FakeSource, screen_text
+from test_console import PIECES, FakeSource, screen_text
 
 
 class FullSource(FakeSource):
@@ -68,6 +70,18 @@ def test_a_key_typed_during_a_slice_goes_out_before_the_next_with_the_lock_free(
     assert events[:3] == [("slice", 1, True), ("write", b"k", False), ("slice", 2, True)]
     assert [event[0] for event in events].count("slice") == 5
     assert screen_text(term).startswith("abcdefghi")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(PIECES | st.just("\x1b#8") | st.just("e\u0301\u0302"), max_size=30))
+def test_parsing_in_slices_changes_nothing(pieces):
+    data = "".join(pieces).encode()
+    term = sliced_console([], lambda term, number: None)
+    term.feed(data)
+    whole = terminal.Terminal(20, 4)
+    terminal.Stream(whole).feed(data)
+    assert cells(term.terminal) == cells(whole)
+    assert (term.terminal.cursor.x, term.terminal.cursor.y) == (whole.cursor.x, whole.cursor.y)
 
 
 def test_stop_is_heard_between_slices():

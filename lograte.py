@@ -2,7 +2,7 @@
 
 What.  Some log lines are written once per event that a guest or a viewer controls: a console
 program that floods terminal queries and never reads the answers makes the console drop one
-answer per query, and a warning for each filled dom0's disk at 7 MB a second.  A
+answer per query, and a warning for each filled dom0's disk at 9 MB a second.  A
 `RateLimitedLog` stands for one such line.  The first call logs it; further calls within
 `interval` seconds are only counted; the first call after that logs it again, with the count
 of the calls held back.  A flood then costs one line per interval, and the log still says

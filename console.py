@@ -1,526 +1,70 @@
-"""The text console: a byte source feeding a pyte terminal, with change tracking for viewers.
+"""The text console: a source's bytes parsed into a terminal, with a view for the viewers.
 
-A console has one *source* of bytes: an existing pty or tty (`PtySource`, e.g. the one Xen's
-xenconsoled names in xenstore), a serial port or pyserial URL (`SerialSource`), or a command
-spawned in a new pty (`CommandSource`, also the embedded default of the user's shell).  One
-reader thread per console waits on the source and on a wake-up pipe with `selectors`, feeds
-what arrives into pyte under the console lock, and pokes every listener (the viewer threads).
+A `Console` joins three things: a source of bytes (sources.py, or xen.py's domain console),
+the terminal they are parsed into (terminal.py), and the viewers' displays, which it tells
+about changes and hands what changed.
 
-Sources come and go: a guest reboots, a serial cable is pulled, a command exits.  The reader
-thread then shows a status line on the bottom row, keeps every viewer connected, and reopens
-the source once a second for as long as it stays away.  A command is restarted only when asked
-to; otherwise `on_closed` tells the server, which exits once the last viewer has left.
+The reader thread.  One thread per console waits with `selectors` on the source and on a
+`netio.Wakeup` that other threads poke, parses what the source has under the console lock,
+and tells every listener (the viewer threads).  Sources come and go: a guest reboots, a serial
+cable is pulled, a command exits.  The thread then shows a status line on the bottom row,
+keeps every viewer connected, and reopens the source once a second for as long as it stays
+away.  A command is restarted only when asked to; otherwise `on_closed` tells the server,
+which exits once the last viewer has left.
 
-Change tracking is the part the performance depends on.  pyte keeps a set of dirty lines but
-marks every line dirty when the screen scrolls.  `Terminal` overrides `index` so that a scroll
-of the whole screen moves the dirty set up instead and counts the scroll; the renderer turns
-the count into one CopyRect.  Lines that scroll off the top go into a bounded scrollback that
-Shift+PageUp/PageDown and the mouse wheel page through.  Nothing is rendered here: the display
-calls `take_frame()` when a viewer wants pixels and gets the scroll count, the rows that
-changed and their cells, all read under the lock in one go.
+Slices.  A read can be up to 256 KiB, and some output is cheap to send but slow to parse.
+The reader never parses a read in one go: it parses for at most `SLICE_SECONDS` under the
+lock, then lets go of it, sends the keys typed meanwhile, tells the viewers if the pacer says
+so, and stops if stop() was called.  So a viewer waits at most a slice to read the screen, and
+shutdown waits at most a slice, whatever the guest prints.
 
-Speed.  Stock pyte parses about 1 MB/s: it makes a new `Char` for every character drawn and
-sends every byte of an escape sequence through a generator.  A guest that floods its console
-(a boot log, `cat` of a big file) must not cost more than the terminal emulator of an X
-desktop, so three shortcuts sit in front of pyte, each doing exactly what pyte would:
+Telling the viewers.  Viewers are told about new output at once, except in a flood: once more
+than `FLOOD_BYTES` arrived within one `FRAME_INTERVAL`, the rest of that interval's output is
+told at its end (`Pacer`).  A pty hands a flood over in reads of a few hundred bytes; telling
+every viewer about each would wake every viewer thread thousands of times a second to render
+frames nobody can read, and take the CPU from the parser.  Typing and its echo stay far below
+the threshold and are never delayed.  The display renders a new frame only after such a notice
+(`told`), so all viewers that ask in between get the same frame and share its encoding.
 
-* `Stream` finds, with one regular expression, the runs that floods are made of: whole lines
-  of printable ASCII ending in CR LF, other text, CSI sequences (`ESC [ ... m`) and single
-  control characters, and calls the terminal directly; anything else goes to pyte's parser.
-* `Terminal.draw` writes printable ASCII a line-piece at a time from a cache of `Char`s.
-* `Terminal.print_lines` takes a run of whole lines.  Once the cursor sits on the bottom row of
-  a full-screen scroll region, each line is drawn into a fresh bottom row and scrolled up, so
-  the whole run is one shift of the screen and the scrollback.  Only the last screenful plus
-  the scrollback can still be seen: older lines of the run are counted, never drawn.  A flood
-  of log lines costs a scan, not a parse.
+The view.  Nothing is rendered here: the display calls `take_frame()` when a viewer wants
+pixels and gets the scroll count, the rows that changed and their cells, all read under the
+lock in one go.  Shift+PageUp/PageDown and the mouse wheel move the view into the terminal's
+scrollback; any key that types something brings it back to the bottom.  The bottom row shows
+the source's status, or a notice, while there is one.
 
-FdSource reads everything the pty has (up to `READ_LIMIT`) before the terminal parses it, so
-that a flood arrives in big runs; a keystroke's echo still goes through at once.  Viewers are
-told about new output at once, except in a flood: once more than `FLOOD_BYTES` arrived within
-one `FRAME_INTERVAL`, the rest of that interval's output is told at its end (`Pacer`).  A pty
-hands a flood over in reads of a few hundred bytes; telling every viewer about each would
-wake every viewer thread thousands of times a second to render frames nobody can read, and
-take the CPU from the parser.  Typing and its echo stay far below the threshold and are never
-delayed.  The display renders a new frame only after such a notice (`told`), so all viewers
-that ask in between get the same frame and share its encoding.
-tests/test_fastpath.py checks all of this against a plain `pyte.Screen`.
-
-Writes to the source (keys, paste, pyte's answers to terminal queries) never block a viewer
+Writes to the source (keys, paste, the terminal's answers to queries) never block a viewer
 thread: what the source cannot take at once waits in a bounded outbox that the reader thread
-flushes when the source becomes writable.
+flushes when the source becomes writable.  A program that never reads its input loses what
+does not fit, with one warning per minute, not one per answer (lograte.py).
 """
 
 from __future__ import annotations
 
-import collections
-import errno
-import fcntl
-import functools
 import itertools
 import logging
-import os
-import re
 import selectors
-import shlex
-import signal
-import struct
-import subprocess
-import termios
 import threading
 import time
-import tty
 from dataclasses import dataclass, field
 
 import pyte
-from pyte import charsets
-from pyte import modes as pyte_modes
-from pyte.screens import StaticDefaultDict
 
 import keymap
+import lograte
+import netio
+import terminal
 
 log = logging.getLogger("vncterm.console")
 
-SCROLLBACK_LINES = 1000
 OUTBOX_LIMIT = 1024 * 1024  # room for a few pastes of rfb.CUT_TEXT_LIMIT
 REOPEN_DELAY = 1.0
 WHEEL_LINES = 3
 WHEEL_UP, WHEEL_DOWN = 1 << 3, 1 << 4
 PAGE_UP, PAGE_DOWN = 0xFF55, 0xFF56
 DECCKM = 1 << 5  # pyte keeps private mode n as n << 5 but names no constant for mode 1
-DECAWM, DECSCNM, IRM = pyte_modes.DECAWM, pyte_modes.DECSCNM, pyte_modes.IRM
-READ_LIMIT = 256 * 1024
 FRAME_INTERVAL = 1 / 60
 FLOOD_BYTES = 1024
-PARSER_RUN_LIMIT = 64 * 1024  # characters of one escape sequence (an OSC title, say) we keep
-STYLE_CACHE_LIMIT = 256
-
-
-# --- Sources -----------------------------------------------------------------------------
-
-
-class FdSource:
-    """A source backed by one non-blocking file descriptor (a pty)."""
-
-    fd: int | None = None
-    restarts = True
-
-    def fileno(self) -> int | None:
-        return self.fd
-
-    def read(self) -> bytes | None:
-        """What is there (up to READ_LIMIT): None if nothing yet, b"" once the other end hung up."""
-        chunks, size = [], 0
-        while size < READ_LIMIT:
-            data = self._read_once()
-            if not data:
-                if data == b"" and not chunks:
-                    return b""
-                break
-            chunks.append(data)
-            size += len(data)
-        return b"".join(chunks) or None
-
-    def _read_once(self) -> bytes | None:
-        try:
-            return os.read(self.fd, 65536)
-        except BlockingIOError:
-            return None
-        except OSError as error:
-            if error.errno == errno.EIO:
-                return b""
-            raise
-
-    def write(self, data: bytes) -> int:
-        try:
-            return os.write(self.fd, data)
-        except BlockingIOError:
-            return 0
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
-class PtySource(FdSource):
-    """An existing pty or tty, such as the guest console xenconsoled hands out."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.name = path
-
-    def open(self) -> None:
-        self.fd = os.open(self.path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-        if os.isatty(self.fd):
-            tty.setraw(self.fd, termios.TCSANOW)
-
-
-class CommandSource(FdSource):
-    """A command run in a new pty of its own, with TERM set and the window size of the console."""
-
-    def __init__(self, command: str, columns: int, lines: int, restart: bool = False) -> None:
-        self.argv = shlex.split(command)
-        self.name = command
-        self.size = (columns, lines)
-        self.restarts = restart
-        self.process: subprocess.Popen | None = None
-
-    def open(self) -> None:
-        master, slave = os.openpty()
-        columns, lines = self.size
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
-        env = dict(os.environ, TERM="xterm-256color", COLUMNS=str(columns), LINES=str(lines))
-        try:
-            self.process = subprocess.Popen(
-                self.argv, stdin=slave, stdout=slave, stderr=slave, env=env,
-                start_new_session=True, preexec_fn=_take_controlling_terminal,
-            )
-        except OSError:
-            os.close(master)
-            raise
-        finally:
-            os.close(slave)
-        os.set_blocking(master, False)
-        self.fd = master
-
-    def close(self) -> None:
-        super().close()
-        if self.process is not None:
-            if self.process.poll() is None:
-                os.killpg(self.process.pid, signal.SIGHUP)
-            try:
-                self.process.wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-            self.process = None
-
-
-def _take_controlling_terminal() -> None:
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-
-class SerialSource:
-    """A serial port or anything pyserial's serial_for_url opens (socket://, rfc2217://)."""
-
-    restarts = True
-
-    def __init__(self, url: str, baud: int) -> None:
-        self.url = url
-        self.name = url
-        self.baud = baud
-        self.port = None
-
-    def open(self) -> None:
-        import serial
-
-        try:
-            self.port = serial.serial_for_url(self.url, baudrate=self.baud, timeout=0)
-        except (serial.SerialException, ValueError) as error:
-            raise OSError(str(error)) from error
-
-    def fileno(self) -> int | None:
-        try:
-            return self.port.fileno()
-        except (AttributeError, NotImplementedError):
-            return None
-
-    def read(self) -> bytes | None:
-        import serial
-
-        try:
-            return self.port.read(max(1, self.port.in_waiting)) or None
-        except (serial.SerialException, OSError):
-            return b""
-
-    def write(self, data: bytes) -> int:
-        import serial
-
-        try:
-            return self.port.write(data) or 0
-        except (serial.SerialException, OSError):
-            return 0
-
-    def close(self) -> None:
-        if self.port is not None:
-            self.port.close()
-            self.port = None
-
-
-# --- Terminal --------------------------------------------------------------------------
-
-
-class Terminal(pyte.Screen):
-    """A pyte screen that reports whole-screen scrolls and draws plain text in bulk."""
-
-    def __init__(self, columns: int, lines: int, scrollback: int = SCROLLBACK_LINES) -> None:
-        super().__init__(columns, lines)
-        self.history: collections.deque = collections.deque(maxlen=scrollback)
-        self.scrolled = 0
-        self.bells = 0
-        self.answer = None
-        self._styles: dict = {}
-        self._renditions: dict = {}
-
-    def index(self) -> None:
-        top, bottom = self.margins or (0, self.lines - 1)
-        if self.cursor.y != bottom or top != 0 or bottom != self.lines - 1:
-            super().index()
-            return
-        buffer = self.buffer
-        self.history.append(buffer[0])
-        for y in range(bottom):
-            buffer[y] = buffer[y + 1]
-        buffer.pop(bottom, None)
-        self.scrolled += 1
-        self.dirty = {y - 1 for y in self.dirty if y} | {bottom}
-
-    def draw(self, data: str) -> None:
-        """pyte's draw; printable ASCII goes in a line-piece at a time."""
-        cursor = self.cursor
-        if not (self._plain_text_mode() and cursor.x <= self.columns
-                and DECAWM in self.mode and data.isascii() and data.isprintable()):
-            super().draw(data)
-            return
-        chars = self._chars()
-        while data:
-            if cursor.x == self.columns:
-                self.dirty.add(cursor.y)
-                self.carriage_return()
-                self.linefeed()
-            room = self.columns - cursor.x
-            piece, data = data[:room], data[room:]
-            self.buffer[cursor.y].update(enumerate(map(chars.__getitem__, piece), cursor.x))
-            cursor.x += len(piece)
-        self.dirty.add(cursor.y)
-
-    def select_graphic_rendition(self, *attrs: int) -> None:
-        """pyte's SGR, remembered: the result depends only on these arguments."""
-        key = (self.cursor.attrs, attrs, DECSCNM in self.mode)
-        result = self._renditions.get(key)
-        if result is None:
-            super().select_graphic_rendition(*attrs)
-            if len(self._renditions) >= STYLE_CACHE_LIMIT:
-                self._renditions.clear()
-            result = self._renditions[key] = self.cursor.attrs
-        self.cursor.attrs = result
-
-    def print_lines(self, lines: list[str]) -> None:
-        """Each line (printable ASCII and SGR sequences) followed by CR LF."""
-        for number, line in enumerate(lines):
-            if self._scrolls_plainly():
-                self._scroll_in(lines[number:])
-                return
-            for index, piece in enumerate(SGR.split(line)):
-                if index % 2:
-                    self.select_graphic_rendition(*csi_numbers(piece))
-                elif piece:
-                    self.draw(piece)
-            self.carriage_return()
-            self.linefeed()
-
-    def _scrolls_plainly(self) -> bool:
-        """Would a line printed now go into fresh bottom rows that then scroll up?
-
-        True after a line feed on the bottom row of a full-screen scroll region: the cursor is
-        at the start of the bottom row, which is empty and already dirty.  Printing a line
-        there (wrapping if it is long) and a line feed leaves the same state.
-        """
-        bottom = self.lines - 1
-        return (self.cursor.x == 0 and self.cursor.y == bottom and bottom > 0
-                and self.margins in (None, (0, bottom))
-                and bottom not in self.buffer and bottom in self.dirty
-                and DECAWM in self.mode and self._plain_text_mode())
-
-    def _scroll_in(self, lines: list[str]) -> None:
-        """What printing each line into fresh bottom rows and scrolling would do, in one shift.
-
-        A line takes one row per `columns` characters, at least one.  Rows scrolled off the
-        top go to the history, which keeps only its last `maxlen`: of a long run, only the
-        lines that end up on the screen or in the history become rows; of the others only
-        the SGR sequences are applied, for the attributes they leave behind.
-        """
-        bottom, buffer = self.lines - 1, self.buffer
-        visible = SGR.sub("", "\n".join(lines)).split("\n")
-        if max(map(len, visible)) <= self.columns:
-            heights = [1] * len(lines)
-        else:
-            heights = [max(1, -(-len(text) // self.columns)) for text in visible]
-        first, needed = len(lines), bottom + self.history.maxlen
-        while first and needed > 0:
-            first -= 1
-            needed -= heights[first]
-        for params in SGR.findall("".join(lines[:first])):
-            self.select_graphic_rendition(*csi_numbers(params))
-        rows = [buffer[y] for y in range(bottom)]
-        blank = self.default_char
-        for line in lines[first:]:
-            rows += self._rows(line, blank)
-        self.history.extend(rows[:-bottom])
-        for y in range(bottom):
-            buffer[y] = rows[y - bottom]
-        count = sum(heights)
-        self.scrolled += count
-        self.dirty = {y - count for y in self.dirty if y >= count} | set(
-            range(max(0, bottom - count), self.lines))
-
-    def _rows(self, line: str, blank) -> list:
-        """The rows (as the buffer makes them) a line fills from column 0, wrapping."""
-        row, rows, x = StaticDefaultDict(blank), [], 0
-        for index, piece in enumerate(SGR.split(line)):
-            if index % 2:
-                self.select_graphic_rendition(*csi_numbers(piece))
-                continue
-            chars = self._chars()
-            while piece:
-                if x == self.columns:
-                    rows.append(row)
-                    row, x = StaticDefaultDict(blank), 0
-                part, piece = piece[: self.columns - x], piece[self.columns - x :]
-                row.update(enumerate(map(chars.__getitem__, part), x))
-                x += len(part)
-        rows.append(row)
-        return rows
-
-    def _plain_text_mode(self) -> bool:
-        """Do printable ASCII characters simply overwrite cells: no insert mode, no charset?"""
-        charset = self.g1_charset if self.charset else self.g0_charset
-        return charset is charsets.LAT1_MAP and IRM not in self.mode
-
-    def _chars(self) -> StyledChars:
-        """The cursor's attributes applied to characters, each made once."""
-        attrs = self.cursor.attrs
-        chars = self._styles.get(attrs)
-        if chars is None:
-            if len(self._styles) >= STYLE_CACHE_LIMIT:
-                self._styles.clear()
-            chars = self._styles[attrs] = StyledChars(attrs)
-        return chars
-
-    def bell(self, *args) -> None:
-        self.bells += 1
-
-    def write_process_input(self, data: str) -> None:
-        if self.answer is not None:
-            self.answer(data.encode())
-
-
-class StyledChars(dict):
-    """Characters with one set of attributes: the pyte Char for each, made on first use."""
-
-    def __init__(self, attrs) -> None:
-        super().__init__()
-        self.attrs = attrs
-
-    def __missing__(self, data: str):
-        char = self[data] = self.attrs._replace(data=data)
-        return char
-
-
-SGR = re.compile(r"\x1b\[([0-9;]*)m")
-LINES = re.compile(r"(?:[ -~]*(?:\x1b\[[0-9;]*m[ -~]*)*\r\n)+")
-
-
-@functools.lru_cache(maxsize=1024)
-def csi_numbers(params: str) -> tuple[int, ...]:
-    """A CSI sequence's parameters as pyte reads them: empty is 0, at most 9999."""
-    return tuple(min(int(number or 0), 9999) for number in params.split(";"))
-
-
-class Stream(pyte.ByteStream):
-    """pyte's byte stream, with the runs that floods are made of sent straight to the terminal.
-
-    In the parser's ground state, at the start of a line, `LINES` takes a run of whole lines of
-    printable ASCII and SGR sequences, each ending in CR LF (`Terminal.print_lines`).
-    Elsewhere `_pieces` takes other text (`draw`), a CSI sequence of digits and semicolons, or
-    one control character.  Whatever neither matches (other escapes, OSC, C1 codes, a
-    sequence split across reads) goes to pyte's parser one character at a time, as pyte itself
-    does.  Trying `LINES` only where a line starts keeps the scan linear.  A sequence pyte
-    cannot handle is ignored (pyte raises TypeError for `ESC [ 1;2;3 A`, AssertionError for
-    some in origin mode) and the cursor put back on the screen: pyte would lose the rest of the
-    read, and the exception would stop the console.  An escape sequence that never ends (an
-    OSC string, a CSI parameter list) is dropped after `PARSER_RUN_LIMIT` characters, because
-    pyte would collect it without limit.
-    """
-
-    _pieces = re.compile(
-        r"(?P<text>%s)" % pyte.Stream._text_pattern.pattern
-        + r"|\x1b\[(?P<private>\??)(?P<params>[0-9;]*)(?P<final>[@-~])"
-        + r"|(?P<control>[\x07-\x0d])")
-
-    def attach(self, screen) -> None:
-        self._parser_run = 0
-        super().attach(screen)
-        self._csi = {final: getattr(screen, name) for final, name in self.csi.items()}
-        self._controls = {char: getattr(screen, name) for char, name in self.basic.items()}
-
-    def feed(self, data: bytes) -> None:
-        text = self.utf8_decoder.decode(data) if self.use_utf8 else data.decode("latin-1")
-        position, end = 0, len(text)
-        while position < end:
-            if not self._taking_plain_text:
-                self._taking_plain_text = self._send_to_parser(text[position])
-                position += 1
-                continue
-            if position == 0 or text[position - 1] == "\n":
-                run = LINES.match(text, position)
-                if run:
-                    self.listener.print_lines(run[0].split("\r\n")[:-1])
-                    position = run.end()
-                    continue
-            piece = self._pieces.match(text, position)
-            if piece is None:
-                self._taking_plain_text = self._send_to_parser(text[position])
-                position += 1
-                continue
-            position = piece.end()
-            kind = piece.lastgroup
-            if kind == "text":
-                self.listener.draw(piece["text"])
-            elif kind == "control":
-                self._controls[piece["control"]]()
-            else:
-                self._csi_sequence(piece["private"], piece["params"], piece["final"])
-
-    def _csi_sequence(self, private: str, params: str, final: str) -> None:
-        handler = self._csi.get(final, self.listener.debug)
-        try:
-            if private:
-                handler(*csi_numbers(params), private=True)
-            else:
-                handler(*csi_numbers(params))
-        except Exception:
-            log.debug("ignored CSI %s%s%s", private, params, final, exc_info=True)
-            self._recover()
-
-    def _send_to_parser(self, char: str) -> bool | None:
-        """One character to pyte's parser (pyte 0.8.0 has no such method of its own)."""
-        self._parser_run += 1
-        if self._parser_run > PARSER_RUN_LIMIT:
-            log.debug("dropped an escape sequence longer than %d characters", PARSER_RUN_LIMIT)
-            self._reset_parser()
-            return self._taking_plain_text
-        try:
-            taking_plain_text = self._parser.send(char)
-        except Exception:
-            log.debug("ignored an escape sequence ending in %r", char, exc_info=True)
-            self._reset_parser()
-            self._recover()
-            return self._taking_plain_text
-        if taking_plain_text:
-            self._parser_run = 0
-        return taking_plain_text
-
-    def _reset_parser(self) -> None:
-        """A fresh parser in the ground state: pyte's generator dies with its exception."""
-        self._parser = self._parser_fsm()
-        self._taking_plain_text = next(self._parser)
-        self._parser_run = 0
-
-    def _recover(self) -> None:
-        """Put the cursor back on the screen after a handler that failed half-way."""
-        self.listener.ensure_vbounds()
-        self.listener.ensure_hbounds()
+SLICE_SECONDS = 0.01
 
 
 @dataclass
@@ -574,9 +118,9 @@ class Console:
         self.source = source
         self.columns, self.lines = columns, lines
         self.lock = threading.Lock()
-        self.terminal = Terminal(columns, lines)
+        self.terminal = terminal.Terminal(columns, lines)
         self.terminal.answer = self.write
-        self.stream = Stream(self.terminal)
+        self.stream = terminal.Stream(self.terminal)
         self.status = f"waiting for {source.name}"
         self.notice = ""
         self.log_file = log_file
@@ -589,14 +133,15 @@ class Console:
         self._cursor = None
         self._outbox = bytearray()
         self._write_lock = threading.Lock()
+        self._dropped = lograte.RateLimitedLog(
+            log, logging.WARNING, "console is not reading its input: %d bytes dropped")
         self._stopping = False
-        self._wake_r = self._wake_w = None
+        self._wakeup: netio.Wakeup | None = None
         self._thread = threading.Thread(target=self._run, name="console-reader", daemon=True)
 
     def start(self) -> None:
         """Start the reader thread (a console that is only fed by hand needs none)."""
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_w, False)
+        self._wakeup = netio.Wakeup()
         self._thread.start()
 
     def stop(self) -> None:
@@ -604,8 +149,7 @@ class Console:
         self._wake()
         self._thread.join()
         self.source.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        self._wakeup.close()
 
     # The reader thread.
 
@@ -645,7 +189,7 @@ class Console:
         """Move bytes between the source and the terminal until the source closes."""
         pacer = Pacer()
         with selectors.DefaultSelector() as selector:
-            selector.register(self._wake_r, selectors.EVENT_READ)
+            selector.register(self._wakeup, selectors.EVENT_READ)
             fd = self.source.fileno()
             if fd is not None:
                 selector.register(fd, selectors.EVENT_READ)
@@ -656,24 +200,24 @@ class Console:
                     selector.modify(fd, events)
                 timeout = pacer.timeout(None if fd is not None else 0.1)
                 ready = selector.select(timeout)
-                if any(key.fd == self._wake_r for key, _ in ready):
-                    os.read(self._wake_r, 4096)
+                if any(key.fileobj is self._wakeup for key, _ in ready):
+                    self._wakeup.drain()
                 self._flush()
                 data = self.source.read()
                 if data == b"":
                     return
                 if data:
-                    self._parse(data)
-                if pacer.tell_now(len(data or b"")):
+                    self._parse(data, pacer)
+                elif pacer.tell_now(0):
                     self._notify()
 
     def _sleep(self, seconds: float) -> None:
         """Wait `seconds`, or less if stop() is called or the source's watch fires."""
         with selectors.DefaultSelector() as selector:
-            selector.register(self._wake_r, selectors.EVENT_READ)
+            selector.register(self._wakeup, selectors.EVENT_READ)
             self._register_watch(selector)
-            if any(key.fd == self._wake_r for key, _ in selector.select(seconds)):
-                os.read(self._wake_r, 4096)
+            if any(key.fileobj is self._wakeup for key, _ in selector.select(seconds)):
+                self._wakeup.drain()
 
     def _register_watch(self, selector) -> None:
         """A source may offer watch_fileno(): an fd that says "look at me again" (xen.py)."""
@@ -683,24 +227,35 @@ class Console:
             selector.register(fd, selectors.EVENT_READ)
 
     def _wake(self) -> None:
-        if self._wake_w is None:
-            return
-        try:
-            os.write(self._wake_w, b"!")
-        except BlockingIOError:
-            pass
+        if self._wakeup is not None:
+            self._wakeup.poke()
 
     def feed(self, data: bytes) -> None:
         """Parse bytes from the source and tell the viewers."""
-        self._parse(data)
+        self._parse(data, Pacer())
         self._notify()
 
-    def _parse(self, data: bytes) -> None:
+    def _parse(self, data: bytes, pacer: Pacer) -> None:
+        """Parse a read in slices of at most SLICE_SECONDS under the lock.
+
+        Between slices the lock is free, so viewers can take frames and read the modes,
+        their keys go out to the source, the viewers are told as the pacer says, and stop()
+        is heard: a read that is slow to parse delays the console, never freezes it.
+        """
         if self.log_file is not None:
             self.log_file.write(data)
             self.log_file.flush()
-        with self.lock:
-            self.stream.feed(data)
+        text, position, untold = self.stream.decode(data), 0, len(data)
+        while True:
+            with self.lock:
+                position = self.stream.parse(text, position, time.monotonic() + SLICE_SECONDS)
+            if pacer.tell_now(untold):
+                self._notify()
+            untold = 0
+            if position == len(text) or self._stopping:
+                return
+            self._flush()
+            time.sleep(0)  # a thread waiting for the lock gets it now, not after the read
 
     def _notify(self) -> None:
         """Tell the viewers that the screen changed; `told` counts these (from any thread)."""
@@ -730,7 +285,7 @@ class Console:
         """Send bytes to the program on the console; never blocks."""
         with self._write_lock:
             if len(self._outbox) + len(data) > OUTBOX_LIMIT:
-                log.warning("console is not reading its input: %d bytes dropped", len(data))
+                self._dropped(len(data))
                 return
             self._outbox += data
         self._wake()

@@ -50,6 +50,7 @@ import encoders
 import keymap
 import render
 import service
+import sources
 import viewer
 import vncproxy
 import web
@@ -243,11 +244,11 @@ def make_source(args):
         domain = xen.Domain(args.domain, xen.Xenstore(args.xenstore_prefix))
         return xen.DomainSource(domain), f"domain {args.domain}"
     if args.pty:
-        return console.PtySource(args.pty), f"console {args.pty}"
+        return sources.PtySource(args.pty), f"console {args.pty}"
     if args.serial:
-        return console.SerialSource(args.serial, args.baud), f"serial {args.serial}"
+        return sources.SerialSource(args.serial, args.baud), f"serial {args.serial}"
     command = args.command or os.environ.get("SHELL") or "/bin/sh"
-    source = console.CommandSource(command, columns, lines, restart=args.restart)
+    source = sources.CommandSource(command, columns, lines, restart=args.restart)
     return source, f"{command.split()[0]} on {socket.gethostname()}"
 
 

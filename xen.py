@@ -4,8 +4,8 @@ What.  In a Xen dom0, `vncterm.py --domain N` serves domain N's text console. xe
 the guest's console (hvc0 inside the guest) a pty and writes the pty's path to
 `/local/domain/N/console/tty`. (An HVM guest's emulated serial port is another pty, which qemu
 names under `serial/0/tty`; we do not follow that one.) `DomainSource` is a console source that
-speaks console.py's protocol (`open`, `fileno`, `read`, `write`, `close`). It finds the pty under
-that key, opens it the way `console.PtySource` does, and follows the key while the guest starts,
+speaks sources.py's protocol (`open`, `fileno`, `read`, `write`, `close`). It finds the pty under
+that key, opens it the way `sources.PtySource` does, and follows the key while the guest starts,
 reboots and dies. Each time it attaches, it publishes where vncterm listens: `console/vnc-port`,
 the key that qemu-dm and XenServer's vncterm write for toolstacks, and `console/vnc-reverse`,
 ADDR:PORT for the guest's own VNC server to connect back to. It removes both when it lets go.
@@ -85,7 +85,7 @@ import socket
 import subprocess
 import threading
 
-import console
+import sources
 
 log = logging.getLogger("vncterm.xen")
 
@@ -253,7 +253,7 @@ class Domain:
         path = self.console_path()
         if path is None:
             raise OSError(errno.ENOENT, "no console/tty in xenstore yet")
-        pty = console.PtySource(path)
+        pty = sources.PtySource(path)
         pty.open()
         fd, pty.fd = pty.fd, None
         if not os.isatty(fd):
@@ -313,7 +313,7 @@ class DomainSource:
         self.name = f"domain {domain.number}"
         self.on_gone = on_gone
         self.adverts: dict[str, str] = {}
-        self.pty = console.FdSource()
+        self.pty = sources.FdSource()
         self.path: str | None = None
         self.watch_fd: int | None = None
         self.waiting: OSError | None = None

@@ -1,4 +1,4 @@
-"""console.py: the terminal's change tracking, scrollback, status line and every source.
+"""console.py and sources.py: the change tracking, scrollback, status line and every source.
 
 The change tracking is checked against two oracles that do not share our code: a plain
 `pyte.Screen` fed the same bytes (our scroll shortcut must not change what the screen shows),
@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 
 import console
 import keymap
+import sources
+import terminal
 from peers import wait_until as wait_for
 
 COLUMNS, LINES = 20, 6
@@ -57,7 +59,7 @@ def text_of(cells):
 @settings(max_examples=200, deadline=None)
 @given(st.lists(PIECES, max_size=40))
 def test_terminal_shows_what_plain_pyte_shows(pieces):
-    ours = console.Terminal(COLUMNS, LINES)
+    ours = terminal.Terminal(COLUMNS, LINES)
     theirs = pyte.Screen(COLUMNS, LINES)
     ours_stream, theirs_stream = pyte.Stream(ours), pyte.Stream(theirs)
     for piece in pieces:
@@ -193,7 +195,7 @@ def test_pty_source_reads_writes_and_reopens(tmp_path):
     link = tmp_path / "console"
     master, slave = guest_pty()
     link.symlink_to(os.ttyname(slave))
-    term = console.Console(console.PtySource(str(link)), 40, 5)
+    term = console.Console(sources.PtySource(str(link)), 40, 5)
     term.start()
     try:
         os.write(master, b"booting guest\r\n")
@@ -218,7 +220,7 @@ def test_pty_source_reads_writes_and_reopens(tmp_path):
 def closed_console(command, columns, lines):
     """The screen text and status of a console once its command has ended (or failed to start)."""
     closed = threading.Event()
-    source = console.CommandSource(command, columns, lines)
+    source = sources.CommandSource(command, columns, lines)
     term = console.Console(source, columns, lines, on_closed=closed.set)
     term.start()
     try:
@@ -241,7 +243,7 @@ def test_a_command_that_cannot_start_closes_the_console_unless_restarted():
 
 def test_command_source_restarts_when_asked():
     counter = []
-    source = console.CommandSource("echo run", 20, 4, restart=True)
+    source = sources.CommandSource("echo run", 20, 4, restart=True)
     term = console.Console(source, 20, 4)
     original_open = source.open
     source.open = lambda: (counter.append(1), original_open())
@@ -255,7 +257,7 @@ def test_command_source_restarts_when_asked():
 def test_serial_url_source_over_a_socket():
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
-    term = console.Console(console.SerialSource(f"socket://127.0.0.1:{port}", 9600), 40, 5)
+    term = console.Console(sources.SerialSource(f"socket://127.0.0.1:{port}", 9600), 40, 5)
     term.start()
     try:
         peer, _ = listener.accept()

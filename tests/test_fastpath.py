@@ -1,7 +1,7 @@
-"""console.py's shortcuts (Stream, Terminal.draw, Terminal.print_lines) against plain pyte.
+"""terminal.py's shortcuts (Stream, Terminal.draw, Terminal.print_lines) against plain pyte.
 
 The oracle is a plain `pyte.Screen` fed by pyte's own `ByteStream`, with one addition that
-does not touch pyte's logic: like `console.Terminal`, it keeps the rows that a full-screen
+does not touch pyte's logic: like `terminal.Terminal`, it keeps the rows that a full-screen
 scroll pushes off the top, in a bounded history.  Both are fed the same bytes in the same
 reads (a read is the unit pyte decodes UTF-8 in), and afterwards every cell of the screen and
 of the history, the cursor, its attributes, the modes, the margins and the scroll count must
@@ -28,6 +28,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import console
+import sources
+import terminal
 from test_console import FakeSource, assert_frames_keep_a_viewer_exact, screen_text
 
 COLUMNS, LINES, SCROLLBACK = 20, 6, 5
@@ -42,7 +44,7 @@ MOVES = st.sampled_from([
     "\x1bD", "\x1bE", "\x1b7", "\x1b8",
 ])
 EDITS = st.sampled_from([
-    "\x1b[2J", "\x1b[K", "\x1b[2L", "\x1b[3M", "\x1b[5P", "\x1b[4@", "\x1b[S", "\x1bc",
+    "\x1b[2J", "\x1b[K", "\x1b[2L", "\x1b[3M", "\x1b[5P", "\x1b[4@", "\x1b[S", "\x1bc", "\x1b#8",
 ])
 MODES = st.sampled_from([
     "\x1b[2;4r", "\x1b[r", "\x1b[1;2r", "\x1b[?25l", "\x1b[?25h", "\x1b[?7l", "\x1b[?7h",
@@ -109,8 +111,8 @@ class Reference(pyte.Screen):
         super().index()
 
 
-class Slow(console.Terminal):
-    """console.Terminal without its shortcuts: pyte's draw, fed by pyte's own stream."""
+class Slow(terminal.Terminal):
+    """terminal.Terminal without its shortcuts: pyte's draw, fed by pyte's own stream."""
 
     draw = pyte.Screen.draw
 
@@ -151,9 +153,9 @@ def feed_all(pieces, sizes, columns=COLUMNS, lines=LINES, scrollback=SCROLLBACK)
     Console.take_frame does.
     """
     ours, theirs, slow = screens = [
-        console.Terminal(columns, lines, scrollback=scrollback),
+        terminal.Terminal(columns, lines, scrollback=scrollback),
         Reference(columns, lines, scrollback), Slow(columns, lines, scrollback=scrollback)]
-    streams = [console.Stream(ours), pyte.ByteStream(theirs), pyte.ByteStream(slow)]
+    streams = [terminal.Stream(ours), pyte.ByteStream(theirs), pyte.ByteStream(slow)]
     for chunk in split("".join(pieces).encode(), sizes):
         for stream in streams:
             stream.feed(chunk)
@@ -189,20 +191,20 @@ def test_a_one_line_screen():
 def test_long_runs_with_the_real_scrollback(runs, sizes):
     pieces = ["\x1b[32m"] + [piece for run in runs for piece in (run, "tail\x1b[0m")]
     ours, theirs, _ = feed_all(pieces, sizes, columns=80, lines=25,
-                               scrollback=console.SCROLLBACK_LINES)
+                               scrollback=terminal.SCROLLBACK_LINES)
     assert state(ours) == state(theirs)
 
 
 def test_a_long_run_is_counted_not_drawn():
     lines = 10000
     text = "".join("line %d\r\n" % i for i in range(lines)).encode()
-    term = console.Terminal(80, 25)
+    term = terminal.Terminal(80, 25)
     made = []
     original = term._rows
     term._rows = lambda *args: made.append(1) or original(*args)
-    console.Stream(term).feed(text)
+    terminal.Stream(term).feed(text)
     assert term.scrolled == lines - 24
-    assert len(made) <= 24 + console.SCROLLBACK_LINES
+    assert len(made) <= 24 + terminal.SCROLLBACK_LINES
     assert "".join(cell.data for cell in term.history[-1].values()) == "line %d" % (lines - 25)
 
 
@@ -223,9 +225,9 @@ def test_pty_reads_are_drained_in_one_go():
     master, slave = os.openpty()
     tty.setraw(slave)
     os.set_blocking(master, False)
-    source = console.FdSource()
+    source = sources.FdSource()
     source.fd = master
-    data = b"x" * (console.READ_LIMIT * 2)
+    data = b"x" * (sources.READ_LIMIT * 2)
     writer = threading.Thread(target=os.write, args=(slave, data))
     writer.start()
     time.sleep(0.3)

@@ -60,6 +60,7 @@ import encoders
 import render
 import rfb
 import rfbclient
+import terminal
 import viewer
 import vncproxy
 from peers import ARTIFACTS, require, wait_until
@@ -570,7 +571,7 @@ def test_console_on_hostile_output(size, bursts):
             assert 0 <= frame.scroll and all(0 <= row < size[1] for row in frame.rows)
             renderer.apply(frame)
             assert renderer.image.size == image_size
-        assert len(term.terminal.history) <= console.SCROLLBACK_LINES
+        assert len(term.terminal.history) <= terminal.SCROLLBACK_LINES
 
 
 def shows(term, text):

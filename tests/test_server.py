@@ -17,6 +17,7 @@ import pytest
 
 import console
 import render
+import sources
 import viewer
 import vncterm
 from peers import wait_until as wait_for
@@ -36,7 +37,7 @@ class Harness:
         self.master, self.slave = os.openpty()
         tty.setraw(self.slave)
         self.console = console.Console(
-            console.PtySource(os.ttyname(self.slave)), COLUMNS, LINES)
+            sources.PtySource(os.ttyname(self.slave)), COLUMNS, LINES)
         glyphs = render.Glyphs(render.load_font(None)[0])
         self.display = vncterm.ConsoleDisplay(self.console, glyphs)
         self.server = vncterm.Server(("127.0.0.1", 0), self.display, "test console", **options)
@@ -356,7 +357,7 @@ def test_console_hangup_keeps_viewers_and_shows_status(harness):
 
 
 def test_server_exits_once_the_command_is_gone_and_the_last_viewer_left():
-    source = console.CommandSource("sh -c 'sleep 0.5'", COLUMNS, LINES)
+    source = sources.CommandSource("sh -c 'sleep 0.5'", COLUMNS, LINES)
     term = console.Console(source, COLUMNS, LINES)
     display = vncterm.ConsoleDisplay(term, render.Glyphs(render.load_font(None)[0]))
     server = vncterm.Server(("127.0.0.1", 0), display, "cmd")

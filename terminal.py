@@ -1,0 +1,413 @@
+"""The terminal: pyte's screen and stream, with shortcuts for floods and limits for hostile output.
+
+What.  `Terminal` is a `pyte.Screen` and `Stream` a `pyte.ByteStream`; console.py feeds the
+guest's bytes through the one into the other.  Everything here does what pyte would do, only
+faster, except where pyte would let cheap bytes cost unbounded time; those limits are listed
+at the end.  tests/test_fastpath.py checks all of it against a plain `pyte.Screen`, on every
+pyte release that requirements.txt allows.
+
+Change tracking.  pyte keeps a set of dirty lines but marks every line dirty when the screen
+scrolls.  `Terminal.index` makes a scroll of the whole screen move the dirty set up instead,
+and counts the scroll, which the renderer turns into one CopyRect.  Lines that scroll off the
+top go into a bounded `history`, the scrollback.
+
+Speed.  Stock pyte parses about 1 MB/s: it makes a new `Char` for every character drawn and
+sends every byte of an escape sequence through a generator.  A guest that floods its console
+(a boot log, `cat` of a big file) must not cost more than the terminal emulator of an X
+desktop, so three shortcuts sit in front of pyte:
+
+* `Stream` finds, with one regular expression, the runs that floods are made of: whole lines
+  of printable ASCII ending in CR LF, other text, CSI sequences (`ESC [ ... m`) and single
+  control characters, and calls the terminal directly; anything else goes to pyte's parser.
+* `Terminal.draw` writes printable ASCII a line-piece at a time from a cache of `Char`s.
+* `Terminal.print_lines` takes a run of whole lines.  Once the cursor sits on the bottom row of
+  a full-screen scroll region, each line is drawn into a fresh bottom row and scrolled up, so
+  the whole run is one shift of the screen and the scrollback.  Only the last screenful plus
+  the scrollback can still be seen: older lines of the run are counted, never drawn.  A flood
+  of log lines costs a scan, not a parse.
+
+Hostile output.  Some sequences are three bytes that pyte answers with thousands of cell
+writes, and a guest can send them without end.  A run of DECALNs (`ESC # 8`, "fill the
+screen with E") is one fill, since a second fill changes nothing, and a fill makes each
+distinct cell once.  pyte joins a combining mark to the cell before the cursor by normalizing
+the whole cell, so a stream of marks costs their count squared; like xterm, a cell keeps at
+most `MARKS_PER_CELL` and the rest are dropped.  Whatever a read costs, `Stream.parse` can stop
+at a deadline between pieces and go on later, so console.py parses in short slices and never
+holds its lock for long.
+
+pyte internals used: `Screen.buffer`, `dirty`, `cursor`, `mode`, `margins`, the charsets and
+`default_char`; `Stream`'s parser generator (`_parser_fsm`, `_taking_plain_text`), its
+`csi`/`basic` tables and `_text_pattern`.  That is why requirements.txt pins pyte's version.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+import math
+import re
+import time
+import unicodedata
+
+import pyte
+from pyte import charsets
+from pyte import modes as pyte_modes
+from pyte.screens import StaticDefaultDict, wcwidth
+
+log = logging.getLogger("vncterm.terminal")
+
+SCROLLBACK_LINES = 1000
+DECAWM, DECSCNM, IRM = pyte_modes.DECAWM, pyte_modes.DECSCNM, pyte_modes.IRM
+PARSER_RUN_LIMIT = 64 * 1024  # characters of one escape sequence (an OSC title, say) we keep
+STYLE_CACHE_LIMIT = 256
+MARKS_PER_CELL = 5  # xterm's combiningChars: 2 by default, 5 at most
+
+
+class Terminal(pyte.Screen):
+    """A pyte screen that reports whole-screen scrolls, draws plain text in bulk and bounds
+    what costly sequences cost."""
+
+    def __init__(self, columns: int, lines: int, scrollback: int = SCROLLBACK_LINES) -> None:
+        super().__init__(columns, lines)
+        self.history: collections.deque = collections.deque(maxlen=scrollback)
+        self.scrolled = 0
+        self.bells = 0
+        self.answer = None
+        self._styles: dict = {}
+        self._renditions: dict = {}
+
+    def index(self) -> None:
+        top, bottom = self.margins or (0, self.lines - 1)
+        if self.cursor.y != bottom or top != 0 or bottom != self.lines - 1:
+            super().index()
+            return
+        buffer = self.buffer
+        self.history.append(buffer[0])
+        for y in range(bottom):
+            buffer[y] = buffer[y + 1]
+        buffer.pop(bottom, None)
+        self.scrolled += 1
+        self.dirty = {y - 1 for y in self.dirty if y} | {bottom}
+
+    def draw(self, data: str) -> None:
+        """pyte's draw; printable ASCII goes in a line-piece at a time."""
+        cursor = self.cursor
+        if not data.isascii():
+            super().draw(self._without_excess_marks(data) if MARK.search(data) else data)
+            return
+        if not (self._plain_text_mode() and cursor.x <= self.columns
+                and DECAWM in self.mode and data.isprintable()):
+            super().draw(data)
+            return
+        chars = self._chars()
+        while data:
+            if cursor.x == self.columns:
+                self.dirty.add(cursor.y)
+                self.carriage_return()
+                self.linefeed()
+            room = self.columns - cursor.x
+            piece, data = data[:room], data[room:]
+            self.buffer[cursor.y].update(enumerate(map(chars.__getitem__, piece), cursor.x))
+            cursor.x += len(piece)
+        self.dirty.add(cursor.y)
+
+    def _without_excess_marks(self, data: str) -> str:
+        """data less the combining marks that would stack more than MARKS_PER_CELL on a cell.
+
+        A dropped mark does nothing at all, as in xterm; pyte would first wrap a cursor that
+        waits past the last column.
+        """
+        stacked = self._marks_before_cursor()
+        kept = []
+        for char in data:
+            if unicodedata.combining(char) and wcwidth(char) == 0:
+                stacked += 1
+                if stacked > MARKS_PER_CELL:
+                    continue
+            else:
+                stacked = 0
+            kept.append(char)
+        return "".join(kept)
+
+    def _marks_before_cursor(self) -> int:
+        """How many code points the cell that a combining mark would join has after its first."""
+        x, y = self.cursor.x, self.cursor.y
+        if x:
+            cell = self.buffer[y][min(x, self.columns) - 1]
+        elif y:
+            cell = self.buffer[y - 1][self.columns - 1]
+        else:
+            return 0
+        return max(0, len(cell.data) - 1)
+
+    def alignment_display(self) -> None:
+        """pyte's DECALN (every cell's character becomes E), with each new cell made once."""
+        self.dirty.update(range(self.lines))
+        aligned = AlignedChars()
+        columns = range(self.columns)
+        for y in range(self.lines):
+            row = self.buffer[y]
+            row.update(enumerate(map(aligned.__getitem__, map(row.__getitem__, columns))))
+
+    def select_graphic_rendition(self, *attrs: int) -> None:
+        """pyte's SGR, remembered: the result depends only on these arguments."""
+        key = (self.cursor.attrs, attrs, DECSCNM in self.mode)
+        result = self._renditions.get(key)
+        if result is None:
+            super().select_graphic_rendition(*attrs)
+            if len(self._renditions) >= STYLE_CACHE_LIMIT:
+                self._renditions.clear()
+            result = self._renditions[key] = self.cursor.attrs
+        self.cursor.attrs = result
+
+    def print_lines(self, lines: list[str]) -> None:
+        """Each line (printable ASCII and SGR sequences) followed by CR LF."""
+        for number, line in enumerate(lines):
+            if self._scrolls_plainly():
+                self._scroll_in(lines[number:])
+                return
+            for index, piece in enumerate(SGR.split(line)):
+                if index % 2:
+                    self.select_graphic_rendition(*csi_numbers(piece))
+                elif piece:
+                    self.draw(piece)
+            self.carriage_return()
+            self.linefeed()
+
+    def _scrolls_plainly(self) -> bool:
+        """Would a line printed now go into fresh bottom rows that then scroll up?
+
+        True after a line feed on the bottom row of a full-screen scroll region: the cursor is
+        at the start of the bottom row, which is empty and already dirty.  Printing a line
+        there (wrapping if it is long) and a line feed leaves the same state.
+        """
+        bottom = self.lines - 1
+        return (self.cursor.x == 0 and self.cursor.y == bottom and bottom > 0
+                and self.margins in (None, (0, bottom))
+                and bottom not in self.buffer and bottom in self.dirty
+                and DECAWM in self.mode and self._plain_text_mode())
+
+    def _scroll_in(self, lines: list[str]) -> None:
+        """What printing each line into fresh bottom rows and scrolling would do, in one shift.
+
+        A line takes one row per `columns` characters, at least one.  Rows scrolled off the
+        top go to the history, which keeps only its last `maxlen`: of a long run, only the
+        lines that end up on the screen or in the history become rows; of the others only
+        the SGR sequences are applied, for the attributes they leave behind.
+        """
+        bottom, buffer = self.lines - 1, self.buffer
+        visible = SGR.sub("", "\n".join(lines)).split("\n")
+        if max(map(len, visible)) <= self.columns:
+            heights = [1] * len(lines)
+        else:
+            heights = [max(1, -(-len(text) // self.columns)) for text in visible]
+        first, needed = len(lines), bottom + self.history.maxlen
+        while first and needed > 0:
+            first -= 1
+            needed -= heights[first]
+        for params in SGR.findall("".join(lines[:first])):
+            self.select_graphic_rendition(*csi_numbers(params))
+        rows = [buffer[y] for y in range(bottom)]
+        blank = self.default_char
+        for line in lines[first:]:
+            rows += self._rows(line, blank)
+        self.history.extend(rows[:-bottom])
+        for y in range(bottom):
+            buffer[y] = rows[y - bottom]
+        count = sum(heights)
+        self.scrolled += count
+        self.dirty = {y - count for y in self.dirty if y >= count} | set(
+            range(max(0, bottom - count), self.lines))
+
+    def _rows(self, line: str, blank) -> list:
+        """The rows (as the buffer makes them) a line fills from column 0, wrapping."""
+        row, rows, x = StaticDefaultDict(blank), [], 0
+        for index, piece in enumerate(SGR.split(line)):
+            if index % 2:
+                self.select_graphic_rendition(*csi_numbers(piece))
+                continue
+            chars = self._chars()
+            while piece:
+                if x == self.columns:
+                    rows.append(row)
+                    row, x = StaticDefaultDict(blank), 0
+                part, piece = piece[: self.columns - x], piece[self.columns - x :]
+                row.update(enumerate(map(chars.__getitem__, part), x))
+                x += len(part)
+        rows.append(row)
+        return rows
+
+    def _plain_text_mode(self) -> bool:
+        """Do printable ASCII characters simply overwrite cells: no insert mode, no charset?"""
+        charset = self.g1_charset if self.charset else self.g0_charset
+        return charset is charsets.LAT1_MAP and IRM not in self.mode
+
+    def _chars(self) -> StyledChars:
+        """The cursor's attributes applied to characters, each made once."""
+        attrs = self.cursor.attrs
+        chars = self._styles.get(attrs)
+        if chars is None:
+            if len(self._styles) >= STYLE_CACHE_LIMIT:
+                self._styles.clear()
+            chars = self._styles[attrs] = StyledChars(attrs)
+        return chars
+
+    def bell(self, *args) -> None:
+        self.bells += 1
+
+    def write_process_input(self, data: str) -> None:
+        if self.answer is not None:
+            self.answer(data.encode())
+
+
+class StyledChars(dict):
+    """Characters with one set of attributes: the pyte Char for each, made on first use."""
+
+    def __init__(self, attrs) -> None:
+        super().__init__()
+        self.attrs = attrs
+
+    def __missing__(self, data: str):
+        char = self[data] = self.attrs._replace(data=data)
+        return char
+
+
+class AlignedChars(dict):
+    """Each cell with its character replaced by E (DECALN), made once per distinct cell."""
+
+    def __missing__(self, cell):
+        aligned = self[cell] = cell._replace(data="E")
+        return aligned
+
+
+def mark_pattern() -> re.Pattern:
+    """One character with a combining class: what pyte stacks on the cell before the cursor."""
+    marks = (chr(code) for code in range(0x300, 0x20000) if unicodedata.combining(chr(code)))
+    return re.compile("[%s]" % "".join(map(re.escape, marks)))
+
+
+MARK = mark_pattern()
+SGR = re.compile(r"\x1b\[([0-9;]*)m")
+LINES = re.compile(r"(?:[ -~]*(?:\x1b\[[0-9;]*m[ -~]*)*\r\n)+")
+
+
+@functools.lru_cache(maxsize=1024)
+def csi_numbers(params: str) -> tuple[int, ...]:
+    """A CSI sequence's parameters as pyte reads them: empty is 0, at most 9999."""
+    return tuple(min(int(number or 0), 9999) for number in params.split(";"))
+
+
+class Stream(pyte.ByteStream):
+    """pyte's byte stream, with the runs that floods are made of sent straight to the terminal.
+
+    In the parser's ground state, at the start of a line, `LINES` takes a run of whole lines of
+    printable ASCII and SGR sequences, each ending in CR LF (`Terminal.print_lines`).
+    Elsewhere `_pieces` takes other text (`draw`), a CSI sequence of digits and semicolons,
+    one control character, or a run of DECALNs (one `alignment_display`, which is idempotent).
+    Whatever neither matches (other escapes, OSC, C1 codes, a
+    sequence split across reads) goes to pyte's parser one character at a time, as pyte itself
+    does.  Trying `LINES` only where a line starts keeps the scan linear.  A sequence pyte
+    cannot handle is ignored (pyte raises TypeError for `ESC [ 1;2;3 A`, AssertionError for
+    some in origin mode) and the cursor put back on the screen: pyte would lose the rest of the
+    read, and the exception would stop the console.  An escape sequence that never ends (an
+    OSC string, a CSI parameter list) is dropped after `PARSER_RUN_LIMIT` characters, because
+    pyte would collect it without limit.
+    """
+
+    _pieces = re.compile(
+        r"(?P<text>%s)" % pyte.Stream._text_pattern.pattern
+        + r"|\x1b\[(?P<private>\??)(?P<params>[0-9;]*)(?P<final>[@-~])"
+        + r"|(?P<control>[\x07-\x0d])"
+        + r"|(?P<alignment>(?:\x1b#8)+)")
+
+    def attach(self, screen) -> None:
+        self._parser_run = 0
+        super().attach(screen)
+        self._csi = {final: getattr(screen, name) for final, name in self.csi.items()}
+        self._controls = {char: getattr(screen, name) for char, name in self.basic.items()}
+
+    def feed(self, data: bytes) -> None:
+        self.parse(self.decode(data))
+
+    def decode(self, data: bytes) -> str:
+        """A read as text, the way pyte decodes it (UTF-8 split across reads is kept)."""
+        return self.utf8_decoder.decode(data) if self.use_utf8 else data.decode("latin-1")
+
+    def parse(self, text: str, position: int = 0, deadline: float = math.inf) -> int:
+        """Parse text from position on, stopping early once time.monotonic() passes deadline.
+
+        Returns where it stopped (len(text) when it got through); the next call goes on
+        from there.  The deadline is checked between pieces, after at least one.
+        """
+        end = len(text)
+        while position < end:
+            position = self._parse_piece(text, position)
+            if time.monotonic() >= deadline:
+                break
+        return position
+
+    def _parse_piece(self, text: str, position: int) -> int:
+        """Parse the piece of text that starts at position; where the next one starts."""
+        if not self._taking_plain_text:
+            self._taking_plain_text = self._send_to_parser(text[position])
+            return position + 1
+        if position == 0 or text[position - 1] == "\n":
+            run = LINES.match(text, position)
+            if run:
+                self.listener.print_lines(run[0].split("\r\n")[:-1])
+                return run.end()
+        piece = self._pieces.match(text, position)
+        if piece is None:
+            self._taking_plain_text = self._send_to_parser(text[position])
+            return position + 1
+        kind = piece.lastgroup
+        if kind == "text":
+            self.listener.draw(piece["text"])
+        elif kind == "control":
+            self._controls[piece["control"]]()
+        elif kind == "alignment":
+            self.listener.alignment_display()
+        else:
+            self._csi_sequence(piece["private"], piece["params"], piece["final"])
+        return piece.end()
+
+    def _csi_sequence(self, private: str, params: str, final: str) -> None:
+        handler = self._csi.get(final, self.listener.debug)
+        try:
+            if private:
+                handler(*csi_numbers(params), private=True)
+            else:
+                handler(*csi_numbers(params))
+        except Exception:
+            log.debug("ignored CSI %s%s%s", private, params, final, exc_info=True)
+            self._recover()
+
+    def _send_to_parser(self, char: str) -> bool | None:
+        """One character to pyte's parser (pyte 0.8.0 has no such method of its own)."""
+        self._parser_run += 1
+        if self._parser_run > PARSER_RUN_LIMIT:
+            log.debug("dropped an escape sequence longer than %d characters", PARSER_RUN_LIMIT)
+            self._reset_parser()
+            return self._taking_plain_text
+        try:
+            taking_plain_text = self._parser.send(char)
+        except Exception:
+            log.debug("ignored an escape sequence ending in %r", char, exc_info=True)
+            self._reset_parser()
+            self._recover()
+            return self._taking_plain_text
+        if taking_plain_text:
+            self._parser_run = 0
+        return taking_plain_text
+
+    def _reset_parser(self) -> None:
+        """A fresh parser in the ground state: pyte's generator dies with its exception."""
+        self._parser = self._parser_fsm()
+        self._taking_plain_text = next(self._parser)
+        self._parser_run = 0
+
+    def _recover(self) -> None:
+        """Put the cursor back on the screen after a handler that failed half-way."""
+        self.listener.ensure_vbounds()
+        self.listener.ensure_hbounds()

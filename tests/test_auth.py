@@ -266,14 +266,9 @@ def test_password_files(tmp_path, caplog):
 # --- Options, with the server's bound address ----------------------------------------------------
 
 
-class BoundServer:
-    def __init__(self, host):
-        self.server_address = (host, 5900)
-
-
 def start_auth(argv, host="127.0.0.1"):
     args = vncterm.parse_args(argv)
-    return auth.start(args, BoundServer(host))
+    return auth.start(args, (host, 5900))
 
 
 def write(path, text):

@@ -496,10 +496,10 @@ def listen(args) -> socket.socket | None:
                       "--no-desktop)") from error
 
 
-def start(args, listener: socket.socket | None, on_change,
+def start(args, listener: socket.socket | None, password: bytes | None, on_change,
           allow: Callable[[str], bool]) -> Desktops:
     """Accept guest desktops on `listener` (from listen()), and dial one if the options say so."""
-    desktops = Desktops(on_change, read_password(args.desktop_password_file), allow)
+    desktops = Desktops(on_change, password, allow)
     if listener is not None:
         host, port = desktops.accept(listener)
         print(f"vncterm: guest desktops connect to {host}:{port}", flush=True)

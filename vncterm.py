@@ -143,10 +143,15 @@ class Server(socketserver.ThreadingTCPServer):
 
 def listen(host: str, port: int) -> socket.socket:
     """The viewer port, bound and listening as socketserver would (IPv4, SO_REUSEADDR)."""
+    sock = socket.socket(Server.address_family, Server.socket_type)
     try:
-        return socket.create_server((host, port), backlog=Server.request_queue_size)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(Server.request_queue_size)
     except OSError as error:
+        sock.close()
         raise OSError(f"cannot listen on {host}:{port}: {error}") from None
+    return sock
 
 
 # --- Command line --------------------------------------------------------------------------
@@ -262,6 +267,7 @@ def start(args, font, dom0: service.Service,
     viewers = listen(args.listen, args.port)
     stops.callback(viewers.close)
     security = auth.start(args, viewers.getsockname())
+    desktop_password = vncproxy.read_password(args.desktop_password_file)
     guests = vncproxy.listen(args)
     if guests is not None:
         stops.callback(guests.close)
@@ -276,7 +282,8 @@ def start(args, font, dom0: service.Service,
     console_display = display.ConsoleDisplay(term, render.Glyphs(font))
     server = Server(viewers, console_display, name, security, max_viewers=args.max_viewers)
     stops.callback(server.server_close)
-    desktops = vncproxy.start(args, guests, server.desktop_changed, dom0.reverse_allow(source))
+    desktops = vncproxy.start(args, guests, desktop_password, server.desktop_changed,
+                              dom0.reverse_allow(source))
     stops.callback(desktops.stop)
     relay = web.start(args, server.server_address)
     if relay is not None:

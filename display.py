@@ -38,6 +38,7 @@ import damage
 import encoders
 import keymap
 import render
+import rfbclient
 
 
 @runtime_checkable
@@ -47,7 +48,7 @@ class Display(Protocol):
     size: tuple[int, int]
     plans: encoders.SharedPlans
     listeners: set[Callable[[], None]]
-    cursor: object | None
+    cursor: rfbclient.CursorShape | None
     cut_text: tuple[int, bytes]
     bells: int
 

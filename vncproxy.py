@@ -338,12 +338,8 @@ class Desktops:
         self._no_desktop = threading.Event()
         self._no_desktop.set()
 
-    def listen(self, address: tuple[str, int]) -> tuple[str, int]:
-        """Accept reverse connections on `address`; return the address bound."""
-        return self.accept(socket.create_server(address))
-
     def accept(self, listener: socket.socket) -> tuple[str, int]:
-        """Accept reverse connections on a listening socket, which is ours to close now."""
+        """Accept reverse connections on a listening socket, ours to close now; its address."""
         self._listener = listener
         self._start(self._accept_loop, "reverse-listener")
         self.address = listener.getsockname()[:2]

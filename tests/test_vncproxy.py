@@ -217,7 +217,7 @@ class Proxy(Harness):
     def __init__(self, password=None):
         super().__init__()
         self.desktops = vncproxy.Desktops(self.server.desktop_changed, password)
-        self.reverse_port = self.desktops.listen(("127.0.0.1", 0))[1]
+        self.reverse_port = self.desktops.accept(socket.create_server(("127.0.0.1", 0)))[1]
         self.closers = []
 
     def viewer(self, *encodings):

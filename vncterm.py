@@ -65,7 +65,6 @@ DESKTOP_NOTICE = "guest desktop up: Ctrl-Alt-F7 or Ctrl-Alt-7 shows it (viewers 
 class Server(socketserver.ThreadingTCPServer):
     """Accepts viewers, one thread each, and knows them all and the displays they can show."""
 
-    allow_reuse_address = True
     daemon_threads = False
     block_on_close = True
 

@@ -333,7 +333,6 @@ class Desktops:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._listener: socket.socket | None = None
-        self.address: tuple[str, int] | None = None
         self._stopping = threading.Event()
         self._no_desktop = threading.Event()
         self._no_desktop.set()
@@ -342,8 +341,7 @@ class Desktops:
         """Accept reverse connections on a listening socket, ours to close now; its address."""
         self._listener = listener
         self._start(self._accept_loop, "reverse-listener")
-        self.address = listener.getsockname()[:2]
-        return self.address
+        return listener.getsockname()[:2]
 
     def dial(self, address: tuple[str, int]) -> None:
         """Keep a connection to a listening guest server, retrying until it answers."""

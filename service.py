@@ -11,7 +11,7 @@ that works:
 2. once the ports are open: make the Xen source (`source`) with where vncterm listens, so it
    can publish the ports in xenstore, and with what to do when the domain is gone; let the
    guest's own addresses reach the reverse port (`reverse_allow`);
-3. once everything has started (`serving`): drop root;
+3. once everything has started (`drop_root`): with --user, become that user;
 4. at exit (`close`): the helper (or we) remove the published keys and the pid file.
 
 The options also decide the default ports: 5900+N and 5500+N with --domain N.
@@ -145,7 +145,7 @@ class Service:
             return guest_or(allow, source)
         return allow
 
-    def serving(self) -> None:
+    def drop_root(self) -> None:
         """The ports are open and everything started: drop root if asked."""
         if self.args.user:
             drop_privileges(self.args.user)

@@ -245,7 +245,7 @@ def serve(args, font, dom0: service.Service) -> int:
             return 1
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: server.stop_soon())
-        dom0.serving()
+        dom0.drop_root()
         host, port = server.server_address[:2]
         print(f"vncterm: listening on {host}:{port}", flush=True)
         print(f"vncterm: serving {server.name!r}; connect with: vncviewer {host}::{port}",

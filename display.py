@@ -13,7 +13,7 @@ a type checker and a test can hold both displays to, not prose that drifts:
     key(keysym, down, modifiers), pointer(button_mask, x, y), paste(text)    input, RFC 6143 §7.5
     cursor                     the pointer's shape (an rfbclient.CursorShape), or None for ours
     cut_text                   (serial, text): the display's clipboard, new when serial changes
-    bells                      how many bells so far; a viewer sends one per increase (§7.6.3)
+    bells                      a count of bells; a viewer rings when it has grown (§7.6.3)
 
 What both displays share is written once, in `SharedPicture`: one picture guarded by a lock,
 its damage log (damage.py), and the plans.  Damage is tracked once per display in numbered

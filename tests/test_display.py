@@ -13,6 +13,7 @@ import pytest
 
 import console
 import display
+import encoders
 import render
 import vncproxy
 
@@ -48,7 +49,7 @@ def test_members_have_the_protocols_types(make):
     shown = make()
     width, height = shown.size
     assert width > 0 and height > 0
-    assert isinstance(shown.plans, display.encoders.SharedPlans)
+    assert isinstance(shown.plans, encoders.SharedPlans)
     assert isinstance(shown.listeners, set)
     assert shown.cursor is None
     assert shown.cut_text == (0, b"")

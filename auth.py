@@ -198,9 +198,6 @@ class Security:
     def check(self, challenge: bytes, response: bytes) -> Access | None:
         return check_response(challenge, response, self.password, self.view_only_password)
 
-    def stop(self) -> None:
-        """Nothing runs in the background; here for vncterm's FEATURES interface."""
-
 
 # --- Command line ------------------------------------------------------------------------------
 
@@ -222,8 +219,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="allow --listen on a non-loopback address without --password-file")
 
 
-def start(args, server) -> Security:
-    """Check the options against the address the server is bound to; give the server its policy."""
+def start(args, address: tuple[str, int]) -> Security:
+    """The policy for viewers, from the options checked against the viewer port's bound address."""
     password = read_password(args.password_file)
     view_only_password = read_password(args.viewonly_password_file)
     check_passwords(password, view_only_password)
@@ -232,7 +229,7 @@ def start(args, server) -> Security:
     if args.tls_only and getattr(args, "web", None) is not None:
         raise ValueError("--tls-only would lock out the browser console: noVNC has no VeNCrypt "
                          "TLS; protect browsers with --web-cert instead")
-    exposed = [host for host in exposed_addresses(args, server) if not is_loopback(host)]
+    exposed = [host for host in exposed_addresses(args, address) if not is_loopback(host)]
     if password is None and exposed and not args.insecure:
         raise ValueError(
             f"refusing to serve viewers on {exposed[0] or 'every address'} without "
@@ -244,8 +241,7 @@ def start(args, server) -> Security:
         print(f"vncterm: one-time password for viewers: {password.decode()} "
               "(--password-file F or --no-auth instead)", flush=True)
     tls = tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
-    server.security = Security(password, view_only_password, tls, args.tls_only)
-    return server.security
+    return Security(password, view_only_password, tls, args.tls_only)
 
 
 def read_password(path: str | None) -> bytes | None:
@@ -275,9 +271,9 @@ def check_passwords(password: bytes | None, view_only_password: bytes | None) ->
                          f"{PASSWORD_LENGTH} characters")
 
 
-def exposed_addresses(args, server) -> list[str]:
+def exposed_addresses(args, address: tuple[str, int]) -> list[str]:
     """Where viewers can reach the console: our port, and the browser relay's (web.py)."""
-    addresses = [server.server_address[0]]
+    addresses = [address[0]]
     if getattr(args, "web", None) is not None:
         addresses.append(args.web_listen)
     return addresses

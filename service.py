@@ -8,9 +8,11 @@ that works:
 
 1. at start, before any thread: write the pid file and, with --user, fork the root helper
    (xen.Helper) that keeps the steps needing root, xenstore and opening the guest's pty;
-2. once the ports are open (`serving`): tell the Xen source where vncterm listens, so it can
-   publish the ports in xenstore, arrange to leave when the domain is gone, and drop root;
-3. at exit (`close`): the helper (or we) remove the published keys and the pid file.
+2. once the ports are open: make the Xen source (`source`) with where vncterm listens, so it
+   can publish the ports in xenstore, and with what to do when the domain is gone; let the
+   guest's own addresses reach the reverse port (`reverse_allow`);
+3. once everything has started (`drop_root`): with --user, become that user;
+4. at exit (`close`): the helper (or we) remove the published keys and the pid file.
 
 The options also decide the default ports: 5900+N and 5500+N with --domain N.
 """
@@ -24,7 +26,9 @@ import logging.handlers
 import os
 import pwd
 import threading
+from collections.abc import Callable
 
+import vncproxy
 import xen
 from xen import DEFAULT_PREFIX, PREFIX_VARIABLE, DomainSource, Helper, Pidfile, Xenstore
 
@@ -119,22 +123,30 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 class Service:
     """vncterm's life as a dom0 service: pid file, root helper, published ports, dropping root."""
 
-    def __init__(self, args: argparse.Namespace, source) -> None:
+    def __init__(self, args: argparse.Namespace) -> None:
         """Write the pid file and, with --user, fork the helper: call before any thread starts."""
         self.args = args
-        self.source = source
         self.pidfile = Pidfile(args.pidfile) if args.pidfile else None
-        self.helper = Helper.start(source, self.pidfile) if args.user else None
+        domain = None
+        if args.domain is not None:
+            domain = xen.Domain(args.domain, Xenstore(args.xenstore_prefix))
+        self.helper = Helper.start(domain, self.pidfile) if args.user else None
+        # With --user the domain's privileged steps are requests to the root helper.
+        self.domain = self.helper if self.helper is not None and domain is not None else domain
 
-    def serving(self, server, desktops=None) -> None:
-        """The ports are open: publish them, let the guest in, leave when it goes, drop root."""
-        reverse = desktops.address if desktops is not None else None
-        if isinstance(self.source, DomainSource):
-            self.source.adverts = xen.adverts(server.server_address[1], reverse)
-            if not self.args.stay:
-                self.source.on_gone = lambda: leave(server)
-            if desktops is not None and self.args.reverse_allow is None:
-                desktops.allow = guest_or(desktops.allow, self.source)
+    def source(self, adverts: dict[str, str], leave) -> DomainSource:
+        """The domain's console, publishing `adverts`; `leave()` when the domain is gone."""
+        return DomainSource(self.domain, None if self.args.stay else leave, adverts)
+
+    def reverse_allow(self, source) -> Callable[[str], bool]:
+        """Who may connect to the reverse port: --reverse-allow, else loopback and the guest."""
+        allow = vncproxy.allow_only(self.args.reverse_allow or vncproxy.LOOPBACK)
+        if isinstance(source, DomainSource) and self.args.reverse_allow is None:
+            return guest_or(allow, source)
+        return allow
+
+    def drop_root(self) -> None:
+        """The ports are open and everything started: drop root if asked."""
         if self.args.user:
             drop_privileges(self.args.user)
 

@@ -16,9 +16,9 @@ not read for `WRITE_STALL_TIMEOUT`, or lets `HARD_OUTBOX` pile up (bells and cli
 request), is dropped.  No viewer can hold up the console, the guest or another viewer.
 
 The VT switch.  A session shows one *display* at a time, the text console or the guest
-desktop (see vncterm.py for the display interface), and its state follows the table in
-vncproxy.py.  Switching releases every key and button still held on the display being left
-and drops key releases for keys pressed on the other one, so no key is stuck anywhere; then
+desktop (display.py states the interface), and its state follows the table in vt.py.
+Switching releases every key and button still held on the display being left and drops
+key releases for keys pressed on the other one, so no key is stuck anywhere; then
 the viewer is resized (ExtendedDesktopSize where it listed it, else DesktopSize) and
 repainted in full.  A viewer that listed neither cannot be resized: it stays on the console
 (whose status line says why) unless the desktop happens to be its size; if it started on the
@@ -46,7 +46,7 @@ import damage
 import encoders
 import keymap
 import rfb
-import vncproxy
+import vt
 from rfb import Encoding, SecurityType
 
 log = logging.getLogger("vncterm")
@@ -86,7 +86,7 @@ class ViewerSession(socketserver.BaseRequestHandler):
         self._poked = False
         self.server.add_session(self)
         desktop = self.server.desktop
-        self.state = vncproxy.DESKTOP if desktop else vncproxy.NO_DESKTOP
+        self.state = vt.DESKTOP if desktop else vt.NO_DESKTOP
         self.display = desktop or self.server.console
 
     def handle(self) -> None:
@@ -307,11 +307,11 @@ class ViewerSession(socketserver.BaseRequestHandler):
     def switch(self, event: str, desktop=None) -> None:
         """Move through the VT-switch table; show the display the new state names."""
         desktop = desktop or self.server.desktop
-        state = vncproxy.transition(self.state, event)
-        if state == vncproxy.DESKTOP and not self.can_show(desktop):
-            state = vncproxy.CONSOLE
+        state = vt.transition(self.state, event)
+        if state == vt.DESKTOP and not self.can_show(desktop):
+            state = vt.CONSOLE
         self.state = state
-        target = desktop if state == vncproxy.DESKTOP else self.server.console
+        target = desktop if state == vt.DESKTOP else self.server.console
         if target is not self.display:
             log.info("viewer %s: switched to the %s", self.peer,
                      "desktop" if target is desktop else "console")
@@ -356,7 +356,7 @@ class ViewerSession(socketserver.BaseRequestHandler):
         keysym, down = message.keysym, message.down
         self.modifiers.update(keysym, down)
         if down:
-            event = vncproxy.hotkey(keysym, self.modifiers.held)
+            event = vt.hotkey(keysym, self.modifiers.held)
             if event is not None:
                 self.switch(event)
                 return

@@ -15,11 +15,9 @@ docs/design.md, "Why a shadow framebuffer").  So a VT switch is only: pick the o
 resize the viewer, repaint.  Input goes the other way: keys, pointer and clipboard are
 forwarded to the guest as they come.
 
-Each viewer is in one state of the table `TRANSITIONS` below, with one function,
-`transition`, that moves it.  The hotkeys are Ctrl-Alt-F1..F6 (console) and Ctrl-Alt-F7
-(desktop), with Ctrl-Alt-1..6 and Ctrl-Alt-7 as the alternate that browsers and viewers pass
-through.  At most one desktop per console: a new guest connection replaces the old one, so a
-guest that rebooted without closing its socket is not locked out.
+Which display a viewer shows is vt.py's table, Ctrl-Alt-F1 and Ctrl-Alt-F7 moving it.  At most
+one desktop per console: a new guest connection replaces the old one, so a guest that rebooted
+without closing its socket is not locked out.
 
 The guest is untrusted: every size and rectangle is checked before use (rfbclient), the
 framebuffer is capped (rfbclient.MAX_DESKTOP_PIXELS), input it does not read is capped and then
@@ -43,7 +41,9 @@ from collections.abc import Callable
 from PIL import Image
 
 import damage
-import encoders
+import display
+import keymap
+import options
 import rfb
 import rfbclient
 from netio import PeerGone, Wakeup, recv_exactly
@@ -57,85 +57,18 @@ RETRY_DELAY = 2.0
 INPUT_LIMIT = 1024 * 1024
 MAX_GUEST_CONNECTIONS = 4  # the desktop, plus handshakes in flight (a reboot, a replacement)
 
-# --- The VT switch, per viewer ----------------------------------------------------------------
-
-NO_DESKTOP = "no desktop"  # on the console; there is no guest desktop
-CONSOLE = "console"  # on the console; a guest desktop is up
-DESKTOP = "desktop"  # on the guest desktop
-
-DESKTOP_UP = "desktop up"
-DESKTOP_DOWN = "desktop down"
-TO_CONSOLE = "hotkey to console"
-TO_DESKTOP = "hotkey to desktop"
-
-TRANSITIONS = {
-    (NO_DESKTOP, DESKTOP_UP): DESKTOP,
-    (NO_DESKTOP, DESKTOP_DOWN): NO_DESKTOP,
-    (NO_DESKTOP, TO_CONSOLE): NO_DESKTOP,
-    (NO_DESKTOP, TO_DESKTOP): NO_DESKTOP,
-    (CONSOLE, DESKTOP_UP): DESKTOP,
-    (CONSOLE, DESKTOP_DOWN): NO_DESKTOP,
-    (CONSOLE, TO_CONSOLE): CONSOLE,
-    (CONSOLE, TO_DESKTOP): DESKTOP,
-    (DESKTOP, DESKTOP_UP): DESKTOP,
-    (DESKTOP, DESKTOP_DOWN): NO_DESKTOP,
-    (DESKTOP, TO_CONSOLE): CONSOLE,
-    (DESKTOP, TO_DESKTOP): DESKTOP,
-}
-
-
-def transition(state: str, event: str) -> str:
-    """The state a viewer moves to when `event` happens in `state`."""
-    try:
-        return TRANSITIONS[state, event]
-    except KeyError:
-        raise ValueError(f"no transition from {state!r} on {event!r}") from None
-
-
-CONTROL = {0xFFE3, 0xFFE4}
-ALT = {0xFFE9, 0xFFEA, 0xFFE7, 0xFFE8}
-F1, F7 = 0xFFBE, 0xFFC4
-HOTKEYS = {
-    **{F1 + n: TO_CONSOLE for n in range(6)},
-    **{ord("1") + n: TO_CONSOLE for n in range(6)},
-    F7: TO_DESKTOP,
-    ord("7"): TO_DESKTOP,
-}
-
-
-def hotkey(keysym: int, held: set[int]) -> str | None:
-    """The switch event a key press means with the keys `held`, or None."""
-    if held & CONTROL and held & ALT:
-        return HOTKEYS.get(keysym)
-    return None
-
-
 # --- The desktop as a display ---------------------------------------------------------------
 
 
-class DesktopDisplay:
-    """The shadow of the guest's screen, with the same interface as the console display."""
+class DesktopDisplay(display.SharedPicture):
+    """The shadow of the guest's screen, drawn as the guest's updates arrive (see display.py)."""
 
     def __init__(self, width: int, height: int, upstream: Upstream) -> None:
-        self.size = (width, height)
+        super().__init__((width, height))
         self.image = Image.new("RGB", self.size)
-        self.damage = damage.DamageLog(self.size)
-        self.plans = encoders.SharedPlans()
-        self.lock = threading.Lock()
-        self.listeners: set = set()
         self.bells = 0
-        self.cut_text = (0, b"")
-        self.cursor = None
         self.upstream = upstream
         self._pending: list = []
-
-    def notify(self) -> None:
-        for listener in list(self.listeners):
-            listener()
-
-    def changes(self, token, copy_rect: bool = True) -> damage.Changes | None:
-        with self.lock:
-            return self.damage.changes(token, self.image, copy_rect)
 
     def apply(self, event) -> None:
         """Draw one decoded event from the guest into the shadow framebuffer."""
@@ -168,7 +101,7 @@ class DesktopDisplay:
         if not isinstance(event, rfbclient.RawRows | rfbclient.CopyRect):
             self.notify()
 
-    def key(self, keysym: int, down: bool, modifiers) -> None:
+    def key(self, keysym: int, down: bool, modifiers: keymap.Modifiers) -> None:
         self.upstream.send(rfbclient.key_event(down, keysym))
 
     def pointer(self, button_mask: int, x: int, y: int) -> None:
@@ -375,17 +308,15 @@ class Desktops:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._listener: socket.socket | None = None
-        self.address: tuple[str, int] | None = None
         self._stopping = threading.Event()
         self._no_desktop = threading.Event()
         self._no_desktop.set()
 
-    def listen(self, address: tuple[str, int]) -> tuple[str, int]:
-        """Accept reverse connections on `address`; return the address bound."""
-        self._listener = socket.create_server(address)
+    def accept(self, listener: socket.socket) -> tuple[str, int]:
+        """Accept reverse connections on a listening socket, ours to close now; its address."""
+        self._listener = listener
         self._start(self._accept_loop, "reverse-listener")
-        self.address = self._listener.getsockname()[:2]
-        return self.address
+        return listener.getsockname()[:2]
 
     def dial(self, address: tuple[str, int]) -> None:
         """Keep a connection to a listening guest server, retrying until it answers."""
@@ -499,7 +430,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("guest desktop (the VNC proxy)")
     group.add_argument("--reverse-listen", default="127.0.0.1", metavar="ADDR",
                        help="address for the guest's reverse connection (127.0.0.1)")
-    group.add_argument("--reverse-port", type=port_number, metavar="P",
+    group.add_argument("--reverse-port", type=options.port_number, metavar="P",
                        help="port for the guest's reverse connection (5500, or 5500+N with "
                             "--domain; 0 picks one)")
     group.add_argument("--reverse-allow", action="append", type=ipaddress.ip_network,
@@ -508,24 +439,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "with --domain the guest's own addresses)")
     group.add_argument("--no-desktop", action="store_true",
                        help="open no reverse port (--desktop-connect still dials)")
-    group.add_argument("--desktop-connect", metavar="HOST:PORT", type=address,
+    group.add_argument("--desktop-connect", metavar="HOST:PORT", type=options.address,
                        help="dial a guest VNC server that only listens, retrying until it "
                             "answers")
     group.add_argument("--desktop-password-file", metavar="FILE",
                        help="VNC password for the guest's server (first line of FILE)")
-
-
-def port_number(text: str) -> int:
-    if not text.isdigit() or int(text) > 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port")
-    return int(text)
-
-
-def address(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
 
 
 def read_password(path: str | None) -> bytes | None:
@@ -535,17 +453,24 @@ def read_password(path: str | None) -> bytes | None:
         return file.readline().rstrip(b"\r\n")
 
 
-def start(args, server) -> Desktops:
-    """Accept (or dial) the guest's desktop, as the options say."""
-    desktops = Desktops(server.desktop_changed, read_password(args.desktop_password_file),
-                        allow_only(args.reverse_allow or LOOPBACK))
-    if not args.no_desktop:
-        try:
-            host, port = desktops.listen((args.reverse_listen, args.reverse_port))
-        except OSError as error:
-            raise OSError(f"cannot listen for guest desktops on {args.reverse_listen}:"
-                          f"{args.reverse_port}: {error.strerror} (see --reverse-port, "
-                          "--no-desktop)") from error
+def listen(args) -> socket.socket | None:
+    """The reverse port the options ask for, bound and listening; None with --no-desktop."""
+    if args.no_desktop:
+        return None
+    try:
+        return socket.create_server((args.reverse_listen, args.reverse_port))
+    except OSError as error:
+        raise OSError(f"cannot listen for guest desktops on {args.reverse_listen}:"
+                      f"{args.reverse_port}: {error.strerror} (see --reverse-port, "
+                      "--no-desktop)") from error
+
+
+def start(args, listener: socket.socket | None, password: bytes | None, on_change,
+          allow: Callable[[str], bool]) -> Desktops:
+    """Accept guest desktops on `listener` (from listen()), and dial one if the options say so."""
+    desktops = Desktops(on_change, password, allow)
+    if listener is not None:
+        host, port = desktops.accept(listener)
         print(f"vncterm: guest desktops connect to {host}:{port}", flush=True)
     if args.desktop_connect:
         desktops.dial(args.desktop_connect)

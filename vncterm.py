@@ -4,37 +4,35 @@
 `python3 vncterm.py --domain N` (in Xen's dom0), `--pty PATH`, `--serial URL`, `--command CMD`,
 or no source at all (the user's shell) renders a console as pixels and serves it over RFB.
 
+This module is the program: its options, and `start`, which opens the ports and starts every
+part in order, each with what it needs passed to its constructor.  Read `start` top to bottom
+to see where each feature begins; `serve` then runs until SIGTERM or the console's end, and a
+`contextlib.ExitStack` stops everything in the reverse order.
+
 The shape is CPython's socketserver: `Server` is a `ThreadingTCPServer` with the usual
 lifecycle (`serve_forever`, `shutdown`, `server_close` joining the viewer threads), and each
-viewer gets a `viewer.ViewerSession` thread.  The session does the handshake as straight-line
-blocking code under a timeout (RFC 6143 §7.1-7.3, parsed by `rfb`), then runs a small event
-loop on `selectors` over the viewer's socket and a wake-up socketpair that the console pokes
-when something changed.  Writes are non-blocking into a per-viewer outbox: a viewer whose
-outbox holds more than one frame gets no new updates until it drains, and one that stops
-reading altogether is dropped past a hard limit or a stall timeout.  Nobody else notices.
+viewer gets a `viewer.ViewerSession` thread: the handshake (RFC 6143 §7.1-7.3, parsed by
+rfb.py, its security step decided by auth.py), then updates out and input in (§7.5-7.6), with
+per-viewer flow control, so that a slow or stalled viewer affects only itself.
 
-A session never knows where pixels come from; it talks to a *display*:
+A session never knows where pixels come from: it shows a *display*, and display.py states that
+interface as code (`display.Display`).  There are two: the text console (display.ConsoleDisplay,
+drawing console.py's terminal with render.py) and the guest's desktop (vncproxy.DesktopDisplay,
+a shadow of the guest's VNC server).  Which one a viewer shows is vt.py's table, moved by
+Ctrl-Alt-F1 and Ctrl-Alt-F7.  Every update request is served as if it covered the whole
+framebuffer: the viewers we know all ask for the whole screen, and RFC 6143 §7.5.3 lets a
+server send more than was asked.
 
-    display.size                       (width, height) in pixels
-    display.changes(token, copy_rect)  what changed since `token`: a damage.Changes, or None
-    display.plans                      an encoders.SharedPlans: encoding work viewers share
-    display.listeners                  callables to poke when something changed
-    display.key(keysym, modifiers), display.pointer(mask, x, y), display.paste(text)
-    display.bells                      a counter of terminal bells
-
-`ConsoleDisplay` is the text console (console.py + render.py).  Damage is tracked once per
-display (damage.py) in numbered generations; each viewer keeps only the number it last saw,
-so viewers at different speeds share one rendering and a slow one simply gets a bigger,
-merged update (RFB is pull-based: changes coalesce until the viewer asks again).  Viewers
-that use the same encoding and pixel format share the analysis of each changed rectangle
-too, and only run it through their own zlib streams (encoders.py).  Scrolls become CopyRect.
-Every update request is served as if it covered the whole framebuffer: the viewers we know
-all ask for the whole screen, and RFC 6143 §7.5.3 lets a server send more than was asked.
+Where to read next: viewer.py (one viewer's session), display.py and damage.py (what it shows),
+encoders.py (how pixels go on the wire), rfb.py (every message parsed and built), console.py
+and render.py (the text console), vncproxy.py and rfbclient.py (the guest's desktop), auth.py
+(who may connect), web.py (browsers), service.py and xen.py (running in dom0).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -45,14 +43,13 @@ import threading
 
 import auth
 import console
-import damage
-import encoders
-import keymap
+import display
 import render
 import service
 import sources
 import viewer
 import vncproxy
+import vt
 import web
 import xen
 
@@ -60,58 +57,7 @@ log = logging.getLogger("vncterm")
 
 HANDSHAKE_TIMEOUT = 10.0
 MAX_VIEWERS = 32
-# Optional parts, each with add_arguments(parser) and start(args, server) -> something to stop().
-FEATURES = (auth, vncproxy, web)
 DESKTOP_NOTICE = "guest desktop up: Ctrl-Alt-F7 or Ctrl-Alt-7 shows it (viewers that can resize)"
-
-
-# --- The text console as a display -----------------------------------------------------
-
-
-class ConsoleDisplay:
-    """The text console as a display: renders lazily, once for all viewers.
-
-    A frame is rendered when a viewer asks and the console has told of changes since the last
-    one (console.Console.told), so a flood is rendered at the console's pace, not once per
-    viewer request, and viewers asking in between share one frame and its encoding.
-    """
-
-    def __init__(self, console_: console.Console, glyphs: render.Glyphs) -> None:
-        self.console = console_
-        self.renderer = render.Renderer(glyphs, console_.columns, console_.lines)
-        self.size = self.renderer.size
-        self.damage = damage.DamageLog(self.size)
-        self.plans = encoders.SharedPlans()
-        self.listeners = console_.listeners
-        self._rendered = -1
-        self.lock = threading.Lock()
-        self.cursor = None
-        self.cut_text = (0, b"")
-
-    @property
-    def bells(self) -> int:
-        return self.console.bells
-
-    def changes(self, token, copy_rect: bool = True) -> damage.Changes | None:
-        with self.lock:
-            if self.console.told != self._rendered:
-                self._rendered = self.console.told
-                frame = self.console.take_frame()
-                if frame.scroll or frame.rows:
-                    scroll, rects = self.renderer.apply(frame)
-                    if scroll or rects:
-                        self.damage.record(scroll, rects)
-            return self.damage.changes(token, self.renderer.image, copy_rect)
-
-    def key(self, keysym: int, down: bool, modifiers: keymap.Modifiers) -> None:
-        if down and keysym not in keymap.MODIFIER_KEYSYMS:
-            self.console.key(keysym, modifiers)
-
-    def pointer(self, button_mask: int, x: int, y: int) -> None:
-        self.console.pointer(button_mask)
-
-    def paste(self, text: bytes) -> None:
-        self.console.paste(text)
 
 
 # --- The server ----------------------------------------------------------------------------
@@ -120,28 +66,33 @@ class ConsoleDisplay:
 class Server(socketserver.ThreadingTCPServer):
     """Accepts viewers, one thread each, and knows them all and the displays they can show."""
 
-    allow_reuse_address = True
     daemon_threads = False
     block_on_close = True
 
-    def __init__(self, address, console_display, name: str, max_viewers: int = MAX_VIEWERS,
+    def __init__(self, listener: socket.socket, console_display: display.ConsoleDisplay,
+                 name: str, security: auth.Security | None = None,
+                 max_viewers: int = MAX_VIEWERS,
                  handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
+        """Serve viewers on `listener`, a socket from listen(); without `security`, anyone."""
         self.console = console_display
         self.desktop = None
         self.name = name
         self.max_viewers = max_viewers
         self.handshake_timeout = handshake_timeout
-        self.security = auth.Security()
+        self.security = security if security is not None else auth.Security()
         self.exit_when_idle = False
         self.sessions: set[viewer.ViewerSession] = set()
         self._sessions_lock = threading.Lock()
-        super().__init__(address, viewer.ViewerSession)
+        super().__init__(listener.getsockname(), viewer.ViewerSession, bind_and_activate=False)
+        # socketserver made a socket of its own to bind; ours is bound and listening already.
+        self.socket.close()
+        self.socket = listener
 
     def desktop_changed(self, desktop) -> None:
         """The guest desktop came up, was replaced, or went (None): tell every viewer."""
         self.desktop = desktop
         self.console.console.set_notice(DESKTOP_NOTICE if desktop else "")
-        event = vncproxy.DESKTOP_UP if desktop else vncproxy.DESKTOP_DOWN
+        event = vt.DESKTOP_UP if desktop else vt.DESKTOP_DOWN
         with self._sessions_lock:
             sessions = list(self.sessions)
         for session in sessions:
@@ -190,6 +141,19 @@ class Server(socketserver.ThreadingTCPServer):
         super().server_close()
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """The viewer port, bound and listening as socketserver would (IPv4, SO_REUSEADDR)."""
+    sock = socket.socket(Server.address_family, Server.socket_type)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(Server.request_queue_size)
+    except OSError as error:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {error}") from None
+    return sock
+
+
 # --- Command line --------------------------------------------------------------------------
 
 
@@ -227,8 +191,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-viewers", type=int, default=MAX_VIEWERS, metavar="N",
                         help=f"simultaneous viewers ({MAX_VIEWERS})")
     parser.add_argument("--verbose", action="store_true", help="log every viewer event")
-    for feature in FEATURES:
-        feature.add_arguments(parser)
+    auth.add_arguments(parser)
+    vncproxy.add_arguments(parser)
+    web.add_arguments(parser)
     service.add_arguments(parser)
     args = parser.parse_args(argv)
     service.check_arguments(parser, args)
@@ -237,12 +202,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def make_source(args):
-    """The console source the options ask for, and the desktop name that says what it is."""
+def make_source(args, dom0: service.Service, adverts: dict[str, str], leave):
+    """The console source the options ask for, and the desktop name that says what it is.
+
+    A domain's source publishes `adverts` (where we listen) and calls `leave()` when the
+    domain is gone; the other sources have neither.
+    """
     columns, lines = args.size
     if args.domain is not None:
-        domain = xen.Domain(args.domain, xen.Xenstore(args.xenstore_prefix))
-        return xen.DomainSource(domain), f"domain {args.domain}"
+        return dom0.source(adverts, leave), f"domain {args.domain}"
     if args.pty:
         return sources.PtySource(args.pty), f"console {args.pty}"
     if args.serial:
@@ -261,53 +229,66 @@ def main(argv=None) -> int:
         print(f"vncterm: {error}", file=sys.stderr)
         return 2
     log.info("font %s, cell %dx%d", font_name, *font.cell)
-    source, name = make_source(args)
-    dom0 = service.Service(args, source)
+    dom0 = service.Service(args)
     try:
-        return serve(args, source, name, font, dom0)
+        return serve(args, font, dom0)
     finally:
         dom0.close()
 
 
-def serve(args, source, name: str, font, dom0: service.Service) -> int:
-    """Open the ports, drop root if asked, and serve until SIGTERM or the console's end."""
-    log_file = open(args.log, "ab") if args.log else None
-    columns, lines = args.size
-    term = console.Console(source, columns, lines, log_file=log_file)
-    display = ConsoleDisplay(term, render.Glyphs(font))
-    try:
-        server = Server((args.listen, args.port), display, name, max_viewers=args.max_viewers)
-    except OSError as error:
-        print(f"vncterm: cannot listen on {args.listen}:{args.port}: {error}", file=sys.stderr)
-        return 1
-    term.on_closed = server.console_closed
-    started = []
-    try:
-        for feature in FEATURES:
-            started.append(feature.start(args, server))
-    except (OSError, ValueError) as error:
-        print(f"vncterm: {error}", file=sys.stderr)
-        for feature in reversed(started):
-            feature.stop()
-        server.server_close()
-        return 1
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: server.stop_soon())
-    dom0.serving(server, next((f for f in started if isinstance(f, vncproxy.Desktops)), None))
-    host, port = server.server_address[:2]
-    print(f"vncterm: listening on {host}:{port}", flush=True)
-    print(f"vncterm: serving {name!r}; connect with: vncviewer {host}::{port}", flush=True)
-    term.start()
-    try:
+def serve(args, font, dom0: service.Service) -> int:
+    """Start everything, serve until SIGTERM or the console's end, then stop it all."""
+    with contextlib.ExitStack() as stops:
+        try:
+            server, term = start(args, font, dom0, stops)
+        except (OSError, ValueError) as error:
+            print(f"vncterm: {error}", file=sys.stderr)
+            return 1
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: server.stop_soon())
+        dom0.drop_root()
+        host, port = server.server_address[:2]
+        print(f"vncterm: listening on {host}:{port}", flush=True)
+        print(f"vncterm: serving {server.name!r}; connect with: vncviewer {host}::{port}",
+              flush=True)
+        term.start()
+        stops.callback(term.stop)
         server.serve_forever()
-    finally:
-        for feature in reversed(started):
-            feature.stop()
-        server.server_close()
-        term.stop()
-        if log_file:
-            log_file.close()
     return 0
+
+
+def start(args, font, dom0: service.Service,
+          stops: contextlib.ExitStack) -> tuple[Server, console.Console]:
+    """Open the ports and make every part, in order; push onto `stops` how to stop each.
+
+    The console is made but not started: it starts last, once root is dropped (serve).
+    """
+    log_file = stops.enter_context(open(args.log, "ab")) if args.log else None
+    viewers = listen(args.listen, args.port)
+    stops.callback(viewers.close)
+    security = auth.start(args, viewers.getsockname())
+    desktop_password = vncproxy.read_password(args.desktop_password_file)
+    guests = vncproxy.listen(args)
+    if guests is not None:
+        stops.callback(guests.close)
+    reverse = guests.getsockname()[:2] if guests is not None else None
+    adverts = xen.adverts(viewers.getsockname()[1], reverse)
+    # The console and the domain tell the server when they end; neither can end before the
+    # console starts, and the server exists by then.
+    source, name = make_source(args, dom0, adverts, lambda: service.leave(server))
+    columns, lines = args.size
+    term = console.Console(source, columns, lines, log_file=log_file,
+                           on_closed=lambda: server.console_closed())
+    console_display = display.ConsoleDisplay(term, render.Glyphs(font))
+    server = Server(viewers, console_display, name, security, max_viewers=args.max_viewers)
+    stops.callback(server.server_close)
+    desktops = vncproxy.start(args, guests, desktop_password, server.desktop_changed,
+                              dom0.reverse_allow(source))
+    stops.callback(desktops.stop)
+    relay = web.start(args, server.server_address)
+    if relay is not None:
+        stops.callback(relay.stop)
+    return server, term
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ import subprocess
 import threading
 from pathlib import Path
 
-from vncproxy import port_number
+import options
 
 log = logging.getLogger("vncterm.web")
 
@@ -61,7 +61,7 @@ WILDCARDS = {"", "0.0.0.0", "::"}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("browser console (noVNC through websockify)")
-    group.add_argument("--web", type=port_number, metavar="PORT",
+    group.add_argument("--web", type=options.port_number, metavar="PORT",
                        help="serve noVNC on PORT for browsers (0 picks a free one)")
     group.add_argument("--web-listen", default="127.0.0.1", metavar="ADDR",
                        help="address for browsers (127.0.0.1)")
@@ -73,20 +73,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--web-key", metavar="FILE", help="TLS private key, if not in --web-cert")
 
 
-def start(args, server) -> Websockify | NotServing:
-    """Serve the browser console if --web asks for it; print the URL to open."""
+def start(args, target: tuple[str, int]) -> Websockify | None:
+    """Relay browsers to the viewer port `target` if --web asks for it; print the URL to open."""
     if args.web is None:
         for option in ("novnc_dir", "web_cert", "web_key"):
             if getattr(args, option):
                 raise ValueError(f"--{option.replace('_', '-')} needs --web PORT")
-        return NotServing()
+        return None
     if args.web_key and not args.web_cert:
         raise ValueError("--web-key needs --web-cert")
     novnc = find_novnc(args.novnc_dir)
     if args.web_cert:
         check_certificate(args.web_cert, args.web_key)
     listener = listen(args.web_listen, args.web)
-    argv = websockify_command(novnc, server.server_address, args.web_cert, args.web_key)
+    argv = websockify_command(novnc, target, args.web_cert, args.web_key)
     try:
         relay = Websockify(argv, listener)
     except OSError:
@@ -94,13 +94,6 @@ def start(args, server) -> Websockify | NotServing:
         raise
     print(f"vncterm: browser console at {page_url(listener, bool(args.web_cert))}", flush=True)
     return relay
-
-
-class NotServing:
-    """What start() returns without --web: nothing to stop."""
-
-    def stop(self) -> None:
-        pass
 
 
 # --- What to run -------------------------------------------------------------------------------

@@ -308,11 +308,13 @@ class DomainSource:
 
     restarts = True
 
-    def __init__(self, domain: Domain, on_gone=None) -> None:
+    def __init__(self, domain: Domain | Helper, on_gone=None,
+                 adverts: dict[str, str] | None = None) -> None:
+        """`adverts` are the keys to publish on each attach (see `adverts`)."""
         self.domain = domain
         self.name = f"domain {domain.number}"
         self.on_gone = on_gone
-        self.adverts: dict[str, str] = {}
+        self.adverts = adverts or {}
         self.pty = sources.FdSource()
         self.path: str | None = None
         self.watch_fd: int | None = None
@@ -420,22 +422,18 @@ class Helper:
         self.lock = threading.Lock()
 
     @classmethod
-    def start(cls, source, pidfile: Pidfile | None = None) -> Helper:
-        """Fork the root helper, and route a DomainSource's privileged requests through it.
+    def start(cls, domain: Domain | None, pidfile: Pidfile | None = None) -> Helper:
+        """Fork the root helper; give the DomainSource the helper in place of the domain.
 
         Call it early, while vncterm has no threads: the fork copies only the calling thread.
         """
-        domain = source.domain if isinstance(source, DomainSource) else None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:
             ours.close()
             serve_helper(theirs, domain, pidfile)
         theirs.close()
-        helper = cls(ours, pid, domain.number if domain else None)
-        if domain is not None:
-            source.domain = helper
-        return helper
+        return cls(ours, pid, domain.number if domain else None)
 
     def exists(self) -> bool:
         return self._ask("exists")[0]

@@ -257,14 +257,9 @@ def test_password_files(tmp_path, caplog):
 # --- Options, with the server's bound address ----------------------------------------------------
 
 
-class BoundServer:
-    def __init__(self, host):
-        self.server_address = (host, 5900)
-
-
 def start_auth(argv, host="127.0.0.1"):
     args = vncterm.parse_args(argv)
-    return auth.start(args, BoundServer(host))
+    return auth.start(args, (host, 5900))
 
 
 def write(path, text):
@@ -506,7 +501,7 @@ def test_foreign_guest_is_closed_before_a_byte_and_viewers_carry_on(secured, cap
     first_update(viewer)
     desktops = vncproxy.Desktops(h.server.desktop_changed,
                                  allow=vncproxy.allow_only([ipaddress.ip_network("10.0.0.0/8")]))
-    port = desktops.listen(("127.0.0.1", 0))[1]
+    port = desktops.accept(socket.create_server(("127.0.0.1", 0)))[1]
     try:
         foreign = socket.create_connection(("127.0.0.1", port), timeout=5)
         assert foreign.recv(100) == b""

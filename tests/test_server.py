@@ -20,6 +20,7 @@ import render
 import sources
 import viewer
 import vncterm
+from display import ConsoleDisplay
 from peers import wait_until as wait_for
 from rawviewer import COPY_RECT, DESKTOP_SIZE, EXTENDED_DESKTOP_SIZE, RAW, Client
 
@@ -39,8 +40,9 @@ class Harness:
         self.console = console.Console(
             sources.PtySource(os.ttyname(self.slave)), COLUMNS, LINES)
         glyphs = render.Glyphs(render.load_font(None)[0])
-        self.display = vncterm.ConsoleDisplay(self.console, glyphs)
-        self.server = vncterm.Server(("127.0.0.1", 0), self.display, "test console", **options)
+        self.display = ConsoleDisplay(self.console, glyphs)
+        self.server = vncterm.Server(vncterm.listen("127.0.0.1", 0), self.display, "test console",
+                                     **options)
         self.port = self.server.server_address[1]
         self.console.on_closed = self.server.console_closed
         self.console.start()
@@ -359,8 +361,8 @@ def test_console_hangup_keeps_viewers_and_shows_status(harness):
 def test_server_exits_once_the_command_is_gone_and_the_last_viewer_left():
     source = sources.CommandSource("sh -c 'sleep 0.5'", COLUMNS, LINES)
     term = console.Console(source, COLUMNS, LINES)
-    display = vncterm.ConsoleDisplay(term, render.Glyphs(render.load_font(None)[0]))
-    server = vncterm.Server(("127.0.0.1", 0), display, "cmd")
+    display = ConsoleDisplay(term, render.Glyphs(render.load_font(None)[0]))
+    server = vncterm.Server(vncterm.listen("127.0.0.1", 0), display, "cmd")
     term.on_closed = server.console_closed
     thread = threading.Thread(target=server.serve_forever)
     thread.start()

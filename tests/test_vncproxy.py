@@ -16,13 +16,14 @@ import pytest
 import rfb
 import rfbclient
 import vncproxy
+import vt
 from fakeguest import COPY_RECT, CURSOR, DESKTOP_SIZE, RAW, FakeGuest
 from peers import wait_until as wait_for
 from rawviewer import DESKTOP_SIZE as VIEWER_DESKTOP_SIZE
 from rawviewer import RAW as VIEWER_RAW
 from rawviewer import Client
 from test_server import Harness, leak_checked
-from vncproxy import CONSOLE, DESKTOP, DESKTOP_DOWN, DESKTOP_UP, NO_DESKTOP, TO_CONSOLE, TO_DESKTOP
+from vt import CONSOLE, DESKTOP, DESKTOP_DOWN, DESKTOP_UP, NO_DESKTOP, TO_CONSOLE, TO_DESKTOP
 
 CONTROL_L, ALT_L, F1, F7 = 0xFFE3, 0xFFE9, 0xFFBE, 0xFFC4
 
@@ -42,16 +43,16 @@ STORY = [
 
 @pytest.mark.parametrize("state,event,expected", STORY)
 def test_story(state, event, expected):
-    assert vncproxy.transition(state, event) == expected
+    assert vt.transition(state, event) == expected
 
 
 def test_table_is_total():
     states = {NO_DESKTOP, CONSOLE, DESKTOP}
     events = {DESKTOP_UP, DESKTOP_DOWN, TO_CONSOLE, TO_DESKTOP}
-    assert set(vncproxy.TRANSITIONS) == {(s, e) for s in states for e in events}
-    assert set(vncproxy.TRANSITIONS.values()) <= states
+    assert set(vt.TRANSITIONS) == {(s, e) for s in states for e in events}
+    assert set(vt.TRANSITIONS.values()) <= states
     with pytest.raises(ValueError):
-        vncproxy.transition("nowhere", DESKTOP_UP)
+        vt.transition("nowhere", DESKTOP_UP)
 
 
 @pytest.mark.parametrize("held,keysym,expected", [
@@ -66,7 +67,7 @@ def test_table_is_total():
     (set(), ord("7"), None),
 ])
 def test_hotkeys(held, keysym, expected):
-    assert vncproxy.hotkey(keysym, held) == expected
+    assert vt.hotkey(keysym, held) == expected
 
 
 # --- The guest stream reader ----------------------------------------------------------------
@@ -215,7 +216,7 @@ class Proxy(Harness):
     def __init__(self, password=None):
         super().__init__()
         self.desktops = vncproxy.Desktops(self.server.desktop_changed, password)
-        self.reverse_port = self.desktops.listen(("127.0.0.1", 0))[1]
+        self.reverse_port = self.desktops.accept(socket.create_server(("127.0.0.1", 0)))[1]
         self.closers = []
 
     def viewer(self, *encodings):

@@ -330,8 +330,8 @@ def test_a_key_naming_anything_but_a_pty_is_refused_unopened(fake, run_console, 
 
 
 def test_ports_are_published_when_the_console_appears_and_removed_on_close(fake, guests):
-    source = xen.DomainSource(xen.Domain(DOMAIN, fake.xenstore))
-    source.adverts = xen.adverts(5907, ("192.0.2.1", 5507))
+    source = xen.DomainSource(xen.Domain(DOMAIN, fake.xenstore),
+                              adverts=xen.adverts(5907, ("192.0.2.1", 5507)))
     term = console.Console(source, 80, 25)
     term.start()
     try:
@@ -371,9 +371,8 @@ def test_only_known_keys_with_checked_values_are_published(fake):
 
 def test_the_helper_does_the_privileged_part_and_cleans_up(fake, guests, tmp_path):
     pidfile = xen.Pidfile(str(tmp_path / "vncterm.pid"))
-    source = xen.DomainSource(xen.Domain(DOMAIN, fake.xenstore))
-    source.adverts = xen.adverts(5907)
-    helper = xen.Helper.start(source, pidfile)
+    helper = xen.Helper.start(xen.Domain(DOMAIN, fake.xenstore), pidfile)
+    source = xen.DomainSource(helper, adverts=xen.adverts(5907))
     assert source.domain is helper
     guest = guests()
     fake.start_domain(guest)
@@ -401,8 +400,8 @@ def test_the_helper_does_the_privileged_part_and_cleans_up(fake, guests, tmp_pat
 USER_DRIVER = textwrap.dedent("""\
     import json, os, sys
     import console, service, xen
-    source = xen.DomainSource(xen.Domain(int(sys.argv[1]), xen.Xenstore(sys.argv[2])))
-    helper = xen.Helper.start(source)
+    helper = xen.Helper.start(xen.Domain(int(sys.argv[1]), xen.Xenstore(sys.argv[2])))
+    source = xen.DomainSource(helper)
     service.drop_privileges("nobody")
     term = console.Console(source, 80, 25)
     term.start()

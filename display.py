@@ -1,0 +1,137 @@
+"""The seam the design rests on: a viewer session shows a *display* and never knows which.
+
+A display is a picture that changes, plus where the viewer's input goes.  There are two: the
+text console (`ConsoleDisplay`, below: console.py's terminal drawn by render.py) and the guest's
+desktop (vncproxy.DesktopDisplay: a shadow of the guest's framebuffer).  `Display` states what a
+viewer session (viewer.py) uses of either, as a `typing.Protocol`, so the interface is code that
+a type checker and a test can hold both displays to, not prose that drifts:
+
+    size                       (width, height) of the picture, in pixels
+    changes(token, copy_rect)  what changed since `token`: a damage.Changes, or None
+    plans                      an encoders.SharedPlans: the encoding work viewers share
+    listeners                  callables to poke (from any thread) when something changed
+    key(keysym, down, modifiers), pointer(button_mask, x, y), paste(text)    input, RFC 6143 §7.5
+    cursor                     the pointer's shape (an rfbclient.CursorShape), or None for ours
+    cut_text                   (serial, text): the display's clipboard, new when serial changes
+    bells                      a count of bells; a viewer rings when it has grown (§7.6.3)
+
+What both displays share is written once, in `SharedPicture`: one picture guarded by a lock,
+its damage log (damage.py), and the plans.  Damage is tracked once per display in numbered
+generations; each viewer keeps only the number it last saw, so viewers at different speeds
+share one rendering and a slow one simply gets a bigger, merged update (RFB is pull-based:
+changes coalesce until the viewer asks again, §7.5.3).  Viewers that use the same encoding and
+pixel format share the analysis of each changed rectangle too, and only run it through their
+own zlib streams (encoders.py).
+
+Trade-off: the console renders lazily, when a viewer asks (`SharedPicture.catch_up`), while the
+desktop draws eagerly, as the guest's updates arrive.  The console's changes are cheap to note
+and dear to draw, and a flood is drawn at the viewers' pace; the guest's are already pixels.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+import damage
+import encoders
+import keymap
+import render
+import rfbclient
+
+
+@runtime_checkable
+class Display(Protocol):
+    """What a viewer session needs of whatever it shows."""
+
+    size: tuple[int, int]
+    plans: encoders.SharedPlans
+    listeners: set[Callable[[], None]]
+    cursor: rfbclient.CursorShape | None
+    cut_text: tuple[int, bytes]
+    bells: int
+
+    def changes(self, token: int | None, copy_rect: bool = True) -> damage.Changes | None:
+        """What a viewer that last saw generation `token` needs (all of it for None)."""
+
+    def key(self, keysym: int, down: bool, modifiers: keymap.Modifiers) -> None:
+        """A key went down or up; `modifiers` are the viewer's, after this key."""
+
+    def pointer(self, button_mask: int, x: int, y: int) -> None:
+        """The pointer moved or a button changed, inside the picture."""
+
+    def paste(self, text: bytes) -> None:
+        """The viewer's clipboard (Latin-1, RFC 6143 §7.5.6)."""
+
+
+class SharedPicture:
+    """The part of a display both kinds share: the picture, its damage and who to tell.
+
+    A subclass provides `image` (a PIL image of `size`), records its changes in `damage` while
+    holding `lock`, and may override `catch_up` to bring the picture up to date on demand.
+    """
+
+    def __init__(self, size: tuple[int, int], listeners: set | None = None) -> None:
+        self.size = size
+        self.lock = threading.Lock()
+        self.damage = damage.DamageLog(size)
+        self.plans = encoders.SharedPlans()
+        self.listeners = set() if listeners is None else listeners
+        self.cursor = None
+        self.cut_text = (0, b"")
+
+    def changes(self, token: int | None, copy_rect: bool = True) -> damage.Changes | None:
+        with self.lock:
+            self.catch_up()
+            return self.damage.changes(token, self.image, copy_rect)
+
+    def catch_up(self) -> None:
+        """Draw what is pending into the picture; called with the lock held."""
+
+    def notify(self) -> None:
+        for listener in list(self.listeners):
+            listener()
+
+
+class ConsoleDisplay(SharedPicture):
+    """The text console as a display: renders lazily, once for all viewers.
+
+    A frame is rendered when a viewer asks and the console has told of changes since the last
+    one (console.Console.told), so a flood is rendered at the console's pace, not once per
+    viewer request, and viewers asking in between share one frame and its encoding.  The
+    console pokes the listeners itself, so they are the console's own set.
+    """
+
+    def __init__(self, console, glyphs: render.Glyphs) -> None:
+        self.console = console
+        self.renderer = render.Renderer(glyphs, console.columns, console.lines)
+        super().__init__(self.renderer.size, console.listeners)
+        self._rendered = -1
+
+    @property
+    def image(self):
+        return self.renderer.image
+
+    @property
+    def bells(self) -> int:
+        return self.console.bells
+
+    def catch_up(self) -> None:
+        if self.console.told != self._rendered:
+            self._rendered = self.console.told
+            frame = self.console.take_frame()
+            if frame.scroll or frame.rows:
+                scroll, rects = self.renderer.apply(frame)
+                if scroll or rects:
+                    self.damage.record(scroll, rects)
+
+    def key(self, keysym: int, down: bool, modifiers: keymap.Modifiers) -> None:
+        if down and keysym not in keymap.MODIFIER_KEYSYMS:
+            self.console.key(keysym, modifiers)
+
+    def pointer(self, button_mask: int, x: int, y: int) -> None:
+        self.console.pointer(button_mask)
+
+    def paste(self, text: bytes) -> None:
+        self.console.paste(text)

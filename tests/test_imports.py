@@ -1,0 +1,59 @@
+"""The top-level modules import one way: protocol -> console and desktop -> session -> program.
+
+Read from the source with `ast`, so nothing is imported: the graph has no cycle, the viewer
+session needs neither the proxy nor the console to run (both are displays it is handed), the
+browser relay needs nothing of the proxy, and nothing imports the program.
+"""
+
+import ast
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+MODULES = {path.stem: path for path in ROOT.glob("*.py")}
+
+
+def imports(name):
+    """The top-level modules of ours that module `name` imports."""
+    found = set()
+    for node in ast.walk(ast.parse(MODULES[name].read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found & set(MODULES)
+
+
+GRAPH = {name: imports(name) for name in MODULES}
+
+
+def test_no_module_imports_itself_through_others():
+    done, path = set(), []
+
+    def visit(name):
+        assert name not in path, " -> ".join([*path, name])
+        if name in done:
+            return
+        path.append(name)
+        for imported in GRAPH[name]:
+            visit(imported)
+        path.pop()
+        done.add(name)
+
+    for name in GRAPH:
+        visit(name)
+
+
+@pytest.mark.parametrize("module,forbidden", [
+    ("viewer", {"vncproxy", "console", "render", "display", "vncterm", "web", "service", "xen"}),
+    ("web", {"vncproxy", "viewer", "vncterm"}),
+    ("vt", set(MODULES) - {"vt"}),
+    ("display", {"vncproxy", "viewer", "vncterm", "console"}),
+])
+def test_a_module_needs_nothing_above_it(module, forbidden):
+    assert not GRAPH[module] & forbidden
+
+
+def test_nothing_imports_the_program():
+    assert not [name for name, imported in GRAPH.items() if "vncterm" in imported]

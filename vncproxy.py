@@ -17,8 +17,9 @@ Input goes the other way: keys, pointer and clipboard are forwarded to the guest
 Each viewer is in one state of the table `TRANSITIONS` below, with one function,
 `transition`, that moves it.  The hotkeys are Ctrl-Alt-F1..F6 (console) and Ctrl-Alt-F7
 (desktop), with Ctrl-Alt-1..6 and Ctrl-Alt-7 as the alternate that browsers and viewers pass
-through.  At most one desktop per console: a new guest connection replaces the old one, so a
-guest that rebooted without closing its socket is not locked out.
+through, and the XF86Switch_VT_1..7 keysyms that viewers on X send for Ctrl-Alt-F1..F7.
+At most one desktop per console: a new guest connection replaces the old one, so a guest that
+rebooted without closing its socket is not locked out.
 
 The guest is untrusted: every size and rectangle is checked before use (rfbclient), the
 framebuffer is capped (rfbclient.MAX_DESKTOP_PIXELS), input it does not read is capped and then
@@ -93,17 +94,23 @@ def transition(state: str, event: str) -> str:
 CONTROL = {0xFFE3, 0xFFE4}
 ALT = {0xFFE9, 0xFFEA, 0xFFE7, 0xFFE8}
 F1, F7 = 0xFFBE, 0xFFC4
+SWITCH_VT_1, SWITCH_VT_7 = 0x1008FE01, 0x1008FE07  # XF86Switch_VT_1, XF86Switch_VT_7
+# An X server turns Ctrl-Alt-F1..F7 into its own VT switch, so a viewer running on X forwards
+# only the release of XF86Switch_VT_n: that keysym is a hotkey by itself, pressed or released.
+SWITCH_VT = range(SWITCH_VT_1, SWITCH_VT_7 + 1)
 HOTKEYS = {
     **{F1 + n: TO_CONSOLE for n in range(6)},
     **{ord("1") + n: TO_CONSOLE for n in range(6)},
+    **{SWITCH_VT_1 + n: TO_CONSOLE for n in range(6)},
     F7: TO_DESKTOP,
     ord("7"): TO_DESKTOP,
+    SWITCH_VT_7: TO_DESKTOP,
 }
 
 
-def hotkey(keysym: int, held: set[int]) -> str | None:
-    """The switch event a key press means with the keys `held`, or None."""
-    if held & CONTROL and held & ALT:
+def hotkey(keysym: int, held: set[int], down: bool = True) -> str | None:
+    """The switch event a key press (or release) means with the keys `held`, or None."""
+    if keysym in SWITCH_VT or (down and held & CONTROL and held & ALT):
         return HOTKEYS.get(keysym)
     return None
 

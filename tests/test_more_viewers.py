@@ -17,9 +17,10 @@ remote-viewer (like TigerVNC's vncviewer) drops a release it saw no press for, s
 the server: it switches with the Ctrl-Alt-1 / Ctrl-Alt-7 alternates, which every viewer passes.
 
 Each viewer shows a desktop in its own way.  ssvncviewer and remote-viewer resize their window,
-so the whole 1024x768 desktop must show.  Remmina keeps its window and scrolls, so it shows the
-desktop's top-left corner.  xtightvncviewer lists no DesktopSize and can never resize, so vncterm
-switches it only to a desktop of the console's own size: its guest is given exactly that size.
+so the whole 1024x768 desktop must show.  Remmina keeps its console-sized window and scrolls, so
+it shows the desktop's top-left 640x400.  xtightvncviewer lists no DesktopSize and can never
+resize, so vncterm switches it only to a desktop of the console's own size: its guest is given
+exactly that size.
 
 The expected pictures come from the tests alone, as in test_proxy_viewers.py (whose helpers are
 reused): the console's coloured blocks, the guest's root colour and its xterm.  Screens are
@@ -134,8 +135,8 @@ def desktop_errors(window, size):
         box = colour_box(image, ROOT_RGB)
         if box is None:
             return [f"no pixel of the root colour {ROOT_RGB} in the screenshot"]
-        # What the window shows of the desktop is its top-left corner: judge that part.
-        return screenshot_desktop_errors(image.crop(box), (box[2] - box[0], box[3] - box[1]))
+        # The window keeps the console's size and shows the desktop's top-left corner in it.
+        return screenshot_desktop_errors(image.crop(box), CONSOLE_SIZE)
     return screenshot_desktop_errors(image, size)
 
 

@@ -4,7 +4,8 @@ test_viewers.py and test_proxy_viewers.py prove the console and the proxy with v
 vncsnapshot, TigerVNC and gvncviewer.  This module adds four more client implementations, each
 under Xvfb and read back by screenshot: xtightvncviewer (TightVNC 1.3, the reference Tight
 decoder), ssvncviewer (asked for ZRLE), remote-viewer (virt-viewer, gtk-vnc underneath) and
-Remmina's VNC plugin (libvncclient, as KRDC and Guacamole use it).  Each must show the console,
+Remmina's VNC plugin (libvncclient, as KRDC and Guacamole use it), run three times so that its
+Zlib, Tight and 8-bit ZRLE decoders each meet vncterm's encoders.  Each must show the console,
 then follow a guest desktop that connects (TigerVNC's Xvnc through `vncconfig -connect`) and
 switch back and forth with the hotkeys it can send.
 
@@ -27,6 +28,7 @@ reused): the console's coloured blocks, the guest's root colour and its xterm.  
 polled, not slept on, and every process is stopped by its own handle.
 """
 
+import functools
 import glob
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,13 +67,15 @@ def remote_viewer(server, folder):
     return ["remote-viewer", f"vnc://127.0.0.1:{server.port}"]
 
 
-def remmina(server, folder):
-    """Remmina with a profile of its own and a fresh HOME (it writes its settings there)."""
+def remmina(server, folder, quality):
+    """Remmina with a profile of its own and a fresh HOME (it writes its settings there).
+    libvncclient's encodings follow the quality: 9 asks for Zlib, 1 for Tight, 0 for ZRLE
+    with 8 bits per pixel."""
     home = folder / "remmina-home"
     home.mkdir()
     profile = folder / "console.remmina"
     profile.write_text(f"[remmina]\nname=console\nprotocol=VNC\nserver=127.0.0.1:{server.port}\n"
-                       "colordepth=32\nquality=9\n")
+                       f"colordepth=32\nquality={quality}\n")
     return ["env", f"HOME={home}", "remmina", "-c", str(profile)]
 
 
@@ -79,6 +83,7 @@ def remmina(server, folder):
 class Viewer:
     """One viewer program: how to start it on an X screen, and what it can do."""
 
+    name: str
     program: str
     package: str
     command: Callable  # command(server, folder) -> argv; folder holds any file it needs
@@ -88,11 +93,15 @@ class Viewer:
 
 
 VIEWERS = [
-    Viewer("xtightvncviewer", "xtightvncviewer", xtightvncviewer, "Vncviewer", (F_KEYS, DIGITS),
-           "console size"),
-    Viewer("ssvncviewer", "ssvnc", ssvncviewer, "Ssvnc", (F_KEYS, DIGITS), "whole"),
-    Viewer("remote-viewer", "virt-viewer", remote_viewer, "Remote-viewer", (DIGITS,), "whole"),
-    Viewer("remmina", "remmina", remmina, "org.remmina.Remmina", (F_KEYS, DIGITS), "corner"),
+    Viewer("xtightvncviewer", "xtightvncviewer", "xtightvncviewer", xtightvncviewer, "Vncviewer",
+           (F_KEYS, DIGITS), "console size"),
+    Viewer("ssvncviewer", "ssvncviewer", "ssvnc", ssvncviewer, "Ssvnc", (F_KEYS, DIGITS), "whole"),
+    Viewer("remote-viewer", "remote-viewer", "virt-viewer", remote_viewer, "Remote-viewer",
+           (DIGITS,), "whole"),
+    *(Viewer(f"remmina-quality-{quality}", "remmina", "remmina",
+             functools.partial(remmina, quality=quality), "org.remmina.Remmina",
+             (F_KEYS, DIGITS), "corner")
+      for quality in (9, 1, 0)),
 ]
 
 
@@ -116,7 +125,7 @@ class Window:
 
     def screenshot(self):
         self.shots += 1
-        return self.xvfb.screenshot(f"{self.viewer.program}-{self.shots}")
+        return self.xvfb.screenshot(f"{self.viewer.name}-{self.shots}")
 
     def press(self, key):
         """Ctrl-Alt-KEY as a person types it, into the window (focused and clicked: no WM)."""
@@ -153,7 +162,7 @@ class Guest(Xvnc):
                             ("-rfbport", "-1", "-SecurityTypes", "None"))
 
 
-@pytest.fixture(params=VIEWERS, ids=[viewer.program for viewer in VIEWERS])
+@pytest.fixture(params=VIEWERS, ids=[viewer.name for viewer in VIEWERS])
 def viewer(request):
     require(request.param)
     return request.param

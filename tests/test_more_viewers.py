@@ -6,8 +6,9 @@ under Xvfb and read back by screenshot: xtightvncviewer (TightVNC 1.3, the refer
 decoder), ssvncviewer (asked for ZRLE), remote-viewer (virt-viewer, gtk-vnc underneath) and
 Remmina's VNC plugin (libvncclient, as KRDC and Guacamole use it), run three times so that its
 Zlib, Tight and 8-bit ZRLE decoders each meet vncterm's encoders.  Each must show the console,
-then follow a guest desktop that connects (TigerVNC's Xvnc through `vncconfig -connect`) and
-switch back and forth with the hotkeys it can send.
+type into it (xdotool's keys land in the file the console's `cat` writes), then follow a guest
+desktop that connects (TigerVNC's Xvnc through `vncconfig -connect`) and switch back and forth
+with the hotkeys it can send.
 
 What "the hotkeys it can send" means was measured here, with the default XKB map of Xvfb.  An X
 server turns Ctrl-Alt-F1..F7 into its own VT-switch action: the viewer never sees the key press,
@@ -42,6 +43,7 @@ from test_proxy_viewers import (
     ROOT_RGB,
     Xvnc,
     colour_box,
+    expect_text,
     guest_peers,
     screenshot_console_errors,
     screenshot_desktop_errors,
@@ -127,14 +129,24 @@ class Window:
         self.shots += 1
         return self.xvfb.screenshot(f"{self.viewer.name}-{self.shots}")
 
-    def press(self, key):
-        """Ctrl-Alt-KEY as a person types it, into the window (focused and clicked: no WM)."""
+    def focus(self):
+        """Focus the window and click in it: with no window manager, keys go nowhere before."""
         window = self.xvfb.run("xdotool", "search", "--sync", "--onlyvisible", "--class",
                                self.viewer.window_class).split()[0]
         self.xvfb.run("xdotool", "windowfocus", "--sync", window)
         self.xvfb.run("xdotool", "mousemove", "--window", window, "320", "200", "click", "1")
+
+    def press(self, key):
+        """Ctrl-Alt-KEY as a person types it (the key is released before the modifiers)."""
+        self.focus()
         self.xvfb.run("xdotool", "keydown", "ctrl", "keydown", "alt", "key", key,
                       "keyup", "alt", "keyup", "ctrl")
+
+    def type(self, text):
+        """Type text and Return."""
+        self.focus()
+        self.xvfb.run("xdotool", "type", "--delay", "20", text)
+        self.xvfb.run("xdotool", "key", "Return")
 
 
 def desktop_errors(window, size):
@@ -173,6 +185,14 @@ def test_viewer_shows_the_console(viewer, start_vncterm, tmp_path, xvfb, artifac
     window = Window(xvfb, viewer, server, artifacts)
     settle(lambda: screenshot_console_errors(window.screenshot()))
     still_running(window)
+
+
+def test_viewer_keys_reach_the_console(viewer, start_vncterm, tmp_path, xvfb, artifacts):
+    server = start_proxy(start_vncterm, tmp_path)
+    window = Window(xvfb, viewer, server, artifacts)
+    settle(lambda: screenshot_console_errors(window.screenshot()))
+    window.type("echo Hi, there!")
+    expect_text(tmp_path / "typed.txt", "echo Hi, there!\n")
 
 
 def test_viewer_follows_a_guest_and_switches_back_and_forth(viewer, start_vncterm, tmp_path,

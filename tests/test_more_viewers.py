@@ -137,8 +137,10 @@ class Window:
         self.xvfb.run("xdotool", "mousemove", "--window", window, "320", "200", "click", "1")
 
     def press(self, key):
-        """Ctrl-Alt-KEY as a person types it (the key is released before the modifiers)."""
+        """Ctrl-Alt-KEY as a person types it, the key released before the modifiers."""
         self.focus()
+        # `xdotool key ctrl+alt+F1` lets go of Ctrl and Alt first: the viewer then forwards a
+        # bare release of F1, which is no hotkey (nor is it to a real X server).
         self.xvfb.run("xdotool", "keydown", "ctrl", "keydown", "alt", "key", key,
                       "keyup", "alt", "keyup", "ctrl")
 
@@ -162,12 +164,14 @@ def desktop_errors(window, size):
 
 
 def still_running(window):
+    """The viewer is still there: libvncclient, for one, exits when it gives up."""
     assert window.proc.poll() is None, (
         f"{window.viewer.program} exited with {window.proc.returncode}; see its log")
 
 
 class Guest(Xvnc):
-    """Xvnc as the guest, like test_proxy_viewers' but of any size."""
+    """Xvnc as the guest, painting and connecting as test_proxy_viewers' does, but of any size
+    (that one's constructor fixes 1024x768, so this calls peers.Xvnc's itself)."""
 
     def __init__(self, folder, size):
         peers.Xvnc.__init__(self, folder, size, "Xvnc",

@@ -140,7 +140,7 @@ class Window:
         """Ctrl-Alt-KEY as a person types it, the key released before the modifiers."""
         self.focus()
         # `xdotool key ctrl+alt+F1` lets go of Ctrl and Alt first: the viewer then forwards a
-        # bare release of F1, which is no hotkey (nor is it to a real X server).
+        # bare release of F1, which is no hotkey.
         self.xvfb.run("xdotool", "keydown", "ctrl", "keydown", "alt", "key", key,
                       "keyup", "alt", "keyup", "ctrl")
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 CUT_TEXT_LIMIT = 256 * 1024
 MAX_SCREENS = 16
+SCREEN_ID = 1  # libvncclient (Remmina, KRDC, Guacamole) discards a screen whose id is 0
 
 
 class ProtocolError(Exception):
@@ -536,7 +537,7 @@ def desktop_size(width: int, height: int) -> bytes:
 
 def extended_desktop_size(width: int, height: int, reason: int, status: int) -> bytes:
     """An ExtendedDesktopSize pseudo-rectangle with one screen covering the framebuffer."""
-    screen = Screen.STRUCT.pack(0, 0, 0, width, height, 0)
+    screen = Screen.STRUCT.pack(SCREEN_ID, 0, 0, width, height, 0)
     return (
         rect_header(reason, status, width, height, Encoding.EXTENDED_DESKTOP_SIZE)
         + struct.pack(">B3x", 1)

@@ -355,11 +355,11 @@ class ViewerSession(socketserver.BaseRequestHandler):
     def on_KeyEvent(self, message: rfb.KeyEvent) -> None:
         keysym, down = message.keysym, message.down
         self.modifiers.update(keysym, down)
+        event = vt.hotkey(keysym, self.modifiers.held, down)
+        if event is not None:
+            self.switch(event)
+            return
         if down:
-            event = vt.hotkey(keysym, self.modifiers.held)
-            if event is not None:
-                self.switch(event)
-                return
             if self.view_only:
                 return
             self.held_keys.add(keysym)

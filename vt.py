@@ -2,8 +2,9 @@
 
 A viewer shows the text console or the guest desktop, never both.  Like a Linux console's
 virtual terminals, Ctrl-Alt-F1..F6 (console) and Ctrl-Alt-F7 (desktop) move between them, with
-Ctrl-Alt-1..6 and Ctrl-Alt-7 as the alternate that browsers and viewers pass through; and the
-desktop coming up or going moves every viewer too.  Each viewer is in one state of the table
+Ctrl-Alt-1..6 and Ctrl-Alt-7 as the alternate that browsers and viewers pass through, and the
+XF86Switch_VT_1..7 keysyms that viewers running on X send for Ctrl-Alt-F1..F7; and the desktop
+coming up or going moves every viewer too.  Each viewer is in one state of the table
 `TRANSITIONS`, and one function, `transition`, moves it: the whole policy fits on a screen, and
 a test checks that the table answers every (state, event) pair.
 
@@ -12,6 +13,8 @@ module is only the decision, so the viewer needs neither of the displays to make
 """
 
 from __future__ import annotations
+
+from keymap import ALT, CONTROL
 
 NO_DESKTOP = "no desktop"  # on the console; there is no guest desktop
 CONSOLE = "console"  # on the console; a guest desktop is up
@@ -46,19 +49,23 @@ def transition(state: str, event: str) -> str:
         raise ValueError(f"no transition from {state!r} on {event!r}") from None
 
 
-CONTROL = {0xFFE3, 0xFFE4}
-ALT = {0xFFE9, 0xFFEA, 0xFFE7, 0xFFE8}
 F1, F7 = 0xFFBE, 0xFFC4
+SWITCH_VT_1, SWITCH_VT_7 = 0x1008FE01, 0x1008FE07  # XF86Switch_VT_1, XF86Switch_VT_7
+# An X server turns Ctrl-Alt-F1..F7 into its own VT switch, so a viewer running on X forwards
+# only the release of XF86Switch_VT_n: that keysym is a hotkey by itself, pressed or released.
+SWITCH_VT = range(SWITCH_VT_1, SWITCH_VT_7 + 1)
 HOTKEYS = {
     **{F1 + n: TO_CONSOLE for n in range(6)},
     **{ord("1") + n: TO_CONSOLE for n in range(6)},
+    **{SWITCH_VT_1 + n: TO_CONSOLE for n in range(6)},
     F7: TO_DESKTOP,
     ord("7"): TO_DESKTOP,
+    SWITCH_VT_7: TO_DESKTOP,
 }
 
 
-def hotkey(keysym: int, held: set[int]) -> str | None:
-    """The switch event a key press means with the keys `held`, or None."""
-    if held & CONTROL and held & ALT:
+def hotkey(keysym: int, held: set[int], down: bool = True) -> str | None:
+    """The switch event a key press (or release) means with the keys `held`, or None."""
+    if keysym in SWITCH_VT or (down and held & CONTROL and held & ALT):
         return HOTKEYS.get(keysym)
     return None

@@ -190,5 +190,5 @@ def test_server_messages():
     assert rfb.copy_rect(0, 0, 8, 16, 0, 16) == struct.pack(">HHHHiHH", 0, 0, 8, 16, 1, 0, 16)
     assert rfb.desktop_size(1024, 768) == struct.pack(">HHHHi", 0, 0, 1024, 768, -223)
     assert rfb.extended_desktop_size(640, 400, 1, 1) == struct.pack(
-        ">HHHHiB3xIHHHHI", 1, 1, 640, 400, -308, 1, 0, 0, 0, 640, 400, 0)
+        ">HHHHiB3xIHHHHI", 1, 1, 640, 400, -308, 1, 1, 0, 0, 640, 400, 0)
     assert rfb.framebuffer_update([b"A", b"B"]) == b"\x00\x00\x00\x02AB"

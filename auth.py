@@ -45,16 +45,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import enum
 import hmac
 import ipaddress
 import logging
+import math
 import os
 import secrets
 import ssl
 import struct
 import threading
 import time
+from collections.abc import Callable
 
 import rfb
 import rfbclient
@@ -72,16 +75,16 @@ VENCRYPT_SUBTYPE_ACCEPTED = b"\x01"
 CHALLENGE_LENGTH = 16
 PASSWORD_LENGTH = 8
 FAILURE_DELAY = 0.1
-BLACKLIST_THRESHOLD = 5
-BLACKLIST_TIMEOUT = 10.0
-BLACKLIST_SIZE = 4096
+CHECK_INTERVAL = 1.0
+CHECK_BURST = 3
+VERSION_TIMEOUT = 3.0
 MAX_UNAUTHENTICATED = 16
 MAX_UNAUTHENTICATED_PER_ADDRESS = 4
 ONE_TIME_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"
 
 
 class Refused(Exception):
-    """We turned a viewer away (bad password, blacklisted, too many waiting): log and close."""
+    """We turned a viewer away (bad password, too many waiting): log and close."""
 
 
 class Access(enum.Enum):
@@ -130,63 +133,90 @@ def check_response(challenge: bytes, response: bytes, password: bytes | None,
 # --- Limits on strangers ----------------------------------------------------------------------
 
 
-class Blacklist:
-    """Addresses that failed authentication too often, and until when they are turned away."""
+class Turns:
+    """Password checks take turns: `burst` at once after a quiet spell, then one per `interval`."""
 
-    def __init__(self, threshold: int = BLACKLIST_THRESHOLD, timeout: float = BLACKLIST_TIMEOUT,
-                 size: int = BLACKLIST_SIZE, clock=time.monotonic) -> None:
-        self.threshold, self.timeout, self.size, self.clock = threshold, timeout, size, clock
-        self._entries: dict[str, list] = {}  # host: [failures, blocked until, next timeout]
+    def __init__(self, interval: float = CHECK_INTERVAL, burst: int = CHECK_BURST,
+                 clock=time.monotonic, sleep=time.sleep) -> None:
+        self.interval, self.burst, self.clock, self.sleep = interval, burst, clock, sleep
+        self._next = -math.inf
         self._lock = threading.Lock()
 
-    def blocked_for(self, host: str) -> float:
-        """Seconds until `host` may try again; 0 if it may now."""
+    def book(self) -> float:
+        """Book the next free turn; the seconds from now until it comes."""
         with self._lock:
-            entry = self._entries.get(host)
-            return max(0.0, entry[1] - self.clock()) if entry else 0.0
+            now = self.clock()
+            turn = max(self._next, now - (self.burst - 1) * self.interval)
+            self._next = turn + self.interval
+            return max(0.0, turn - now)
 
-    def failed(self, host: str) -> None:
-        with self._lock:
-            entry = self._entries.pop(host, None) or [0, 0.0, self.timeout]
-            entry[0] += 1
-            if entry[0] >= self.threshold:
-                entry[1] = self.clock() + entry[2]
-                entry[2] *= 2
-            self._entries[host] = entry
-            if len(self._entries) > self.size:
-                del self._entries[next(iter(self._entries))]
+    def wait(self) -> float:
+        """Book a turn and sleep until it comes; the seconds slept."""
+        delay = self.book()
+        if delay:
+            self.sleep(delay)
+        return delay
 
-    def succeeded(self, host: str) -> None:
-        with self._lock:
-            self._entries.pop(host, None)
+
+@dataclasses.dataclass(eq=False)
+class Place:
+    """One connection's place in the handshake; a `refusal` place is only there to be told why."""
+
+    host: str
+    evict: Callable[[], None]
+    refusal: str | None = None
+    progressed: bool = False
 
 
 class Waiting:
-    """Connections still in the handshake, counted in all and per address, with caps on both."""
+    """Connections still in the handshake, oldest first, with caps on all and per address."""
 
     def __init__(self, limit: int = MAX_UNAUTHENTICATED,
                  per_address: int = MAX_UNAUTHENTICATED_PER_ADDRESS) -> None:
         self.limit, self.per_address = limit, per_address
-        self._counts: dict[str, int] = {}
+        self._places: list[Place] = []
+        self._refusing = 0
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
-    def admit(self, host: str):
-        """Hold a place for `host` while the block runs; Refused if there is none."""
+    def admit(self, host: str, evict: Callable[[], None]):
+        """Hold a Place for `host` while the block runs; Refused if not even a refusal fits."""
+        place = Place(host, evict)
         with self._lock:
-            if sum(self._counts.values()) >= self.limit:
-                raise Refused(f"{self.limit} connections are already in the handshake")
-            if self._counts.get(host, 0) >= self.per_address:
-                raise Refused(f"{self.per_address} connections from {host} are already in "
-                              "the handshake")
-            self._counts[host] = self._counts.get(host, 0) + 1
+            place.refusal = self._make_room(host)
+            if place.refusal is None:
+                self._places.append(place)
+            elif self._refusing < self.limit:
+                self._refusing += 1
+            else:
+                raise Refused(place.refusal)
         try:
-            yield
+            yield place
         finally:
             with self._lock:
-                self._counts[host] -= 1
-                if not self._counts[host]:
-                    del self._counts[host]
+                if place.refusal is not None:
+                    self._refusing -= 1
+                elif place in self._places:
+                    self._places.remove(place)
+
+    def _make_room(self, host: str) -> str | None:
+        """Evict the oldest silent place under the cap `host` meets; why not, if none is silent."""
+        same = [place for place in self._places if place.host == host]
+        if len(same) >= self.per_address:
+            scope = same
+            reason = f"{self.per_address} connections from {host} are already in the handshake"
+        elif len(self._places) >= self.limit:
+            scope = self._places
+            reason = f"{self.limit} connections are already in the handshake"
+        else:
+            return None
+        silent = next((place for place in scope if not place.progressed), None)
+        if silent is None:
+            return reason
+        log.info("a silent connection from %s made room for one from %s", silent.host, host)
+        self._places.remove(silent)
+        silent.evict()
+        return None
 
 
 # --- The policy --------------------------------------------------------------------------------
@@ -201,14 +231,11 @@ class Security:
         self.view_only_password = view_only_password
         self.tls = tls
         self.tls_only = tls_only
-        self.blacklist = Blacklist()
+        self.turns = Turns()
         self.waiting = Waiting()
 
-    def refusal(self, version: tuple[int, int], host: str) -> str | None:
+    def refusal(self, version: tuple[int, int]) -> str | None:
         """Why this viewer gets no security offer at all, or None."""
-        wait = self.blacklist.blocked_for(host)
-        if wait:
-            return f"too many authentication failures; try again in {wait:.0f} s"
         if self.tls_only and version == rfb.VERSION_3_3:
             return "this server requires TLS (VeNCrypt), which RFB 3.3 cannot negotiate"
         return None

@@ -78,6 +78,7 @@ FAILURE_DELAY = 0.1
 CHECK_INTERVAL = 1.0
 CHECK_BURST = 3
 VERSION_TIMEOUT = 3.0
+EVICTION_GRACE = 1.0
 MAX_UNAUTHENTICATED = 16
 MAX_UNAUTHENTICATED_PER_ADDRESS = 4
 ONE_TIME_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"
@@ -160,20 +161,22 @@ class Turns:
 
 @dataclasses.dataclass(eq=False)
 class Place:
-    """One connection's place in the handshake; a `refusal` place is only there to be told why."""
+    """One connection's place in the handshake; with a `refusal` it is only waiting to be told."""
 
     host: str
     evict: Callable[[], None]
+    since: float
     refusal: str | None = None
-    progressed: bool = False
+    talking: bool = False
 
 
 class Waiting:
     """Connections still in the handshake, oldest first, with caps on all and per address."""
 
     def __init__(self, limit: int = MAX_UNAUTHENTICATED,
-                 per_address: int = MAX_UNAUTHENTICATED_PER_ADDRESS) -> None:
-        self.limit, self.per_address = limit, per_address
+                 per_address: int = MAX_UNAUTHENTICATED_PER_ADDRESS,
+                 grace: float = EVICTION_GRACE, clock=time.monotonic) -> None:
+        self.limit, self.per_address, self.grace, self.clock = limit, per_address, grace, clock
         self._places: list[Place] = []
         self._refusing = 0
         self._lock = threading.Lock()
@@ -181,9 +184,9 @@ class Waiting:
     @contextlib.contextmanager
     def admit(self, host: str, evict: Callable[[], None]):
         """Hold a Place for `host` while the block runs; Refused if not even a refusal fits."""
-        place = Place(host, evict)
+        place = Place(host, evict, self.clock())
         with self._lock:
-            place.refusal = self._make_room(host)
+            place.refusal = self._make_room(host, place.since - self.grace)
             if place.refusal is None:
                 self._places.append(place)
             elif self._refusing < self.limit:
@@ -194,13 +197,24 @@ class Waiting:
             yield place
         finally:
             with self._lock:
-                if place.refusal is not None:
-                    self._refusing -= 1
-                elif place in self._places:
+                if place in self._places:
                     self._places.remove(place)
+                elif place.refusal is not None:
+                    self._refusing -= 1
 
-    def _make_room(self, host: str) -> str | None:
-        """Evict the oldest silent place under the cap `host` meets; why not, if none is silent."""
+    def talked(self, place: Place) -> None:
+        """The viewer sent its version: one still waiting may now evict any silent place."""
+        with self._lock:
+            place.talking = True
+            if place.refusal is None:
+                return
+            place.refusal = self._make_room(place.host, math.inf)
+            if place.refusal is None:
+                self._refusing -= 1
+                self._places.append(place)
+
+    def _make_room(self, host: str, born_by: float) -> str | None:
+        """Evict the oldest silent place opened by `born_by` in the cap `host` meets, or say why."""
         same = [place for place in self._places if place.host == host]
         if len(same) >= self.per_address:
             scope = same
@@ -210,12 +224,13 @@ class Waiting:
             reason = f"{self.limit} connections are already in the handshake"
         else:
             return None
-        silent = next((place for place in scope if not place.progressed), None)
-        if silent is None:
+        victim = next((place for place in scope
+                       if not place.talking and place.since <= born_by), None)
+        if victim is None:
             return reason
-        log.info("a silent connection from %s made room for one from %s", silent.host, host)
-        self._places.remove(silent)
-        silent.evict()
+        log.info("a silent connection from %s made room for one from %s", victim.host, host)
+        self._places.remove(victim)
+        victim.evict()
         return None
 
 

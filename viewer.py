@@ -146,7 +146,7 @@ class ViewerSession(socketserver.BaseRequestHandler):
             self.sock.settimeout(self.server.handshake_timeout)
             self.sock.sendall(rfb.SERVER_VERSION)
             version = rfb.parse_client_version(self.recv_exactly(rfb.VERSION_LENGTH))
-            place.progressed = True
+            self.security.waiting.talked(place)
             if place.refusal:
                 self.turn_away(rfb.security_refusal(version, place.refusal), place.refusal)
             self.deadline = started + self.server.handshake_timeout

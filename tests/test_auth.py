@@ -236,45 +236,68 @@ class Evictable:
         self.evicted = True
 
 
-def test_a_full_cap_evicts_its_oldest_silent_place():
-    waiting = auth.Waiting(limit=3, per_address=2)
+def test_a_full_cap_evicts_its_oldest_silent_place_past_the_grace():
+    clock = Clock()
+    waiting = auth.Waiting(limit=3, per_address=2, grace=1.0, clock=clock)
     first, second, third = Evictable(), Evictable(), Evictable()
     with waiting.admit("a", first), waiting.admit("a", second) as talking:
-        talking.progressed = True
+        waiting.talked(talking)
+        with waiting.admit("a", third) as place:
+            assert place.refusal and not first.evicted, "the silent one is still in its grace"
+        clock.now += 1
         with waiting.admit("a", third) as place:
             assert place.refusal is None and first.evicted and not second.evicted
             with waiting.admit("a", Evictable()) as place:
-                assert place.refusal is None and third.evicted and not second.evicted
-    assert waiting._places == []
+                assert place.refusal, "the third is in its grace and the second talks"
+    assert waiting._places == [] and waiting._refusing == 0
+
+
+def test_a_newcomer_that_talks_evicts_any_silent_place():
+    clock = Clock()
+    waiting = auth.Waiting(limit=3, per_address=2, grace=1.0, clock=clock)
+    silent = Evictable()
+    with waiting.admit("a", silent), waiting.admit("a", Evictable()) as talking:
+        waiting.talked(talking)
+        with waiting.admit("a", Evictable()) as place:
+            assert place.refusal
+            waiting.talked(place)
+            assert place.refusal is None and silent.evicted
+            assert waiting._places == [talking, place] and waiting._refusing == 0
+    assert waiting._places == [] and waiting._refusing == 0
 
 
 def test_a_full_global_cap_evicts_across_addresses():
-    waiting = auth.Waiting(limit=3, per_address=2)
+    clock = Clock()
+    waiting = auth.Waiting(limit=3, per_address=2, grace=1.0, clock=clock)
     silent = [Evictable() for _ in range(3)]
     with waiting.admit("a", silent[0]), waiting.admit("b", silent[1]), \
             waiting.admit("c", silent[2]):
+        clock.now += 1
         with waiting.admit("d", Evictable()) as place:
             assert place.refusal is None
             assert [evict.evicted for evict in silent] == [True, False, False]
 
 
 def test_a_cap_full_of_talking_places_refuses_with_a_reason():
-    waiting = auth.Waiting(limit=3, per_address=2)
+    waiting = auth.Waiting(limit=3, per_address=2, clock=Clock())
     with waiting.admit("a", Evictable()) as one, waiting.admit("a", Evictable()) as two:
-        one.progressed = two.progressed = True
+        waiting.talked(one)
+        waiting.talked(two)
         with waiting.admit("a", Evictable()) as place:
+            waiting.talked(place)
             assert place.refusal == "2 connections from a are already in the handshake"
         with waiting.admit("b", Evictable()) as three:
-            three.progressed = True
+            waiting.talked(three)
             with waiting.admit("c", Evictable()) as place:
+                waiting.talked(place)
                 assert place.refusal == "3 connections are already in the handshake"
     assert waiting._places == [] and waiting._refusing == 0
 
 
 def test_refusals_are_capped_too():
-    waiting = auth.Waiting(limit=1, per_address=1)
+    waiting = auth.Waiting(limit=1, per_address=1, clock=Clock())
     with waiting.admit("a", Evictable()) as talking:
-        talking.progressed = True
+        waiting.talked(talking)
         with waiting.admit("b", Evictable()) as place:
             assert place.refusal
             with pytest.raises(auth.Refused, match="1 connections are already"):
@@ -454,7 +477,8 @@ def test_handshake_deadline_covers_a_trickling_viewer(secured):
     sock.close()
 
 
-def test_unauthenticated_connections_are_capped(secured):
+@pytest.mark.parametrize("version", [b"RFB 003.003\n", b"RFB 003.008\n"])
+def test_unauthenticated_connections_are_capped(secured, version):
     security = auth.Security(PASSWORD)
     security.waiting = auth.Waiting(limit=3, per_address=2)
     h = secured(security)
@@ -464,7 +488,7 @@ def test_unauthenticated_connections_are_capped(secured):
         sock.sendall(b"RFB 003.008\n")
         assert sock.recv(2) == b"\x01\x02"
     with pytest.raises(ConnectionRefusedError, match="2 connections from 127.0.0.1"):
-        SecureClient(h.port, PASSWORD)
+        SecureClient(h.port, PASSWORD, version=version)
     for sock in talking:
         sock.close()
     assert wait_until(lambda: not security.waiting._places)

@@ -477,6 +477,15 @@ def test_handshake_deadline_covers_a_trickling_viewer(secured):
     sock.close()
 
 
+def test_a_silent_connection_has_a_shorter_deadline(secured, monkeypatch):
+    monkeypatch.setattr(auth, "VERSION_TIMEOUT", 0.2)
+    h = secured(auth.Security(), handshake_timeout=30)
+    sock = socket.create_connection(("127.0.0.1", h.port), timeout=10)
+    assert sock.recv(12) == b"RFB 003.008\n"
+    assert sock.recv(100) == b"", "closed long before the handshake's 30 s"
+    sock.close()
+
+
 @pytest.mark.parametrize("version", [b"RFB 003.003\n", b"RFB 003.008\n"])
 def test_unauthenticated_connections_are_capped(secured, version):
     security = auth.Security(PASSWORD)

@@ -2,8 +2,8 @@
 
 A viewer proves itself in the security step of the handshake (RFC 6143 §7.1.2-7.2), which
 viewer.py runs as straight-line code; this module holds what that code asks: which security
-types to offer, the VeNCrypt messages, whether a response matches a password, and whether an
-address has failed too often.  Like rfb.py it never reads a socket itself.
+types to offer, the VeNCrypt messages, whether a response matches a password, and when
+strangers are let in and checked.  Like rfb.py it never reads a socket itself.
 
 What is offered, best first (rfb-notes §2):
 
@@ -27,13 +27,34 @@ constant time.  TLS is the standard library's ssl module, 1.2 or later, with the
 certificate, and sends no session tickets: TigerVNC 1.12's viewer stalls when they arrive
 with the SecurityResult, and nothing here resumes sessions.
 
-Strangers are kept cheap.  Every failed attempt is logged with the viewer's address and
-answered only after `FAILURE_DELAY`, as TigerVNC does; after `BLACKLIST_THRESHOLD` failures an
-address is turned away before the security step for `BLACKLIST_TIMEOUT` seconds, twice as long
-each time it fails again (TigerVNC's Blacklist).  At most `MAX_UNAUTHENTICATED` connections,
-and `MAX_UNAUTHENTICATED_PER_ADDRESS` from one address, may be in the handshake at once; the
-server's handshake timeout bounds how long each may take.  A view-only viewer is let in, but
-viewer.py drops its keys, pointer and clipboard, and its request for exclusive access.
+Strangers are kept cheap, and none of them can lock the others out.
+
+Idle sockets.  At most `MAX_UNAUTHENTICATED` connections, and `MAX_UNAUTHENTICATED_PER_ADDRESS`
+from one address, hold a place in the handshake (`Waiting`).  A connection must send its
+version within `VERSION_TIMEOUT`, far sooner than the server's handshake deadline, because
+every viewer answers the server's version at once.  When a cap is full, a newcomer evicts the
+oldest place that has sent nothing for `EVICTION_GRACE`; if there is none it may still send
+its version, and having talked it evicts any silent place.  So a real viewer gets in past any
+number of silent sockets, and attackers that reconnect when closed cannot evict each other in
+a loop: the grace stops them.  Only when every place is held by a connection that talks is a
+newcomer refused, with the reason in the security step, which every RFB version can carry.
+Those refusals are capped in number too; past that a connection is closed without a word.
+
+Password guessing.  Every password check takes a turn (`Turns`): after a quiet spell
+`CHECK_BURST` may go at once, then one every `CHECK_INTERVAL`, across all sources together.
+The check waits for its turn, it is not refused, and the answer comes only after it, so an
+attacker learns nothing sooner by hanging up.  The queue is short because every check holds a
+place in the handshake while it waits, and the handshake's deadline is moved by the wait.  At
+one guess a second an 8-character VNC password cannot be searched online, whatever the number
+of addresses.  Nothing is remembered per address: TigerVNC's blacklist, which this replaces,
+let an attacker on a viewer's own address (every browser behind web.py shares one) keep the
+right password out, and let a viewer's success wipe out the attacker's record.  The price is
+that the attacker's guesses and the viewer's check share one queue: the viewer waits behind the
+guesses in it (a few seconds), and an attacker that keeps every place of the viewer's address,
+or every place of all, talking and waiting is a denial of service (never a way in) until it
+stops.  A failed answer also waits `FAILURE_DELAY`, as TigerVNC's does.  A view-only viewer is
+let in, but viewer.py drops its keys, pointer and clipboard, and its request for exclusive
+access.
 
 Defaults (see `start`): a viewer port that others can reach, bound to anything but loopback
 or relayed there by the browser console (web.py), needs --password-file, or --insecure to say

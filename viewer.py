@@ -2,8 +2,9 @@
 
 `ViewerSession` is a socketserver request handler, so each viewer has a thread of its own.
 The handshake (RFC 6143 §7.1-7.3) is straight-line blocking code with one deadline for all of
-it, each step parsed by rfb.py and the security step decided by auth.py: the program counter
-is the state.  With VeNCrypt the socket is swapped for a TLS one half-way through, so the
+it (a shorter one for the viewer's version, and moved by a password check's wait for its
+turn), each step parsed by rfb.py and the security step decided by auth.py: the program
+counter is the state.  With VeNCrypt the socket is swapped for a TLS one half-way through, so the
 session reads and writes `self.sock` and treats TLS's "want read/write" like "would block".
 After ServerInit the session runs a small event loop on `selectors` over the viewer's socket
 and a wake-up socketpair.  Displays poke the socketpair when their picture changed, and the

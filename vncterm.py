@@ -120,6 +120,7 @@ class Server(socketserver.ThreadingTCPServer):
     """Accepts viewers, one thread each, and knows them all and the displays they can show."""
 
     allow_reuse_address = True
+    request_queue_size = 1024  # socketserver's 5 overflowed in a connection flood
     daemon_threads = False
     block_on_close = True
 

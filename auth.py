@@ -49,9 +49,9 @@ one guess a second an 8-character VNC password cannot be searched online, whatev
 of addresses.  Nothing is remembered per address: TigerVNC's blacklist, which this replaces,
 let an attacker on a viewer's own address (every browser behind web.py shares one) keep the
 right password out, and let a viewer's success wipe out the attacker's record.  The price is
-that the attacker's guesses and the viewer's check share one queue: the viewer waits behind the
-guesses in it (a few seconds), and an attacker that keeps every place of the viewer's address,
-or every place of all, talking and waiting is a denial of service (never a way in) until it
+that the attacker's guesses and the viewer's check share one queue: the viewer waits a turn for
+each guess ahead of it, and an attacker that keeps every place of the viewer's address, or
+every place of all, talking and waiting is a denial of service (never a way in) until it
 stops.  A failed answer also waits `FAILURE_DELAY`, as TigerVNC's does.  A view-only viewer is
 let in, but viewer.py drops its keys, pointer and clipboard, and its request for exclusive
 access.

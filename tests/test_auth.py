@@ -1,6 +1,6 @@
 """auth.py and the viewer handshake around it: passwords, VeNCrypt TLS, the limits on strangers.
 
-The policy pieces (offers, blacklist, caps, option checks) are tested as data.  Everything else
+The policy pieces (offers, turns, caps, option checks) are tested as data.  Everything else
 runs against a real server on loopback (test_server's Harness) with `SecureClient`, rawviewer's
 client taught the security step: VNC authentication with its own DES key schedule and
 VeNCrypt with the standard library's TLS, so it shares no code with auth.py.  Certificates are

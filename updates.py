@@ -28,9 +28,10 @@ Hextile, Zlib and ZRLE make one rectangle of each band, so the count is known be
 is encoded.  Tight makes as many as a band's content needs, so for Tight the header says
 0xFFFF and a LastRect ends the update, where the viewer listed LastRect (TigerVNC, TightVNC,
 noVNC do); a Tight viewer without it gets its frame encoded whole before the header, as one
-piece in the queue.  A frame in progress is finished before anything else is queued, even
-across a VT switch, because the header promised its rectangles; the bands come from the
-picture the display handed over for that frame, so a late band is never newer than its frame.
+piece in the queue.  A frame in progress is finished before anything else is queued (a bell
+waits for its end, and so does a VT switch), because the header promised its rectangles; the
+bands come from the picture the display handed over for that frame, so a late band is never
+newer than its frame.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class Outbox:
     def __init__(self, clock=time.monotonic) -> None:
         self.data = bytearray()
         self.frame = None
+        self.after_frame = bytearray()
         self.clock = clock
         self.last_write = clock()
 
@@ -69,10 +71,17 @@ class Outbox:
         return len(self.data)
 
     def add(self, message: bytes) -> None:
-        """Queue a whole message; the stall clock starts when bytes start to wait."""
-        if not self.data:
+        """Queue a whole message, after the frame in progress if there is one."""
+        if self.frame is not None:
+            self.after_frame += message
+        else:
+            self._append(message)
+
+    def _append(self, data: bytes) -> None:
+        """The stall clock starts when bytes start to wait."""
+        if data and not self.data:
             self.last_write = self.clock()
-        self.data += message
+        self.data += data
 
     def fill(self, updates: Updates) -> None:
         """Queue the frame in progress, then new frames, while less than SOFT_OUTBOX waits."""
@@ -84,8 +93,10 @@ class Outbox:
             chunk = next(self.frame, None)
             if chunk is None:
                 self.frame = None
+                self._append(self.after_frame)
+                self.after_frame = bytearray()
             else:
-                self.add(chunk)
+                self._append(chunk)
 
     def head(self, size: int) -> bytes:
         """The first `size` bytes waiting; the same until `sent` says they have gone."""
@@ -101,8 +112,9 @@ class Outbox:
         """Raise ViewerGone for a viewer that does not read."""
         if self.data and self.clock() - self.last_write > WRITE_STALL_TIMEOUT:
             raise ViewerGone(f"not reading for {WRITE_STALL_TIMEOUT:.0f} s")
-        if len(self.data) > HARD_OUTBOX:
-            raise ViewerGone(f"{len(self.data)} bytes queued and not read")
+        queued = len(self.data) + len(self.after_frame)
+        if queued > HARD_OUTBOX:
+            raise ViewerGone(f"{queued} bytes queued and not read")
 
 
 class Updates:

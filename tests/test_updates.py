@@ -228,3 +228,18 @@ def test_a_frame_in_progress_is_finished_before_a_switch_shows():
     assert not read.left
     assert frames == [[RAW] * 8, [RAW]]
     assert decoder.crop(0, 0, 640, 400) == expected_pixels(small.image, rfb.DEFAULT_PIXEL_FORMAT)
+
+
+def test_a_bell_during_a_frame_waits_for_its_end():
+    """Messages that need no request never land between a frame's rectangles."""
+    display = Picture(2048, 1024)
+    update = viewer_of(display, RAW)
+    update.request(incremental=False)
+    outbox = updates.Outbox()
+    outbox.fill(update)
+    display.bells += 1
+    outbox.add(update.notifications())
+    data, _ = take_everything(outbox, update)
+    read = BytesReader(data)
+    assert read_update(read, Decoder(2048, 1024, rfb.DEFAULT_PIXEL_FORMAT)) == [RAW] * 8
+    assert read(read.left) == rfb.bell()

@@ -33,9 +33,15 @@ class NoiseGuest(fakeguest.FakeGuest):
     def __init__(self, port, size=NOISE_SIZE):
         super().__init__(port, *size)
 
-    def paint_noise(self):
+    def paint_noise(self, marker=0, colour=(0, 0, 0)):
+        """One whole frame of noise, with a solid marker x marker block of colour top left."""
         width, height = self.width, self.height
-        self.send_update(self.rect(0, 0, width, height, RAW, os.urandom(width * height * 4)))
+        pixels = bytearray(os.urandom(width * height * 4))
+        red, green, blue = colour
+        for row in range(marker):
+            start = row * width * 4
+            pixels[start : start + marker * 4] = bytes([blue, green, red, 0]) * marker
+        self.send_update(self.rect(0, 0, width, height, RAW, bytes(pixels)))
 
 
 class RawReader:

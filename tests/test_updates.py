@@ -243,3 +243,17 @@ def test_a_bell_during_a_frame_waits_for_its_end():
     read = BytesReader(data)
     assert read_update(read, Decoder(2048, 1024, rfb.DEFAULT_PIXEL_FORMAT)) == [RAW] * 8
     assert read(read.left) == rfb.bell()
+
+
+@pytest.mark.parametrize("encoding", [RAW, 5, 6, 16], ids=["raw", "hextile", "zlib", "zrle"])
+def test_banded_frames_state_their_rectangle_count_up_front(monkeypatch, encoding):
+    """One rectangle per band: the header's count is exact, and the bands decode to the picture
+    (a 200-pixel-wide picture of 300 rows is 18 bands of 16 rows and one of 12)."""
+    monkeypatch.setattr(updates, "BAND_PIXELS", 16 * 200)
+    display = stripes(200, 300)
+    update = viewer_of(display, encoding)
+    update.request(incremental=False)
+    names = {RAW: "raw", 5: "hextile", 6: "zlib", 16: "zrle"}
+    decoder, (frame,) = decoded(display, update, {names[encoding]})
+    assert frame == [encoding] * 19
+    assert decoder.crop(0, 0, 200, 300) == expected_pixels(display.image, rfb.DEFAULT_PIXEL_FORMAT)

@@ -25,13 +25,13 @@ clipboard) pile up, and `WRITE_STALL_TIMEOUT` one that does not read at all.
 
 Trade-offs.  The FramebufferUpdate header comes first and states its rectangle count.  Raw,
 Hextile, Zlib and ZRLE make one rectangle of each band, so the count is known before any band
-is encoded.  Tight makes as many as a band's content needs, so for Tight the header says
-0xFFFF and a LastRect ends the update, where the viewer listed LastRect (TigerVNC, TightVNC,
-noVNC do); a Tight viewer without it gets its frame encoded whole before the header, as one
-piece in the queue.  A frame in progress is finished before anything else is queued (a bell
-waits for its end, and so does a VT switch), because the header promised its rectangles; the
-bands come from the picture the display handed over for that frame, so a late band is never
-newer than its frame.
+is encoded.  Tight makes as many as a band's content needs, so a Tight frame of more than
+one band has the header say 0xFFFF and a LastRect end the update, where the viewer listed
+LastRect (TigerVNC, TightVNC, noVNC do); a frame of one band, and any frame for a Tight viewer
+without LastRect, is encoded whole before its header, as one piece in the queue.  A frame in
+progress is finished before anything else is queued (a bell waits for its end, and so does a
+VT switch), because the header promised its rectangles; the bands come from the picture the
+display handed over for that frame, so a late band is never newer than its frame.
 """
 
 from __future__ import annotations
@@ -200,7 +200,7 @@ class Updates:
                      for box in band_boxes(*image.size)]
         shared = (self.display.plans, changes.token if changes else None)
         counted = self.encoder.one_rect_per_image
-        last_rect = not counted and self.encoder.supports(Encoding.LAST_RECT)
+        last_rect = not counted and len(bands) > 1 and self.encoder.supports(Encoding.LAST_RECT)
         if not counted and not last_rect:
             rects += [rect for band in bands for rect in self._encode(band, shared)]
             bands = []

@@ -257,3 +257,12 @@ def test_banded_frames_state_their_rectangle_count_up_front(monkeypatch, encodin
     decoder, (frame,) = decoded(display, update, {names[encoding]})
     assert frame == [encoding] * 19
     assert decoder.crop(0, 0, 200, 300) == expected_pixels(display.image, rfb.DEFAULT_PIXEL_FORMAT)
+
+
+def test_a_tight_frame_of_one_band_counts_its_rectangles():
+    """A frame that fits in one band goes as it always did: an exact count, no LastRect."""
+    display = stripes(200, 100)
+    update = viewer_of(display, TIGHT, LAST_RECT)
+    update.request(incremental=False)
+    _, (frame,) = decoded(display, update, {"tight"})
+    assert frame and set(frame) == {TIGHT}

@@ -10,7 +10,9 @@ a type checker and a test can hold both displays to, not prose that drifts:
     changes(token, copy_rect)  what changed since `token`: a damage.Changes, or None
     plans                      an encoders.SharedPlans: the encoding work viewers share
     listeners                  callables to poke (from any thread) when something changed
-    key(keysym, down, modifiers), pointer(button_mask, x, y), paste(text)    input, RFC 6143 §7.5
+    key(keysym, down, modifiers), pointer(button_mask, x, y, hand)   input, RFC 6143 §7.5
+    paste(text)                type the viewer's clipboard, because the person asked to
+    clipboard(text)            the viewer's clipboard changed (the desktop hands it on)
     cursor                     the pointer's shape (an rfbclient.CursorShape), or None for ours
     cut_text                   (serial, text): the display's clipboard, new when serial changes
     bells                      a count of bells; a viewer rings when it has grown (§7.6.3)
@@ -26,14 +28,21 @@ own zlib streams (encoders.py).
 Trade-off: the console renders lazily, when a viewer asks (`SharedPicture.catch_up`), while the
 desktop draws eagerly, as the guest's updates arrive.  The console's changes are cheap to note
 and dear to draw, and a flood is drawn at the viewers' pace; the guest's are already pixels.
+
+The pointer on the console is xterm's: the left button selects (selection.py) and the release
+copies to that viewer's clipboard, the middle button pastes it, the wheel scrolls; when the
+program has asked for the mouse, only with Shift held.  A `Hand` is what the display needs of
+the viewer for that: its modifiers, the buttons it held before, and its clipboard link.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+import clipboard
 import damage
 import encoders
 import keymap
@@ -49,7 +58,7 @@ class Display(Protocol):
     plans: encoders.SharedPlans
     listeners: set[Callable[[], None]]
     cursor: rfbclient.CursorShape | None
-    cut_text: tuple[int, bytes]
+    cut_text: tuple[int, str]
     bells: int
 
     def changes(self, token: int | None, copy_rect: bool = True) -> damage.Changes | None:
@@ -58,11 +67,26 @@ class Display(Protocol):
     def key(self, keysym: int, down: bool, modifiers: keymap.Modifiers) -> None:
         """A key went down or up; `modifiers` are the viewer's, after this key."""
 
-    def pointer(self, button_mask: int, x: int, y: int) -> None:
+    def pointer(self, button_mask: int, x: int, y: int, hand: Hand) -> None:
         """The pointer moved or a button changed, inside the picture."""
 
-    def paste(self, text: bytes) -> None:
-        """The viewer's clipboard (Latin-1, RFC 6143 §7.5.6)."""
+    def paste(self, text: str) -> None:
+        """Type the viewer's clipboard: the person asked to paste."""
+
+    def clipboard(self, text: str) -> None:
+        """The viewer's clipboard changed (a copy on the viewer's machine)."""
+
+
+LEFT, MIDDLE = 1 << 0, 1 << 1
+
+
+@dataclass
+class Hand:
+    """One viewer's side of the pointer: its modifiers, the buttons it held, its clipboard."""
+
+    modifiers: keymap.Modifiers
+    clipboard: clipboard.ClipboardLink
+    buttons: int = 0
 
 
 class SharedPicture:
@@ -79,7 +103,7 @@ class SharedPicture:
         self.plans = encoders.SharedPlans()
         self.listeners = set() if listeners is None else listeners
         self.cursor = None
-        self.cut_text = (0, b"")
+        self.cut_text = (0, "")
 
     def changes(self, token: int | None, copy_rect: bool = True) -> damage.Changes | None:
         with self.lock:
@@ -130,8 +154,26 @@ class ConsoleDisplay(SharedPicture):
         if down and keysym not in keymap.MODIFIER_KEYSYMS:
             self.console.key(keysym, modifiers)
 
-    def pointer(self, button_mask: int, x: int, y: int) -> None:
+    def pointer(self, button_mask: int, x: int, y: int, hand: Hand) -> None:
+        if not self.console.reports_mouse or hand.modifiers.shift:
+            self.select(button_mask, x, y, hand)
         self.console.pointer(button_mask)
 
-    def paste(self, text: bytes) -> None:
+    def select(self, button_mask: int, x: int, y: int, hand: Hand) -> None:
+        """xterm's buttons: left selects and copies on release, middle pastes."""
+        pressed, released = button_mask & ~hand.buttons, hand.buttons & ~button_mask
+        width, height = self.renderer.glyphs.cell
+        column = min(x // width, self.console.columns - 1)
+        row = min(y // height, self.console.lines - 1)
+        if button_mask & LEFT:
+            self.console.select(row, column, press=bool(pressed & LEFT))
+        elif released & LEFT and (text := self.console.end_selection()):
+            hand.clipboard.copy(text)
+        if pressed & MIDDLE:
+            self.console.paste(hand.clipboard.received)
+
+    def paste(self, text: str) -> None:
         self.console.paste(text)
+
+    def clipboard(self, text: str) -> None:
+        """Kept by the viewer until pasted: nothing to do here."""

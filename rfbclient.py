@@ -18,6 +18,10 @@ guest chooses (rectangles in an update) are walked in a loop, never by recursion
 Where deployed servers bend the spec harmlessly, we bend with them: TightVNC 1.3 puts the
 hotspot of its hidden-pointer cursor just outside the image, so a hotspot is clamped into the
 cursor rather than refused.  The limits that protect us (the cursor's size) stay hard.
+
+The clipboard: we list the Extended Clipboard among our encodings, and a server that speaks
+it (TigerVNC's Xvnc) answers with its caps; from then on `ServerReader` reads its extended
+ServerCutText into rfb.ExtendedClipboard events, with rfb.py's reader and limits.
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ from dataclasses import dataclass
 
 from rfb import (
     CHALLENGE_LENGTH,
-    CUT_TEXT_HEADER,
     RECT_HEADER,
     VERSION_3_3,
     VERSION_3_7,
@@ -42,6 +45,8 @@ from rfb import (
     ProtocolError,
     SecurityType,
     ServerMsg,
+    cut_text_length,
+    parse_extended_clipboard,
 )
 
 MAX_DESKTOP_SIDE = 8192
@@ -246,6 +251,11 @@ def client_cut_text(text: bytes) -> bytes:
     return struct.pack(">B3xI", ClientMsg.CLIENT_CUT_TEXT, len(text)) + text
 
 
+def client_clipboard(body: bytes) -> bytes:
+    """An Extended Clipboard message (from rfb.clipboard_caps and friends) as ClientCutText."""
+    return bytes([ClientMsg.CLIENT_CUT_TEXT]) + body
+
+
 @dataclass(frozen=True)
 class RawRows:
     """Some whole rows of a Raw rectangle, 4 bytes per pixel in the format we set."""
@@ -313,10 +323,12 @@ class ServerReader:
     header.  Each rectangle is checked against the current framebuffer before a byte of it is
     used.  Raw pixels come out a few whole rows at a time, as they arrive, so a huge rectangle
     never sits in memory; server cut text beyond the cap is discarded as it streams in.
+    We list the Extended Clipboard in ENCODINGS, so its messages are read from the start
+    (`extended_clipboard` is there for a test to turn that off).
     """
 
     ENCODINGS = (Encoding.COPY_RECT, Encoding.RAW, Encoding.EXTENDED_DESKTOP_SIZE,
-                 Encoding.DESKTOP_SIZE, Encoding.CURSOR)
+                 Encoding.DESKTOP_SIZE, Encoding.CURSOR, Encoding.EXTENDED_CLIPBOARD)
     BYTES_PER_PIXEL = 4
     _RECT_READERS = {
         Encoding.RAW: "_raw_rect",
@@ -333,6 +345,8 @@ class ServerReader:
         self._update_done = False
         self._raw: list | None = None
         self._cut_text: CappedBody | None = None
+        self._extended = False
+        self.extended_clipboard = True
 
     def feed(self, data: bytes) -> None:
         self._buffer += data
@@ -477,7 +491,9 @@ class ServerReader:
     def _start_cut_text(self):
         if len(self._buffer) < 8:
             return None
-        (length,) = CUT_TEXT_HEADER.unpack(self._take(8)[1:])
+        length, self._extended = cut_text_length(
+            bytes(self._buffer[1:8]), self.extended_clipboard, "ServerCutText")
+        del self._buffer[:8]
         self._cut_text = CappedBody(length)
         return self._cut_text_event()
 
@@ -486,4 +502,4 @@ class ServerReader:
         if text is None:
             return None
         self._cut_text = None
-        return ServerCutText(text)
+        return parse_extended_clipboard(text) if self._extended else ServerCutText(text)

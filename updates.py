@@ -40,6 +40,7 @@ import time
 
 from PIL import Image
 
+import clipboard
 import damage
 import rfb
 from rfb import Encoding
@@ -120,8 +121,9 @@ class Outbox:
 class Updates:
     """What one viewer is owed from one display: a fresh one on every VT switch."""
 
-    def __init__(self, display, encoder, size: tuple[int, int]) -> None:
+    def __init__(self, display, encoder, size: tuple[int, int], link=None) -> None:
         self.display = display
+        self.clipboard = link or clipboard.viewer_link()  # the display's cut text, in its form
         self.encoder = encoder
         self.size = size
         self.token = None
@@ -135,7 +137,7 @@ class Updates:
 
     def switched(self, display) -> Updates:
         """Updates from `display`, keeping what the viewer asked for and was told."""
-        new = Updates(display, self.encoder, self.size)
+        new = Updates(display, self.encoder, self.size, self.clipboard)
         new.requested, new.full = self.requested, self.full
         new.announced, new.resize_reply = self.announced, self.resize_reply
         return new
@@ -167,7 +169,7 @@ class Updates:
         serial, text = self.display.cut_text
         if serial != self.seen_cut_text:
             self.seen_cut_text = serial
-            messages += rfb.server_cut_text(text)
+            messages += self.clipboard.give(text)
         return messages
 
     def next_frame(self):

@@ -41,6 +41,8 @@ import ssl
 import time
 
 import auth
+import clipboard
+import display
 import encoders
 import keymap
 import netio
@@ -69,6 +71,7 @@ class ViewerSession(socketserver.BaseRequestHandler):
         self.encoder = encoders.ViewerEncoder()
         self.reader = rfb.ClientReader()
         self.modifiers = keymap.Modifiers()
+        self.hand = display.Hand(self.modifiers, clipboard.viewer_link())
         self.outbox = updates.Outbox()
         self.events: collections.deque = collections.deque()
         self.held_keys: set[int] = set()
@@ -134,7 +137,8 @@ class ViewerSession(socketserver.BaseRequestHandler):
             shared = rfb.parse_client_init(self.recv_exactly(1))
         if not shared and not self.view_only:
             self.server.disconnect_others(self)
-        self.updates = updates.Updates(self.display, self.encoder, self.display.size)
+        self.updates = updates.Updates(self.display, self.encoder, self.display.size,
+                                       self.hand.clipboard)
         width, height = self.updates.size
         pixel_format = rfb.DEFAULT_PIXEL_FORMAT
         self.sock.sendall(rfb.server_init(width, height, pixel_format, self.server.name))
@@ -228,7 +232,7 @@ class ViewerSession(socketserver.BaseRequestHandler):
                         self.receive()
                 while self.events:
                     self.switch(*self.events.popleft())
-                self.outbox.add(self.updates.notifications())
+                self.outbox.add(self.hand.clipboard.take() + self.updates.notifications())
                 self.flush()
 
     def receive(self) -> None:
@@ -299,8 +303,9 @@ class ViewerSession(socketserver.BaseRequestHandler):
         self.held_keys = set()
         button_mask, x, y = self.pointer
         if button_mask:
-            self.display.pointer(0, x, y)
+            self.display.pointer(0, x, y, self.hand)
         self.pointer = (0, x, y)
+        self.hand.buttons = 0
 
     # Client messages, RFC 6143 §7.5.
 
@@ -309,6 +314,10 @@ class ViewerSession(socketserver.BaseRequestHandler):
 
     def on_SetEncodings(self, message: rfb.SetEncodings) -> None:
         self.encoder.set_encodings(message.encodings)
+        link = self.hand.clipboard
+        if rfb.Encoding.EXTENDED_CLIPBOARD in message.encodings and not link.sent_caps:
+            self.reader.extended_clipboard = True
+            self.outbox.add(link.offer())
 
     def on_FramebufferUpdateRequest(self, message: rfb.FramebufferUpdateRequest) -> None:
         self.updates.request(message.incremental)
@@ -319,6 +328,10 @@ class ViewerSession(socketserver.BaseRequestHandler):
         event = vt.hotkey(keysym, self.modifiers.held, down)
         if event is not None:
             self.switch(event)
+            return
+        if down and vt.pastes(keysym, self.modifiers.held, self.display is self.server.console):
+            if not self.view_only:
+                self.paste()
             return
         if down:
             if self.view_only:
@@ -336,11 +349,31 @@ class ViewerSession(socketserver.BaseRequestHandler):
         width, height = self.updates.size
         x, y = min(message.x, width - 1), min(message.y, height - 1)
         self.pointer = (message.button_mask, x, y)
-        self.display.pointer(message.button_mask, x, y)
+        self.display.pointer(message.button_mask, x, y, self.hand)
+        self.hand.buttons = message.button_mask
 
     def on_ClientCutText(self, message: rfb.ClientCutText) -> None:
+        """The viewer's clipboard: kept, never typed until the person pastes (issue 14)."""
         if not self.view_only:
-            self.display.paste(message.text)
+            self.hand.clipboard.receive_plain(message.text)
+            self.display.clipboard(self.hand.clipboard.received)
+
+    def on_ExtendedClipboard(self, message: rfb.ExtendedClipboard) -> None:
+        link = self.hand.clipboard
+        received = link.received
+        answer, changed = link.receive(message)
+        self.outbox.add(answer)
+        if self.view_only:
+            link.received = received
+        elif changed:
+            self.display.clipboard(link.received)
+
+    def paste(self) -> None:
+        """Type the viewer's clipboard into the display, with no modifier held there."""
+        for keysym in self.held_keys & keymap.MODIFIER_KEYSYMS:
+            self.display.key(keysym, False, self.modifiers)
+        self.held_keys -= keymap.MODIFIER_KEYSYMS
+        self.display.paste(self.hand.clipboard.received)
 
     def on_SetDesktopSize(self, message: rfb.SetDesktopSize) -> None:
         self.updates.refuse_resize()

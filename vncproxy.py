@@ -13,7 +13,11 @@ with their own encoders and zlib state, exactly as for the console, because a vi
 cannot survive a splice of two servers' streams (docs/protocol.md, "Compression state";
 docs/design.md, "Why a shadow framebuffer").  So a VT switch is only: pick the other display,
 resize the viewer, repaint.  Input goes the other way: keys, pointer and clipboard are
-forwarded to the guest as they come.
+forwarded to the guest as they come.  The clipboard goes both ways through a
+clipboard.ClipboardLink towards the guest: UTF-8 with a guest that speaks the Extended
+Clipboard, Latin-1 otherwise, whatever each viewer speaks (each viewer's own link converts).
+Ctrl-Alt-V types a viewer's clipboard into the guest as key presses (`typing`), for screens
+that have no clipboard.
 
 Which display a viewer shows is vt.py's table, Ctrl-Alt-F1 and Ctrl-Alt-F7 moving it.  At most
 one desktop per console: a new guest connection replaces the old one, so a guest that rebooted
@@ -40,12 +44,14 @@ from collections.abc import Callable
 
 from PIL import Image
 
+import clipboard
 import damage
 import display
 import keymap
 import options
 import rfb
 import rfbclient
+from display import Hand
 from netio import PeerGone, Wakeup, recv_exactly
 from rfb import SecurityType
 
@@ -56,6 +62,8 @@ STALL_TIMEOUT = 30.0
 RETRY_DELAY = 2.0
 INPUT_LIMIT = 1024 * 1024
 MAX_GUEST_CONNECTIONS = 4  # the desktop, plus handshakes in flight (a reboot, a replacement)
+TYPING_LIMIT = 64 * 1024  # characters of a typed paste
+TYPING_INTERVAL = 0.01  # seconds per character: a firmware screen keeps up with 100 a second
 
 # --- The desktop as a display ---------------------------------------------------------------
 
@@ -68,6 +76,7 @@ class DesktopDisplay(display.SharedPicture):
         self.image = Image.new("RGB", self.size)
         self.bells = 0
         self.upstream = upstream
+        self.link = clipboard.ClipboardLink(rfbclient.client_cut_text, rfbclient.client_clipboard)
         self._pending: list = []
 
     def apply(self, event) -> None:
@@ -97,20 +106,70 @@ class DesktopDisplay(display.SharedPicture):
             elif isinstance(event, rfbclient.Bell):
                 self.bells += 1
             elif isinstance(event, rfbclient.ServerCutText):
-                self.cut_text = (self.cut_text[0] + 1, event.text)
+                self.link.receive_plain(event.text)
+                self.cut_text = (self.cut_text[0] + 1, self.link.received)
+            elif isinstance(event, rfb.ExtendedClipboard):
+                answer, changed = self.link.receive(event)
+                self.upstream.send(answer)
+                if changed:
+                    self.cut_text = (self.cut_text[0] + 1, self.link.received)
         if not isinstance(event, rfbclient.RawRows | rfbclient.CopyRect):
             self.notify()
 
     def key(self, keysym: int, down: bool, modifiers: keymap.Modifiers) -> None:
+        if down:
+            self.upstream.typing.stop()
         self.upstream.send(rfbclient.key_event(down, keysym))
 
-    def pointer(self, button_mask: int, x: int, y: int) -> None:
+    def pointer(self, button_mask: int, x: int, y: int, hand: Hand) -> None:
         width, height = self.size
         self.upstream.send(rfbclient.pointer_event(
             button_mask, min(x, width - 1), min(y, height - 1)))
 
-    def paste(self, text: bytes) -> None:
-        self.upstream.send(rfbclient.client_cut_text(text))
+    def clipboard(self, text: str) -> None:
+        with self.lock:
+            self.upstream.send(self.link.give(text))
+
+    def paste(self, text: str) -> None:
+        self.upstream.typing.start(text)
+
+
+class Typing:
+    """A typed paste in progress: a character's key presses every TYPING_INTERVAL (sans-IO:
+    the guest's thread asks `due(now)` for what to send and `wait(now)` how long to sleep)."""
+
+    def __init__(self, clock=time.monotonic) -> None:
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._text = ""
+        self._next = 0.0
+
+    def start(self, text: str) -> None:
+        with self._lock:
+            self._text = clipboard.normal_lines(text)[:TYPING_LIMIT]
+            self._next = self.clock()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._text = ""
+
+    def wait(self, now: float) -> float | None:
+        """Seconds until the next character is due, None when nothing is being typed."""
+        with self._lock:
+            return max(0.0, self._next - now) if self._text else None
+
+    def due(self, now: float) -> bytes:
+        """The key events of the characters due by `now`."""
+        events = b""
+        with self._lock:
+            while self._text and self._next <= now:
+                character, self._text = self._text[0], self._text[1:]
+                self._next += TYPING_INTERVAL
+                for keysym, down in keymap.typed_keys(character):
+                    events += rfbclient.key_event(down, keysym)
+            if self._next < now:
+                self._next = now  # after a stall, go on at the pace, do not burst
+        return events
 
 
 # --- One guest connection -----------------------------------------------------------------------
@@ -133,6 +192,7 @@ class Upstream:
         self.peer = peer
         self.password = password
         self.display: DesktopDisplay | None = None
+        self.typing = Typing()
         self._outbox = bytearray()
         self._outbox_lock = threading.Lock()
         self._wakeup = Wakeup()
@@ -237,11 +297,15 @@ class Upstream:
                 events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self._outbox else 0)
                 selector.modify(self.sock, events)
                 timeout = STALL_TIMEOUT / 4 if reader.mid_message else None
+                typing = self.typing.wait(time.monotonic())
+                if typing is not None:
+                    timeout = typing if timeout is None else min(timeout, typing)
                 for key, _ in selector.select(timeout):
                     if key.fileobj is self._wakeup:
                         self._wakeup.drain()
                     elif self.receive(reader):
                         last_data = time.monotonic()
+                self.send(self.typing.due(time.monotonic()))
                 self.flush()
                 if reader.mid_message and time.monotonic() - last_data > STALL_TIMEOUT:
                     raise GuestGone(f"stalled mid-message for {STALL_TIMEOUT:.0f} s")

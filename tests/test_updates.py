@@ -36,7 +36,7 @@ class Picture:
         self.plans = encoders.SharedPlans()
         self.listeners = set()
         self.bells = 0
-        self.cut_text = (0, b"")
+        self.cut_text = (0, "")
         self.cursor = None
 
     def changes(self, token, copy_rect=True):

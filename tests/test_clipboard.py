@@ -23,6 +23,7 @@ import sources
 import vncproxy
 import vt
 from rfb import Clipboard
+from test_server import harness  # noqa: F401
 
 CAPS, REQUEST, PEEK, NOTIFY, PROVIDE = (1 << 24, 1 << 25, 1 << 26, 1 << 27, 1 << 28)
 
@@ -386,3 +387,57 @@ def test_typing_is_paced_capped_and_stoppable():
     typing.start("x" * (vncproxy.TYPING_LIMIT + 10))
     clock.now += 10 ** 4
     assert len(typing.due(clock.now)) == vncproxy.TYPING_LIMIT * len(first)
+
+
+# --- A viewer session, over a socket ----------------------------------------------------------
+
+EXTENDED_CLIPBOARD = -0x3F5E1A32  # 0xC0A1E5CE
+CONTROL_L, ALT_L = 0xFFE3, 0xFFE9
+ALL_ACTIONS = CAPS | REQUEST | PEEK | NOTIFY | PROVIDE
+
+
+def ctrl_alt_v(client):
+    for keysym, down in ((CONTROL_L, True), (ALT_L, True), (ord("v"), True),
+                         (ord("v"), False), (ALT_L, False), (CONTROL_L, False)):
+        client.key(keysym, down)
+
+
+def read_extended(client):
+    """The next server message, which must be an Extended Clipboard one: (flags, data)."""
+    kind, length = struct.unpack(">B3xI", client.recv(8))
+    assert kind == 3 and length >= 0x80000000
+    body = client.recv(0x100000000 - length)
+    return struct.unpack(">I", body[:4])[0], body[4:]
+
+
+def test_an_extended_viewer_pastes_utf8_on_request_and_copies_utf8(harness):  # noqa: F811
+    h = harness()
+    client = h.connect()
+    client.set_encodings(0, EXTENDED_CLIPBOARD)
+    assert read_extended(client) == (ALL_ACTIONS | 1, struct.pack(">I", rfb.CUT_TEXT_LIMIT))
+    client.send(extended(6, CAPS | PROVIDE | 1, struct.pack(">I", 10000)))
+    client.send(provided("päste ☃\r\n".encode() + b"\0"))
+    assert h.guest_reads(1, timeout=0.5) == b"", "a copy on the viewer's machine is not typed"
+    ctrl_alt_v(client)
+    assert h.guest_reads(len("päste ☃\r".encode())) == "päste ☃\r".encode()
+    h.guest_writes("wörld ☃ x  \r\n".encode(), shows="x")
+    width, height = h.cell_width(), h.cell_height()
+    for mask, column in ((1, 0), (1, 12), (0, 12)):
+        client.send(struct.pack(">BBHH", 5, mask, column * width, height // 2))
+    flags, data = read_extended(client)
+    assert flags == PROVIDE | 1
+    text = "wörld ☃ x".encode() + b"\0"
+    assert zlib.decompress(data) == struct.pack(">I", len(text)) + text
+
+
+def test_a_plain_viewer_gets_latin1_and_pastes_with_the_middle_button(harness):  # noqa: F811
+    h = harness()
+    client = h.connect()
+    client.send(struct.pack(">B3xI", 6, 6) + b"caf\xe9\n!")
+    h.guest_writes("ok ☃\r\n".encode(), shows="ok")
+    width, height = h.cell_width(), h.cell_height()
+    for mask, column in ((1, 0), (1, 3), (0, 3), (2, 0), (0, 0)):
+        client.send(struct.pack(">BBHH", 5, mask, column * width, height // 2))
+    kind, length = struct.unpack(">B3xI", client.recv(8))
+    assert (kind, client.recv(length)) == (3, b"ok ?")
+    assert h.guest_reads(len("café\r!".encode())) == "café\r!".encode()

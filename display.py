@@ -165,9 +165,11 @@ class ConsoleDisplay(SharedPicture):
         width, height = self.renderer.glyphs.cell
         column = min(x // width, self.console.columns - 1)
         row = min(y // height, self.console.lines - 1)
-        if button_mask & LEFT:
+        if button_mask & LEFT or released & LEFT:
+            # A viewer may send no motion between press and release (TigerVNC merges it): the
+            # release's position ends the selection.
             self.console.select(row, column, press=bool(pressed & LEFT))
-        elif released & LEFT and (text := self.console.end_selection()):
+        if released & LEFT and (text := self.console.end_selection()):
             hand.clipboard.copy(text)
         if pressed & MIDDLE:
             self.console.paste(hand.clipboard.received)

@@ -356,7 +356,7 @@ class ViewerSession(socketserver.BaseRequestHandler):
         """The viewer's clipboard: kept, never typed until the person pastes (issue 14)."""
         if not self.view_only:
             self.hand.clipboard.receive_plain(message.text)
-            self.display.clipboard(self.hand.clipboard.received)
+            self.clipboard_changed()
 
     def on_ExtendedClipboard(self, message: rfb.ExtendedClipboard) -> None:
         link = self.hand.clipboard
@@ -366,7 +366,12 @@ class ViewerSession(socketserver.BaseRequestHandler):
         if self.view_only:
             link.received = received
         elif changed:
-            self.display.clipboard(link.received)
+            self.clipboard_changed()
+
+    def clipboard_changed(self) -> None:
+        text = self.hand.clipboard.received
+        log.info("viewer %s: clipboard of %d characters kept for pasting", self.peer, len(text))
+        self.display.clipboard(text)
 
     def paste(self) -> None:
         """Type the viewer's clipboard into the display, with no modifier held there."""

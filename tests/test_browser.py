@@ -11,7 +11,7 @@ receives (the typed file), never anything vncterm says about itself.
   that both the page and the WebSocket were encrypted).  When vncterm stops, the web port
   closes with it: websockify was its child.
 * Keys typed into the page reach the pty: letters, Return, BackSpace, Tab, a Ctrl combination
-  (Ctrl-U kills the line), and text pasted into noVNC's clipboard panel.
+  (Ctrl-U kills the line), and text put into noVNC's clipboard panel, once Ctrl-Alt-V pastes it.
 * The guest desktop: TigerVNC's Xvnc reverse-connects (`vncconfig -connect`), the page switches
   to it, and Ctrl-Alt-1 / Ctrl-Alt-7 switch back and forth.  These are the hotkeys a browser
   passes through; Ctrl-Alt-F1..F7 belong to the desktop the browser runs on.
@@ -52,6 +52,9 @@ ROOT = "#ff8000"
 ROOT_RGB = (255, 128, 0)
 COLOUR_TOLERANCE = 40
 CONTROL_BAR_OPEN = "document.getElementById('noVNC_control_bar').classList.contains('noVNC_open')"
+CANVAS = ("(() => { const r = document.querySelector('#noVNC_container canvas')"
+          ".getBoundingClientRect(); return [r.left, r.top]; })()")
+CELL = (8, 16)  # vncterm's default console font
 FIRST_PICTURE = 40  # seconds for the page to load, connect and draw, generous for a loaded machine
 
 
@@ -160,6 +163,20 @@ def paste(browser, text):
     browser.click("noVNC_clipboard_button")
 
 
+def console_mouse(browser, kind, column, row):
+    """A left-button mouse event at the middle of a console cell in noVNC's canvas, once no
+    panel (sliding in or out) covers that spot."""
+    left, top = browser.evaluate(CANVAS)
+    width, height = CELL
+    x, y = left + column * width + width / 2, top + row * height + height / 2
+    # While a button is held, noVNC lays an element over the page that captures the mouse.
+    on_canvas = (f"['CANVAS', 'noVNC_mouse_capture_elem'].some(name => "
+                 f"[document.elementFromPoint({x}, {y}).tagName, "
+                 f"document.elementFromPoint({x}, {y}).id].includes(name))")
+    assert peers.wait_until(lambda: browser.evaluate(on_canvas), 10), "a panel covers the console"
+    browser.call("Input.dispatchMouseEvent", type=kind, button="left", clickCount=1, x=x, y=y)
+
+
 def test_keys_and_paste_reach_the_pty(start_vncterm, browser, artifacts, tmp_path):
     server = start_console(start_vncterm, tmp_path)
     open_console(browser, server, artifacts)
@@ -176,6 +193,9 @@ def test_keys_and_paste_reach_the_pty(start_vncterm, browser, artifacts, tmp_pat
     browser.type("fine")
     browser.press("Enter")
     paste(browser, "pasted from the panel\n")
+    for kind in ("mousePressed", "mouseReleased"):  # the keyboard's focus back on the console
+        console_mouse(browser, kind, 40, 15)
+    browser.press("Control", "Alt", "v")
     expected = "echo hello world\nhello\tx\nfine\npasted from the panel\n"
     typed = tmp_path / "typed.txt"
     peers.wait_until(lambda: peers.read_text(typed) == expected)

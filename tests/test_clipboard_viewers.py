@@ -41,18 +41,18 @@ def start_console(start_vncterm, folder, options=(), pattern=PATTERN):
     return start_vncterm(f"sh {script}", options=("--verbose", *options))
 
 
-def clipboard(xvfb):
-    """What the viewer machine's clipboard holds, "" while nobody owns it."""
-    result = peers.subprocess.run(["xclip", "-o", "-selection", "clipboard"], env=xvfb.env,
+def clipboard(screen):
+    """What an X screen's clipboard holds, "" while nobody owns it."""
+    result = peers.subprocess.run(["xclip", "-o", "-selection", "clipboard"], env=screen.env,
                                   capture_output=True, timeout=10)
     return result.stdout.decode(errors="replace") if result.returncode == 0 else ""
 
 
-def own_clipboard(xvfb, folder, text):
-    """Copy `text` on the viewer's machine, as another program does (xclip keeps owning it)."""
-    path = folder / "copied.txt"
+def own_clipboard(screen, folder, text):
+    """Copy `text` on an X screen, as another program does (xclip keeps owning it)."""
+    path = folder / f"copied-{screen.display[1:]}.txt"
     path.write_text(text)
-    xvfb.start(["xclip", "-quiet", "-selection", "clipboard", "-i", str(path)], "xclip")
+    screen.start(["xclip", "-quiet", "-selection", "clipboard", "-i", str(path)], "xclip")
 
 
 def focus_viewer(xvfb):
@@ -133,3 +133,21 @@ def test_novnc_clipboard_panel_both_ways(start_vncterm, tmp_path, artifacts,
         browsing.console_mouse(browser, kind, 40, 15)
     browser.press("Control", "Alt", "v")
     proxied.expect_text(tmp_path / "typed.txt", pasted)
+
+
+def test_tigervnc_and_a_guest_xvnc_share_the_clipboard_both_ways(start_vncterm, tmp_path,
+                                                                guest, xvfb):  # noqa: F811
+    for peer in ("vncviewer", "xdotool", "xclip"):
+        peers.require(peer)
+    server = proxied.start_proxy(start_vncterm, tmp_path)
+    guest.paint(xterm_command="sleep 600")
+    guest.connect(server)
+    viewer = TigerViewer(xvfb, server)
+    proxied.settle(lambda: proxied.screenshot_desktop_errors(viewer.screenshot()))
+    focus_viewer(xvfb)
+    from_guest = "from the guest: grüße ☃ 漢字"
+    own_clipboard(guest, tmp_path, from_guest)
+    assert peers.wait_until(lambda: clipboard(xvfb) == from_guest), repr(clipboard(xvfb))
+    to_guest = "to the guest: päste ☃"
+    own_clipboard(xvfb, tmp_path, to_guest)
+    assert peers.wait_until(lambda: clipboard(guest) == to_guest), repr(clipboard(guest))

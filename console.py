@@ -353,7 +353,7 @@ class Console:
         """The button went up: the selected text, "" if nothing is selected."""
         with self.lock:
             self.selection.release()
-            return self.selection.text(self._line_text)
+            return self.selection.text(self._line_text, self._wrapped)
 
     def _first_line(self) -> int:
         """The absolute line shown on the view's top row."""
@@ -366,6 +366,9 @@ class Console:
             return self.terminal.buffer[line - top] if line - top < self.lines else None
         index = line - top + len(history)
         return history[index] if index >= 0 else None
+
+    def _wrapped(self, line: int) -> bool:
+        return getattr(self._line(line), "wrapped", False)
 
     def _line_text(self, line: int) -> list[str]:
         cells = self._line(line)

@@ -13,8 +13,8 @@ console maps a viewer's row to such a line and back.
 
 The text: each line's selected cells in order, a wide character once (pyte keeps it in its
 first cell and leaves the second empty), blanks at the end of each line dropped, lines joined
-with newlines.  Trade-off: pyte does not record which lines wrapped, so a wrapped line's
-continuation is joined with a newline too, where xterm would join it directly.
+with newlines, except that a line the text wrapped from (terminal.py marks it) is joined to
+its continuation directly, blanks and all, as xterm does.
 """
 
 from __future__ import annotations
@@ -81,21 +81,26 @@ class Selection:
             return None  # a click, not a drag
         return start, (end[0], end[1] + 1)
 
-    def text(self, line_text) -> str:
-        """The selected text, as it goes to a clipboard."""
+    def text(self, line_text, wrapped=lambda line: False) -> str:
+        """The selected text, as it goes to a clipboard; `wrapped(line)` says whether a line
+        continues on the next."""
         span = self.span(line_text)
         if span is None:
             return ""
         (first, start), (last, end) = span
         if end == 0 and last > first:
             last, end = last - 1, None
-        lines = []
+        pieces = []
         for line in range(first, last + 1):
             characters = line_text(line)
             left = start if line == first else 0
             right = end if line == last else None
-            lines.append("".join(characters[left:right]).rstrip(" "))
-        return "\n".join(lines)
+            piece = "".join(characters[left:right])
+            if line < last and wrapped(line):
+                pieces.append(piece)
+            else:
+                pieces.append(piece.rstrip(" ") + ("\n" if line < last else ""))
+        return "".join(pieces)
 
 
 def word_start(characters: list[str], position: tuple[int, int]) -> tuple[int, int]:

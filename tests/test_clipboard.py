@@ -441,3 +441,30 @@ def test_a_plain_viewer_gets_latin1_and_pastes_with_the_middle_button(harness): 
     kind, length = struct.unpack(">B3xI", client.recv(8))
     assert (kind, client.recv(length)) == (3, b"ok ?")
     assert h.guest_reads(len("café\r!".encode())) == "café\r!".encode()
+
+
+def test_a_wrapped_line_is_copied_joined_to_its_continuation():
+    term = new_console()
+    term.feed(b"0123456789 123456789 wrapped\r\nnext\r\n")
+    term.select(0, 0, press=True)
+    term.select(2, 3, press=False)
+    assert term.end_selection() == "0123456789 123456789 wrapped\nnext"
+
+
+def test_a_wrap_mark_goes_with_a_line_feed_or_an_erase():
+    term = new_console()
+    term.feed(("\x1b[31m漢" * 12 + "\r\n").encode())  # pyte's own draw wraps it
+    assert [term._wrapped(line) for line in range(3)] == [True, False, False]
+    term.feed(b"\x1b[H\x1b[2Jxxxxx\x1b[2;1Hy")
+    term.select(0, 0, press=True)
+    term.select(1, 0, press=False)
+    assert term.end_selection() == "xxxxx\ny"
+
+
+def test_lines_wrapped_in_a_flood_keep_their_mark():
+    term = new_console()
+    term.feed(b"\r\n" * 10 + (b"a" * 25 + b"\r\n") * 10)
+    term.take_frame()
+    history = term.terminal.history
+    assert [getattr(row, "wrapped", False) for row in list(history)[-4:]] == [
+        True, False, True, False]

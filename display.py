@@ -155,9 +155,11 @@ class ConsoleDisplay(SharedPicture):
             self.console.key(keysym, modifiers)
 
     def pointer(self, button_mask: int, x: int, y: int, hand: Hand) -> None:
-        if not self.console.reports_mouse or hand.modifiers.shift:
-            self.select(button_mask, x, y, hand)
-        self.console.pointer(button_mask)
+        if self.console.reports_mouse and not hand.modifiers.shift:
+            self.console.pointer(button_mask)  # the program's
+            return
+        self.select(button_mask, x, y, hand)
+        self.console.pointer(button_mask)  # the wheel scrolls
 
     def select(self, button_mask: int, x: int, y: int, hand: Hand) -> None:
         """xterm's buttons: left selects and copies on release, middle pastes."""

@@ -142,11 +142,12 @@ class Typing:
         self.clock = clock
         self._lock = threading.Lock()
         self._text = ""
+        self._typed = 0
         self._next = 0.0
 
     def start(self, text: str) -> None:
         with self._lock:
-            self._text = clipboard.normal_lines(text)[:TYPING_LIMIT]
+            self._text, self._typed = clipboard.normal_lines(text)[:TYPING_LIMIT], 0
             self._next = self.clock()
 
     def stop(self) -> None:
@@ -156,17 +157,17 @@ class Typing:
     def wait(self, now: float) -> float | None:
         """Seconds until the next character is due, None when nothing is being typed."""
         with self._lock:
-            return max(0.0, self._next - now) if self._text else None
+            return max(0.0, self._next - now) if self._typed < len(self._text) else None
 
     def due(self, now: float) -> bytes:
         """The key events of the characters due by `now`."""
         events = b""
         with self._lock:
-            while self._text and self._next <= now:
-                character, self._text = self._text[0], self._text[1:]
-                self._next += TYPING_INTERVAL
-                for keysym, down in keymap.typed_keys(character):
+            while self._typed < len(self._text) and self._next <= now:
+                for keysym, down in keymap.typed_keys(self._text[self._typed]):
                     events += rfbclient.key_event(down, keysym)
+                self._typed += 1
+                self._next += TYPING_INTERVAL
             if self._next < now:
                 self._next = now  # after a stall, go on at the pace, do not burst
         return events

@@ -161,16 +161,15 @@ class Typing:
 
     def due(self, now: float) -> bytes:
         """The key events of the characters due by `now`."""
-        events = b""
+        events = []
         with self._lock:
+            self._next = max(self._next, now - TYPING_INTERVAL)  # after a stall, no burst
             while self._typed < len(self._text) and self._next <= now:
                 for keysym, down in keymap.typed_keys(self._text[self._typed]):
-                    events += rfbclient.key_event(down, keysym)
+                    events.append(rfbclient.key_event(down, keysym))
                 self._typed += 1
                 self._next += TYPING_INTERVAL
-            if self._next < now:
-                self._next = now  # after a stall, go on at the pace, do not burst
-        return events
+        return b"".join(events)
 
 
 # --- One guest connection -----------------------------------------------------------------------

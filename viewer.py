@@ -25,6 +25,12 @@ repainted in full.  A viewer that listed neither cannot be resized: it stays on 
 (whose status line says why) unless the desktop happens to be its size; if it started on the
 desktop and the desktop goes, it sees the console in the top-left corner of its framebuffer.
 
+The clipboard.  Each session keeps a clipboard.ClipboardLink towards its viewer (plain cut
+text, or the Extended Clipboard once the viewer listed it and got our caps).  What the viewer
+copies is kept there and only typed when the person pastes (vt.pastes, or the console's middle
+button); the desktop also hands it on to the guest.  A `display.Hand` carries the link, the
+modifiers and the buttons to the display's pointer, which copies a console selection into it.
+
 A viewer that gave the view-only password watches only: its keys, pointer and clipboard go
 nowhere (the VT-switch hotkeys still move its own view) and it cannot ask for exclusive access.
 """

@@ -10,6 +10,9 @@ a test checks that the table answers every (state, event) pair.
 
 viewer.py owns the state and does the switching (release held keys, resize, repaint); this
 module is only the decision, so the viewer needs neither of the displays to make it.
+
+The paste keys are decided here too (`pastes`): Ctrl-Alt-V on either display, which like the
+switch keys never reaches the guest, and xterm's Shift+Insert on the console.
 """
 
 from __future__ import annotations

@@ -26,7 +26,9 @@ what a peer offers of them is ignored.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
+import keymap
 import rfb
 from rfb import Clipboard
 
@@ -96,6 +98,16 @@ class ClipboardLink:
     def take(self) -> bytes:
         outgoing, self.outgoing = self.outgoing, b""
         return outgoing
+
+
+@dataclass
+class Hand:
+    """What a display's pointer needs of one viewer: its modifiers, the buttons it held
+    before this event, and its clipboard link (a console selection is copied into it)."""
+
+    modifiers: keymap.Modifiers
+    clipboard: ClipboardLink
+    buttons: int = 0
 
 
 def viewer_link() -> ClipboardLink:

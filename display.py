@@ -31,23 +31,22 @@ and dear to draw, and a flood is drawn at the viewers' pace; the guest's are alr
 
 The pointer on the console is xterm's: the left button selects (selection.py) and the release
 copies to that viewer's clipboard, the middle button pastes it, the wheel scrolls; when the
-program has asked for the mouse, only with Shift held.  A `Hand` is what the display needs of
-the viewer for that: its modifiers, the buttons it held before, and its clipboard link.
+program has asked for the mouse, only with Shift held.  A clipboard.Hand is what the display
+needs of the viewer for that: its modifiers, the buttons it held before, and its clipboard.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-import clipboard
 import damage
 import encoders
 import keymap
 import render
 import rfbclient
+from clipboard import Hand
 
 
 @runtime_checkable
@@ -78,15 +77,6 @@ class Display(Protocol):
 
 
 LEFT, MIDDLE = 1 << 0, 1 << 1
-
-
-@dataclass
-class Hand:
-    """One viewer's side of the pointer: its modifiers, the buttons it held, its clipboard."""
-
-    modifiers: keymap.Modifiers
-    clipboard: clipboard.ClipboardLink
-    buttons: int = 0
 
 
 class SharedPicture:

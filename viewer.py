@@ -28,7 +28,7 @@ desktop and the desktop goes, it sees the console in the top-left corner of its 
 The clipboard.  Each session keeps a clipboard.ClipboardLink towards its viewer (plain cut
 text, or the Extended Clipboard once the viewer listed it and got our caps).  What the viewer
 copies is kept there and only typed when the person pastes (vt.pastes, or the console's middle
-button); the desktop also hands it on to the guest.  A `display.Hand` carries the link, the
+button); the desktop also hands it on to the guest.  A `clipboard.Hand` carries the link, the
 modifiers and the buttons to the display's pointer, which copies a console selection into it.
 
 A viewer that gave the view-only password watches only: its keys, pointer and clipboard go
@@ -48,7 +48,6 @@ import time
 
 import auth
 import clipboard
-import display
 import encoders
 import keymap
 import netio
@@ -77,7 +76,7 @@ class ViewerSession(socketserver.BaseRequestHandler):
         self.encoder = encoders.ViewerEncoder()
         self.reader = rfb.ClientReader()
         self.modifiers = keymap.Modifiers()
-        self.hand = display.Hand(self.modifiers, clipboard.viewer_link())
+        self.hand = clipboard.Hand(self.modifiers, clipboard.viewer_link())
         self.outbox = updates.Outbox()
         self.events: collections.deque = collections.deque()
         self.held_keys: set[int] = set()

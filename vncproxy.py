@@ -51,7 +51,7 @@ import keymap
 import options
 import rfb
 import rfbclient
-from display import Hand
+from clipboard import Hand
 from netio import PeerGone, Wakeup, recv_exactly
 from rfb import SecurityType
 

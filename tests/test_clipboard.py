@@ -312,7 +312,7 @@ def test_selecting_copies_to_that_viewers_clipboard_and_highlights():
     term = new_console()
     term.feed("one\r\ntwo ünï\r\n".encode())
     shown = console_display(term)
-    hand = display.Hand(keymap.Modifiers(), clipboard.viewer_link())
+    hand = clipboard.Hand(keymap.Modifiers(), clipboard.viewer_link())
     drag(shown, hand, (1, 0), (5, 1))
     assert hand.clipboard.take() == rfb.server_cut_text("ne\ntwo ün".encode("latin-1"))
     frame = term.take_frame()
@@ -344,7 +344,7 @@ def test_selection_works_in_the_scrollback():
 def test_middle_click_pastes_and_mouse_reporting_needs_shift():
     term = new_console()
     shown = console_display(term)
-    hand = display.Hand(keymap.Modifiers(), clipboard.viewer_link())
+    hand = clipboard.Hand(keymap.Modifiers(), clipboard.viewer_link())
     hand.clipboard.receive_plain(b"echo hi\n")
     term.feed(b"\x1b[?1000h")
     shown.pointer(2, 0, 0, hand)

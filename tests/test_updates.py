@@ -266,3 +266,21 @@ def test_a_tight_frame_of_one_band_counts_its_rectangles():
     update.request(incremental=False)
     _, (frame,) = decoded(display, update, {"tight"})
     assert frame and set(frame) == {TIGHT}
+
+
+def test_messages_piling_up_behind_a_stalled_frame_count_towards_the_cap(monkeypatch):
+    """A viewer stalled mid-frame while the guest sends clipboard after clipboard: the bytes
+    waiting for the frame's end count, so it is dropped at HARD_OUTBOX like any non-reader."""
+    monkeypatch.setattr(updates, "HARD_OUTBOX", 4 * 1024 * 1024)
+    display = Picture(*BIG)
+    update = viewer_of(display, RAW)
+    update.request(incremental=False)
+    outbox = updates.Outbox()
+    outbox.fill(update)
+    text = b"x" * rfb.CUT_TEXT_LIMIT
+    with pytest.raises(updates.ViewerGone, match="queued and not read"):
+        for serial in range(1, 100):
+            display.cut_text = (serial, text)
+            outbox.add(update.notifications())
+            outbox.fill(update)
+            outbox.check()

@@ -98,9 +98,9 @@ class Outbox:
             else:
                 self._append(chunk)
 
-    def head(self, size: int) -> bytes:
+    def head(self, size: int) -> bytearray:
         """The first `size` bytes waiting; the same until `sent` says they have gone."""
-        return bytes(self.data[:size])
+        return self.data[:size]
 
     def sent(self, count: int) -> None:
         """The socket took `count` bytes from the head."""

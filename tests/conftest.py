@@ -12,10 +12,14 @@ an error in whichever test started it.
 A peer that is missing skips its tests on a developer's machine (and fails them under CI=true, see
 peers.require). The terminal summary then names the missing peers and the one command that
 installs them, so a skipped run is never mistaken for a passing one.
+
+The session's TLS certificates (`certificates`) are made here once, with the openssl command,
+for every test of VeNCrypt, in-process or with a real viewer.
 """
 
 import re
 import shutil
+import subprocess
 
 import pytest
 
@@ -54,6 +58,37 @@ def xvfb(artifacts):
     screen = peers.Xvfb(artifacts)
     yield screen
     screen.stop()
+
+
+def openssl(*argv, cwd):
+    subprocess.run(["openssl", *argv], cwd=cwd, check=True, capture_output=True)
+
+
+def make_ca(folder, name):
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2",
+            "-subj", f"/CN=vncterm test {name}", "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=folder)
+    return folder / f"{name}.pem"
+
+
+@pytest.fixture(scope="session")
+def certificates(tmp_path_factory):
+    """{"ca", "cert", "key", "other_ca"}: paths to PEM files made with openssl for this run."""
+    peers.require("openssl")
+    folder = tmp_path_factory.mktemp("certificates")
+    ca = make_ca(folder, "ca")
+    other_ca = make_ca(folder, "other")
+    (folder / "server.ext").write_text(
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n")
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost", cwd=folder)
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "server.ext",
+            cwd=folder)
+    return {"ca": ca, "cert": folder / "server.pem", "key": folder / "server.key",
+            "other_ca": other_ca}
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -35,6 +35,7 @@ import re
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -83,6 +84,13 @@ def recv_exactly(sock, size, peer):
             raise ConnectionError(f"{peer} closed the connection")
         data += chunk
     return bytes(data)
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def wait_until(predicate, timeout=15.0, interval=0.1):

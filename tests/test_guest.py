@@ -31,8 +31,8 @@ import console
 import keymap
 import peers
 import xen
+from fakexen import DOMAIN, PORT_KEY, TTY_KEY, FakeXen, VncTermDomain
 from peers import Block
-from test_xen import DOMAIN, PORT_KEY, TTY_KEY, FakeXen, VncTermDomain
 
 BOOT_TIMEOUT = 60
 PROMPT = "guest# "

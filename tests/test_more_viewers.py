@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import pytest
 
 import peers
-from test_proxy_viewers import (
+from guestdesktop import (
     DESKTOP_SIZE,
     LEFT,
     ROOT_RGB,

@@ -60,6 +60,21 @@ def xvfb(artifacts):
     screen.stop()
 
 
+@pytest.fixture
+def vncdo_viewers(artifacts):
+    """vncdo_viewers(server, name) -> a connected VncdoViewer; all are stopped at teardown."""
+    started = []
+
+    def connect(server, name="vncdo-viewer"):
+        viewer = peers.VncdoViewer(server, artifacts, name)
+        started.append(viewer)
+        return viewer
+
+    yield connect
+    for viewer in started:
+        viewer.stop()
+
+
 def openssl(*argv, cwd):
     subprocess.run(["openssl", *argv], cwd=cwd, check=True, capture_output=True)
 

@@ -34,6 +34,17 @@ ARRIVED = re.compile(r"guest desktop \S+ connected, (\d+)x(\d+)")
 LEFT = re.compile(r"guest desktop \S+ disconnected")
 
 
+def hotkey(key):
+    """vncdo actions for Ctrl-Alt-KEY, pressed and released the way a person does."""
+    return ("keydown", "ctrl", "keydown", "alt", "key", key, "keyup", "alt", "keyup", "ctrl")
+
+
+def vncdo_capture(server, path, *actions):
+    """Do the actions, then capture twice in the same vncdo session (vncdotool 1.4.2's quirk)."""
+    peers.vncdo(server, *actions, "capture", str(path), "capture", str(path))
+    return peers.load_rgb(path)
+
+
 # --- vncterm and its log -----------------------------------------------------------------------
 
 
@@ -93,7 +104,6 @@ class Xvnc(peers.Xvnc):
 def guest_peers():
     for peer in ("Xvnc", "vncconfig", "xsetroot", "xterm", "xdotool", "vncdotool", "vncsnapshot"):
         peers.require(peer)
-
 
 
 # --- What a picture must show ------------------------------------------------------------------

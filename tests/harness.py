@@ -15,6 +15,7 @@ is the oracle every change-tracking path must pass: a viewer that only ever appl
 """
 
 import os
+import select
 import socket
 import threading
 import time
@@ -84,12 +85,22 @@ def apply_frame(viewer, frame):
         viewer[row] = cells
 
 
+def text_of(cells):
+    return "".join(cell.data for cell in cells)
+
+
 def screen_text(term):
     with term.lock:
         return "\n".join(term.terminal.display)
 
 
 # --- The server and the proxy on loopback ------------------------------------------------------
+
+
+def console_reads(fd, timeout=5.0):
+    """Up to 100 bytes the viewer typed into the console pty `fd`, b"" if none came."""
+    ready, _, _ = select.select([fd], [], [], timeout)
+    return os.read(fd, 100) if ready else b""
 
 
 def open_fds():

@@ -20,7 +20,7 @@ import console
 import keymap
 import sources
 import terminal
-from harness import PIECES, FakeSource, assert_frames_keep_a_viewer_exact, screen_text
+from harness import PIECES, FakeSource, assert_frames_keep_a_viewer_exact, screen_text, text_of
 from peers import wait_until as wait_for
 
 COLUMNS, LINES = 20, 6
@@ -32,10 +32,6 @@ def cells_of(screen):
 
 def new_console(columns=COLUMNS, lines=LINES):
     return console.Console(FakeSource(), columns, lines)
-
-
-def text_of(cells):
-    return "".join(cell.data for cell in cells)
 
 
 @settings(max_examples=200, deadline=None)

@@ -16,25 +16,22 @@ vncterm except its --verbose log, which is used only to know when to look (a gue
 guest left), never as the evidence.
 
 Viewers: vncdotool's command line (one session per call: a hotkey, then captures in the same
-session), vncdotool's Python API kept connected in a child process (`VncdoViewer`, Raw), because
-some checks need a viewer that was already there when the desktop came or went, vncsnapshot
-(Raw, RFB 3.3) and TigerVNC's vncviewer under Xvfb (Tight, continuous updates) read back by
-screenshot.  Under Xvfb, Ctrl-Alt-F1 never reaches vncviewer (the X server's keymap turns it into
-a VT-switch action and swallows it), so vncviewer switches with the Ctrl-Alt-1 / Ctrl-Alt-7
-alternates, which is what those alternates are for.
+session), vncdotool's Python API kept connected in a child process (`peers.VncdoViewer`, Raw),
+because some checks need a viewer that was already there when the desktop came or went,
+vncsnapshot (Raw, RFB 3.3) and TigerVNC's vncviewer under Xvfb (Tight, continuous updates) read
+back by screenshot.  Under Xvfb, Ctrl-Alt-F1 never reaches vncviewer (the X server's keymap turns
+it into a VT-switch action and swallows it), so vncviewer switches with the Ctrl-Alt-1 /
+Ctrl-Alt-7 alternates, which is what those alternates are for.
 
 Screens are polled, not slept on: a capture is retaken until it is right or a timeout passes,
 and the failure then lists what was wrong.  Every process a test starts is stopped by its own
 handle at teardown (fixtures, or try/finally), never by name.
 """
 
-import queue
 import re
 import socket
 import struct
 import subprocess
-import sys
-import threading
 
 import pytest
 
@@ -50,12 +47,14 @@ from guestdesktop import (
     desktop_errors,
     expect_text,
     guest_peers,
+    hotkey,
     log_count,
     reverse_port,
     screenshot_console_errors,
     screenshot_desktop_errors,
     settle,
     start_proxy,
+    vncdo_capture,
     wait_for_log,
 )
 from peers import free_port
@@ -64,11 +63,6 @@ SMALLER_SIZE = (800, 600)
 OTHER_ROOT = "#00c0c0"
 OTHER_ROOT_RGB = (0, 192, 192)
 PASSWORD = "s3cret!-longer-than-8"  # VNC authentication uses the first 8 characters
-
-
-def hotkey(key):
-    """vncdo actions for Ctrl-Alt-KEY, pressed and released the way a person does."""
-    return ("keydown", "ctrl", "keydown", "alt", "key", key, "keyup", "alt", "keyup", "ctrl")
 
 
 def hotkeys_switch(server, artifacts, to_console, to_desktop, **desktop_checks):
@@ -97,97 +91,6 @@ def proxy(start_vncterm, tmp_path):
 
 
 # --- Viewers -----------------------------------------------------------------------------------
-
-DRIVER = r"""
-import sys
-from vncdotool import api
-
-client = api.connect(sys.argv[1], timeout=30)
-client.refreshScreen()
-print("connected", flush=True)
-for line in sys.stdin:
-    verb, *args = line.split()
-    getattr(client, verb)(*(int(a) if a.isdigit() else a for a in args))
-    print("done", flush=True)
-client.disconnect()
-api.shutdown()
-"""
-
-
-class VncdoViewer:
-    """vncdotool's API kept connected in a child process, driven one method call per line."""
-
-    def __init__(self, server, folder, name="vncdo-viewer"):
-        self.folder = folder
-        self.name = name
-        self.replies = queue.Queue()
-        with open(folder / f"{name}.log", "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", DRIVER, server.address], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1)
-        threading.Thread(target=self._read_replies, daemon=True).start()
-        self._expect("connected")
-
-    def _read_replies(self):
-        for line in self.proc.stdout:
-            self.replies.put(line.strip())
-        self.replies.put("exited")
-
-    def _expect(self, reply, timeout=30.0):
-        try:
-            got = self.replies.get(timeout=timeout)
-        except queue.Empty:
-            got = "nothing"
-        if got != reply:
-            log = peers.read_text(self.folder / f"{self.name}.log")[-3000:]
-            raise AssertionError(f"vncdotool viewer answered {got!r}, not {reply!r}\n{log}")
-
-    def do(self, *calls):
-        """Call vncdotool client methods in order, e.g. do('keyPress ctrl-alt-f1')."""
-        for call in calls:
-            try:
-                self.proc.stdin.write(call + "\n")
-                self.proc.stdin.flush()
-            except BrokenPipeError:
-                pass  # it exited; _expect says so, with its log
-            self._expect("done")
-
-    def capture(self, name):
-        """A capture of the whole framebuffer as this viewer has it now."""
-        path = self.folder / f"{name}.png"
-        # The first capture after a resize may be answered by an update already on its way.
-        self.do(f"captureScreen {path}", f"captureScreen {path}")
-        return peers.load_rgb(path)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-@pytest.fixture
-def vncdo_viewers(artifacts):
-    """vncdo_viewers(server, name) -> a connected VncdoViewer; all are stopped at teardown."""
-    started = []
-
-    def connect(server, name="vncdo-viewer"):
-        viewer = VncdoViewer(server, artifacts, name)
-        started.append(viewer)
-        return viewer
-
-    yield connect
-    for viewer in started:
-        viewer.stop()
-
-
-def vncdo_capture(server, path, *actions):
-    """Do the actions, then capture twice in the same vncdo session (vncdotool 1.4.2's quirk)."""
-    peers.vncdo(server, *actions, "capture", str(path), "capture", str(path))
-    return peers.load_rgb(path)
 
 
 class TigerViewer:

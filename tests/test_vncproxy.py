@@ -6,7 +6,6 @@ reach the corners they never visit: every state/event pair, rectangles outside t
 framebuffer, truncated and stalled streams, keys held across a switch.
 """
 
-import os
 import select
 import socket
 import struct
@@ -18,7 +17,7 @@ import rfbclient
 import vncproxy
 import vt
 from fakeguest import COPY_RECT, CURSOR, DESKTOP_SIZE, RAW
-from harness import Proxy, follow, leak_checked, shows
+from harness import Proxy, console_reads, follow, leak_checked, shows
 from peers import wait_until as wait_for
 from rawviewer import RAW as VIEWER_RAW
 from vt import CONSOLE, DESKTOP, DESKTOP_DOWN, DESKTOP_UP, NO_DESKTOP, TO_CONSOLE, TO_DESKTOP
@@ -288,11 +287,6 @@ def test_clipboard_goes_to_the_display_the_viewer_is_on(proxy):
     client.send(struct.pack(">BxxxI", 6, 14) + b"to the console")
     assert console_reads(p.master) == b"to the console"
     assert guest.cut_texts() == [b"to the desktop"]
-
-
-def console_reads(fd, timeout=5.0):
-    ready, _, _ = select.select([fd], [], [], timeout)
-    return os.read(fd, 100) if ready else b""
 
 
 def test_viewer_that_cannot_resize_stays_on_the_console(proxy):

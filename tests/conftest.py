@@ -14,7 +14,9 @@ peers.require). The terminal summary then names the missing peers and the one co
 installs them, so a skipped run is never mistaken for a passing one.
 
 The session's TLS certificates (`certificates`) are made here once, with the openssl command,
-for every test of VeNCrypt, in-process or with a real viewer.
+for every test of VeNCrypt, in-process or with a real viewer.  The Xen fixtures (`fake`,
+`guests`, `run_console`) hand out fakexen.py's store, guest consoles and console readers, and
+clean up after them.
 """
 
 import re
@@ -23,7 +25,9 @@ import subprocess
 
 import pytest
 
+import console
 import peers
+from fakexen import FakeXen, Guest
 
 
 @pytest.fixture
@@ -73,6 +77,42 @@ def vncdo_viewers(artifacts):
     yield connect
     for viewer in started:
         viewer.stop()
+
+
+@pytest.fixture
+def fake(tmp_path):
+    return FakeXen(tmp_path)
+
+
+@pytest.fixture
+def guests():
+    """guests() -> a new Guest; all are hung up at teardown."""
+    made = []
+
+    def make():
+        made.append(Guest())
+        return made[-1]
+
+    yield make
+    for guest in made:
+        guest.hang_up()
+
+
+@pytest.fixture
+def run_console():
+    """run_console(source) -> a started console.Console; stopped (and source closed) at teardown."""
+    started = []
+
+    def run(source):
+        term = console.Console(source, 80, 25)
+        term.start()
+        started.append(term)
+        return term
+
+    yield run
+    for term in started:
+        term.stop()
+        term.source.close()
 
 
 def openssl(*argv, cwd):

@@ -2,20 +2,28 @@
 
 `FakeXen` puts fakexenstore.py's store and tools in a folder and plays the toolstack and
 xenconsoled on it: it starts domain 7 with a console pty (any pty the test holds the master end
-of, or the one QEMU names) and destroys it again.  `VncTermDomain` runs the whole program as a
-toolstack would start it, with `--domain 7` and the fake tools as `--xenstore-prefix`, on ports
-of its own choosing that it reads back from vncterm's stdout; `paint` is the guest output that
-shows coloured blocks, so a real viewer's capture can be checked against them.
+of, or the one QEMU names) and destroys it again.  `Guest` is such a console as xenconsoled
+makes it: the test keeps the master end of a fresh raw pty, writes what the guest says and reads
+what vncterm typed.  `shows` and `status_is` wait on what a console reader's screen holds.
+
+`VncTermDomain` runs the whole program as a toolstack would start it, with `--domain 7` and the
+fake tools as `--xenstore-prefix`, on ports of its own choosing that it reads back from
+vncterm's stdout; `paint` is the guest output that shows coloured blocks, so a real viewer's
+capture can be checked against them.
 """
 
+import os
+import select
 import signal
 import subprocess
 import sys
 import threading
+import tty
 
 import fakexenstore
 import peers
 import xen
+from harness import screen_text
 
 DOMAIN = 7
 DOMAIN_PATH = f"/local/domain/{DOMAIN}"
@@ -41,6 +49,50 @@ class FakeXen:
         """The toolstack removes the domain; xenconsoled lets go of its pty."""
         self.store.rm(DOMAIN_PATH)
         guest.hang_up()
+
+
+class Guest:
+    """A guest console as xenconsoled makes it: we keep the master end of a fresh pty."""
+
+    def __init__(self):
+        self.master, slave = os.openpty()
+        tty.setraw(slave)
+        self.path = os.ttyname(slave)
+        os.close(slave)
+
+    def say(self, data):
+        os.write(self.master, data)
+
+    def heard(self, size, timeout=10.0):
+        """What vncterm typed into the console: up to size bytes, b"" if nothing came."""
+        data = b""
+        while len(data) < size and readable(self.master, timeout):
+            data += os.read(self.master, size - len(data))
+        return data
+
+    def hang_up(self):
+        if self.master is not None:
+            os.close(self.master)
+            self.master = None
+
+
+def readable(fd, timeout):
+    """Wait until fd has something to read (poll, not select: fds may be numbered past 1024)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
+
+
+def shows(term, text, timeout=10.0):
+    return peers.wait_until(lambda: text in screen_text(term), timeout)
+
+
+def status_is(term, expected, timeout=10.0):
+    """Wait until the status line contains expected ("" means: no status); return the last."""
+    def look():
+        return expected in term.status if expected else term.status == ""
+    peers.wait_until(look, timeout)
+    return term.status
 
 
 class VncTermDomain:
@@ -101,6 +153,12 @@ class VncTermDomain:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+def desktop_address(server):
+    """Where vncterm said guest desktops connect (vncproxy's line), as ADDR:PORT."""
+    prefix = "vncterm: guest desktops connect to "
+    return next((line[len(prefix):] for line in server.output if line.startswith(prefix)), None)
 
 
 def paint(blocks):

@@ -15,13 +15,11 @@ root helper. The end-to-end tests at the bottom drive the `vncterm.py --domain` 
 import json
 import logging
 import os
-import select
 import socket
 import subprocess
 import sys
 import textwrap
 import time
-import tty
 
 import pytest
 
@@ -37,94 +35,17 @@ from fakexen import (
     PORT_KEY,
     REVERSE_KEY,
     TTY_KEY,
-    FakeXen,
     VncTermDomain,
+    desktop_address,
+    readable,
+    shows,
+    status_is,
 )
 from harness import screen_text
 from peers import Block
 
 PATTERN = (Block("red", 2, 1), Block("green", 72, 1), Block("blue", 2, 22))
 REBOOTED = (Block("red", 40, 10), Block("green", 2, 22), Block("blue", 72, 1))
-
-
-class Guest:
-    """A guest console as xenconsoled makes it: we keep the master end of a fresh pty."""
-
-    def __init__(self):
-        self.master, slave = os.openpty()
-        tty.setraw(slave)
-        self.path = os.ttyname(slave)
-        os.close(slave)
-
-    def say(self, data):
-        os.write(self.master, data)
-
-    def heard(self, size, timeout=10.0):
-        """What vncterm typed into the console: up to size bytes, b"" if nothing came."""
-        data = b""
-        while len(data) < size and readable(self.master, timeout):
-            data += os.read(self.master, size - len(data))
-        return data
-
-    def hang_up(self):
-        if self.master is not None:
-            os.close(self.master)
-            self.master = None
-
-
-def readable(fd, timeout):
-    """Wait until fd has something to read (poll, not select: fds may be numbered past 1024)."""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return bool(poller.poll(timeout * 1000))
-
-
-@pytest.fixture
-def fake(tmp_path):
-    return FakeXen(tmp_path)
-
-
-@pytest.fixture
-def guests():
-    """guests() -> a new Guest; all are hung up at teardown."""
-    made = []
-
-    def make():
-        made.append(Guest())
-        return made[-1]
-
-    yield make
-    for guest in made:
-        guest.hang_up()
-
-
-@pytest.fixture
-def run_console():
-    """run_console(source) -> a started console.Console; stopped (and source closed) at teardown."""
-    started = []
-
-    def run(source):
-        term = console.Console(source, 80, 25)
-        term.start()
-        started.append(term)
-        return term
-
-    yield run
-    for term in started:
-        term.stop()
-        term.source.close()
-
-
-def shows(term, text, timeout=10.0):
-    return peers.wait_until(lambda: text in screen_text(term), timeout)
-
-
-def status_is(term, expected, timeout=10.0):
-    """Wait until the status line contains expected ("" means: no status); return the last."""
-    def look():
-        return expected in term.status if expected else term.status == ""
-    peers.wait_until(look, timeout)
-    return term.status
 
 
 # --- The tools ------------------------------------------------------------------------------
@@ -495,12 +416,6 @@ def start_vncterm_domain(fake, artifacts):
     yield start
     for server in started:
         server.__exit__()
-
-
-def desktop_address(server):
-    """Where vncterm said guest desktops connect (vncproxy's line), as ADDR:PORT."""
-    prefix = "vncterm: guest desktops connect to "
-    return next((line[len(prefix):] for line in server.output if line.startswith(prefix)), None)
 
 
 def test_vncterm_domain_from_boot_through_reboot_to_sigterm(fake, guests, start_vncterm_domain):

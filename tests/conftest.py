@@ -19,6 +19,7 @@ for every test of VeNCrypt, in-process or with a real viewer.  The Xen fixtures 
 clean up after them.
 """
 
+import gzip
 import re
 import shutil
 import subprocess
@@ -27,6 +28,7 @@ import pytest
 
 import console
 import peers
+import qemuguest
 from fakexen import FakeXen, Guest
 
 
@@ -113,6 +115,39 @@ def run_console():
     for term in started:
         term.stop()
         term.source.close()
+
+
+@pytest.fixture(scope="module")
+def initrd(tmp_path_factory):
+    """A gzipped cpio initramfs holding busybox and INIT."""
+    for program in ("qemu-system-x86_64", "busybox", "cpio"):
+        peers.require(program)
+    root = tmp_path_factory.mktemp("initramfs")
+    (root / "bin").mkdir()
+    shutil.copy(shutil.which("busybox"), root / "bin" / "busybox")
+    (root / "init").write_text(qemuguest.INIT)
+    (root / "init").chmod(0o755)
+    names = subprocess.run(["find", "."], cwd=root, capture_output=True, check=True).stdout
+    archive = subprocess.run(["cpio", "-o", "-H", "newc"], cwd=root, input=names,
+                             capture_output=True, check=True).stdout
+    path = root.parent / f"{root.name}.cpio.gz"
+    path.write_bytes(gzip.compress(archive))
+    return path
+
+
+@pytest.fixture
+def boot(initrd, artifacts):
+    """boot() -> a paused QemuGuest; every guest is killed at teardown."""
+    kernel = qemuguest.require_kernel()
+    guests = []
+
+    def start():
+        guests.append(qemuguest.QemuGuest(kernel, initrd, artifacts / f"qemu{len(guests)}.log"))
+        return guests[-1]
+
+    yield start
+    for guest in guests:
+        guest.stop()
 
 
 def openssl(*argv, cwd):

@@ -27,9 +27,11 @@ import subprocess
 import pytest
 
 import console
+import guestdesktop
 import peers
 import qemuguest
 from fakexen import FakeXen, Guest
+from harness import Harness, leak_checked
 
 
 @pytest.fixture
@@ -54,6 +56,21 @@ def start_vncterm(artifacts):
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def harness():
+    """harness(**server options) -> a harness.Harness; closed and leak-checked at teardown."""
+    yield from leak_checked(Harness)
+
+
+@pytest.fixture
+def guest(artifacts):
+    """Xvnc 1024x768 with no TCP listener and no authentication, for the test to paint."""
+    guestdesktop.guest_peers()
+    server = guestdesktop.Xvnc(artifacts, options=("-rfbport", "-1", "-SecurityTypes", "None"))
+    yield server
+    server.stop()
 
 
 @pytest.fixture

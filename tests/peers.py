@@ -15,7 +15,8 @@ line; `stop()` sends SIGTERM and insists on exit status 0. `Xvfb` starts a virtu
 starts viewers on it and takes screenshots with ImageMagick's `import`. Every process logs to a
 file in the test's artifacts folder, so a failure leaves its evidence behind. `VncdoViewer` keeps
 vncdotool's Python API connected in a child process, for a viewer that must already be there when
-something changes; `free_port` names a loopback port for a peer that cannot be told to pick one.
+something changes, and `TigerViewer` is TigerVNC's vncviewer on an Xvfb screen; `free_port`
+names a loopback port for a peer that cannot be told to pick one.
 
 Pictures. The tests paint a pattern of coloured blocks with their own `printf` and look for it in
 what a viewer shows. A capture straight from a viewer (vncdotool, vncsnapshot) is the framebuffer
@@ -333,6 +334,31 @@ class VncdoViewer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class TigerViewer:
+    """TigerVNC's vncviewer on an Xvfb screen, read back by screenshot, driven by xdotool."""
+
+    def __init__(self, xvfb, server, name="vncviewer", encoding="Tight"):
+        require("vncviewer")
+        require("xdotool")
+        self.xvfb = xvfb
+        self.name = name
+        self.shots = 0
+        xvfb.start(["vncviewer", "Shared=1", f"PreferredEncoding={encoding}", "AutoSelect=0",
+                    server.address], name)
+
+    def screenshot(self):
+        self.shots += 1
+        return self.xvfb.screenshot(f"{self.name}-{self.shots}")
+
+    def hotkey(self, key):
+        """Press Ctrl-Alt-KEY in the viewer's window (focused and clicked first: no WM here)."""
+        window = self.xvfb.run("xdotool", "search", "--sync", "--onlyvisible", "--class",
+                               "TigerVNC").split()[0]
+        self.xvfb.run("xdotool", "windowfocus", "--sync", window)
+        self.xvfb.run("xdotool", "mousemove", "--window", window, "5", "5", "click", "1")
+        self.xvfb.run("xdotool", "key", f"ctrl+alt+{key}")
 
 
 def stop_process(process, timeout=5, group=False):

@@ -76,46 +76,9 @@ def hotkeys_switch(server, artifacts, to_console, to_desktop, **desktop_checks):
 
 
 @pytest.fixture
-def guest(artifacts):
-    """Xvnc 1024x768 with no TCP listener and no authentication, for the test to paint."""
-    guest_peers()
-    server = Xvnc(artifacts, options=("-rfbport", "-1", "-SecurityTypes", "None"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def proxy(start_vncterm, tmp_path):
     """vncterm --verbose --reverse-port 0 showing PATTERN on its console."""
     return start_proxy(start_vncterm, tmp_path)
-
-
-# --- Viewers -----------------------------------------------------------------------------------
-
-
-class TigerViewer:
-    """TigerVNC's vncviewer on an Xvfb screen, read back by screenshot, driven by xdotool."""
-
-    def __init__(self, xvfb, server, name="vncviewer", encoding="Tight"):
-        peers.require("vncviewer")
-        peers.require("xdotool")
-        self.xvfb = xvfb
-        self.name = name
-        self.shots = 0
-        xvfb.start(["vncviewer", "Shared=1", f"PreferredEncoding={encoding}", "AutoSelect=0",
-                    server.address], name)
-
-    def screenshot(self):
-        self.shots += 1
-        return self.xvfb.screenshot(f"{self.name}-{self.shots}")
-
-    def hotkey(self, key):
-        """Press Ctrl-Alt-KEY in the viewer's window (focused and clicked first: no WM here)."""
-        window = self.xvfb.run("xdotool", "search", "--sync", "--onlyvisible", "--class",
-                               "TigerVNC").split()[0]
-        self.xvfb.run("xdotool", "windowfocus", "--sync", window)
-        self.xvfb.run("xdotool", "mousemove", "--window", window, "5", "5", "click", "1")
-        self.xvfb.run("xdotool", "key", f"ctrl+alt+{key}")
 
 
 def server_init_size(server):
@@ -151,7 +114,7 @@ def test_tigervnc_guest_arrives_and_hotkeys_switch(proxy, guest, artifacts):
 def test_viewers_already_there_follow_the_guest_coming_and_going(proxy, guest, xvfb,
                                                                   vncdo_viewers, artifacts):
     """Viewers on the console are switched to a guest that arrives, and back when it leaves."""
-    tiger = TigerViewer(xvfb, proxy)
+    tiger = peers.TigerViewer(xvfb, proxy)
     raw = vncdo_viewers(proxy)
     settle(lambda: screenshot_console_errors(tiger.screenshot()))
     settle(lambda: console_errors(raw.capture("raw-console-before")))
@@ -287,7 +250,7 @@ def test_two_viewers_one_on_the_console_one_on_the_desktop(proxy, guest, xvfb, v
     """vncviewer (Tight) goes to the console; vncdotool (Raw), vncsnapshot stay on the desktop."""
     guest.paint(xterm_command="sleep 600")
     guest.connect(proxy)
-    tiger = TigerViewer(xvfb, proxy)
+    tiger = peers.TigerViewer(xvfb, proxy)
     raw = vncdo_viewers(proxy)
     settle(lambda: screenshot_desktop_errors(tiger.screenshot()))
     tiger.hotkey("1")
@@ -336,7 +299,7 @@ def test_viewers_follow_the_guest_resizing(proxy, guest, xvfb, vncdo_viewers, ar
     peers.require("xrandr")
     guest.paint(xterm_command="sleep 600")
     guest.connect(proxy)
-    tiger = TigerViewer(xvfb, proxy)
+    tiger = peers.TigerViewer(xvfb, proxy)
     raw = vncdo_viewers(proxy, "raw")
     on_console = vncdo_viewers(proxy, "on-console")
     on_console.do("keyPress ctrl-alt-f1")

@@ -19,14 +19,9 @@ import sources
 import updates
 import vncterm
 from display import ConsoleDisplay
-from harness import COLUMNS, LINES, Harness, leak_checked, server_image, settle
+from harness import COLUMNS, LINES, server_image, settle
 from peers import wait_until as wait_for
 from rawviewer import COPY_RECT, DESKTOP_SIZE, EXTENDED_DESKTOP_SIZE, RAW, Client
-
-
-@pytest.fixture
-def harness():
-    yield from leak_checked(Harness)
 
 
 @pytest.mark.parametrize("version", [

@@ -14,9 +14,11 @@ peers.require). The terminal summary then names the missing peers and the one co
 installs them, so a skipped run is never mistaken for a passing one.
 
 The session's TLS certificates (`certificates`) are made here once, with the openssl command,
-for every test of VeNCrypt, in-process or with a real viewer.  The Xen fixtures (`fake`,
-`guests`, `run_console`) hand out fakexen.py's store, guest consoles and console readers, and
-clean up after them.
+for every test of VeNCrypt, in-process or with a real viewer.  The other shared fixtures hand
+out what the helper modules make and clean up after it: `harness` (harness.py's server, leak
+checked), `guest` (guestdesktop.py's Xvnc), `vncdo_viewers` (peers.VncdoViewer), `fake`, `guests`
+and `run_console` (fakexen.py's store, guest consoles and console readers), and `initrd` and
+`boot` (qemuguest.py's initramfs and QEMU guests).
 """
 
 import gzip

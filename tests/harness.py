@@ -11,7 +11,8 @@ file descriptor the server made is gone.
 For console.py without any I/O, `FakeSource` stands in for the guest and records what is typed,
 `PIECES` is the Hypothesis alphabet of terminal output, and `assert_frames_keep_a_viewer_exact`
 is the oracle every change-tracking path must pass: a viewer that only ever applies frames
-(scroll, then the changed rows) ends up with exactly the screen's cells.
+(scroll, then the changed rows) ends up with exactly the screen's cells.  `screen_text` and
+`text_of` read what a console or a row of cells shows.
 """
 
 import os

@@ -1,12 +1,13 @@
 """The guest's desktop: a VNC proxy that viewers VT-switch to and from the text console.
 
 The guest's X server is Xvnc (or x11vnc, or an installer) and connects *to us* on the reverse
-port, the way `vncconfig -connect` and `x11vnc -connect` reach a listening viewer; or, with
-`--desktop-connect`, we dial a guest server that only listens.  Who opens the socket is the only
-difference: both end up in one `Upstream` thread that speaks RFB as the client (rfbclient.py),
-asks the guest for Raw, CopyRect, the resize pseudo-encodings and Cursor in our own pixel
-format, and decodes every update into a *shadow framebuffer*, the picture of a
-`DesktopDisplay`.
+port, the way `vncconfig -connect` and `x11vnc -connect` reach a listening viewer; or we dial a
+guest server that only listens: `--desktop-connect`'s, or with `--domain` the VNC server of the
+domain's device model (QEMU's VGA screen), wherever xenstore says it is now (xen.py).  Who
+opens the socket is the only difference: both end up in one `Upstream` thread that speaks RFB
+as the client (rfbclient.py), asks the guest for Raw, CopyRect, the resize pseudo-encodings and
+Cursor in our own pixel format, and decodes every update into a *shadow framebuffer*, the
+picture of a `DesktopDisplay`.
 
 Viewers never see a byte of the guest's stream.  They get pixels re-encoded from the shadow
 with their own encoders and zlib state, exactly as for the console, because a viewer's inflater

@@ -1,24 +1,37 @@
 """Xen glue: domain N's console found through xenstore, and where vncterm listens published back.
 
 What.  In a Xen dom0, `vncterm.py --domain N` serves domain N's text console. xenconsoled gives
-the guest's console (hvc0 inside the guest) a pty and writes the pty's path to
-`/local/domain/N/console/tty`. (An HVM guest's emulated serial port is another pty, which qemu
-names under `serial/0/tty`; we do not follow that one.) `DomainSource` is a console source that
-speaks sources.py's protocol (`open`, `fileno`, `read`, `write`, `close`). It finds the pty under
-that key, opens it the way `sources.PtySource` does, and follows the key while the guest starts,
-reboots and dies. Each time it attaches, it publishes where vncterm listens: `console/vnc-port`,
-the key that qemu-dm and XenServer's vncterm write for toolstacks, and `console/vnc-reverse`,
-ADDR:PORT for the guest's own VNC server to connect back to. It removes both when it lets go.
+a PV guest's console (hvc0 inside the guest) a pty and writes the pty's path to
+`/local/domain/N/console/tty`. An HVM guest has no such key: its console is the first serial
+port its device model (QEMU) emulates, a pty that QEMU names at `serial/0/tty`, which is what
+`xl console` opens for an HVM guest too. `DomainSource` is a console source that speaks
+sources.py's protocol (`open`, `fileno`, `read`, `write`, `close`). It finds the pty under the
+first of those keys present, opens it the way `sources.PtySource` does, and follows the keys
+while the guest starts, reboots and dies. Each time it attaches, it publishes where vncterm
+listens: `console/vnc-reverse`, ADDR:PORT for the guest's own VNC server to connect back to,
+and the viewer port as `console/vnc-port`, the key qemu-dm and XenServer's vncterm write for
+toolstacks. That key is also where a device model publishes its own VNC server (the VGA screen
+of an HVM guest, a PV guest's vfb), and `xl vncviewer` reads it. So we never overwrite it: for
+an HVM guest, or where the key already holds a port that is not ours, ours goes to
+`console/vncterm-port`. We remove our keys when we let go, but only those still holding what
+we wrote: a device model that wrote after us keeps its key.
+
+The device model's VNC server is the domain's desktop. `desktop_address()` is where it listens
+(`console/vnc-port`, and `console/vnc-listen`, read as `xl vncviewer` reads them), which
+vncproxy's dialler asks before each attempt. It follows the device model across reboots and
+restarts, because every change of those keys fires our watch and we read them again.
 
 How.  We reach xenstore through its command-line tools (`xenstore-read`, `-write`, `-rm`,
 `-watch`; see `Xenstore`), not through libxenstore. They are installed wherever Xen is, they need
 no binding, and tests can put fakes of them on PATH (tests/fakexenstore.py). Each question costs
-a process, a few milliseconds, so we ask only when something has changed. `xenstore-watch KEY`
-runs for as long as we wait. It prints one line straight away, then one line per write to the
-key, and one when the key goes with the domain's directory (a removal fires the watches on every
-key under it). We never parse those lines: any line means "look again". We watch the tty key and
-not the domain directory, because the guest may write under its own directory as fast as it
-likes, and each event costs us a process.
+a process, a few milliseconds, so we ask only when something has changed. One
+`xenstore-watch console serial/0/tty` (the tool takes several paths) runs for as long as we
+wait. It prints a line per path straight away, then one line per write at or under them, and
+one when they go with the domain's directory (a removal fires the watches on every key under
+it). We never parse those lines: any line means "look again". We watch these two and not the
+domain directory, because the guest may write under its own directory as fast as it likes,
+and each event costs us a process. `console/` holds our own keys too, so each publish costs
+one more look, and nothing more: looking never writes.
 
 The source moves between three states, driven by the Console's reader thread:
 - Waiting: there is no domain yet, or no key, or a refused key, or a pty that will not open.
@@ -49,7 +62,12 @@ a FIFO, vncterm would become a confused deputy: it would show a disk on screen, 
 or hang on the FIFO. So we accept only `/dev/pts/<number>`, and the file we open must be a tty.
 Anything else is refused, the refusal goes on the status line, and the file is not opened. The
 values we write are port numbers and addresses, checked against a strict pattern, because
-xenstore-write reads backslash escapes in them.
+xenstore-write reads backslash escapes in them. The device model's address is dialled from dom0
+with --desktop-password-file's password, so it must be a port number and an IP address (a
+wildcard or a missing vnc-listen means loopback, as for `xl vncviewer`); a name is refused
+rather than resolved, and our own viewer port is never dialled. Stock toolstacks let the guest
+only read `console/`; where a guest could write it, it could point us at another address, and
+every limit on a hostile guest server still holds there (vncproxy.py).
 
 Privileges (--user).  Two things need root: reading and writing xenstore (xenstored's socket and
 /dev/xen/xenbus belong to root alone), and opening the pty. xenconsoled creates each pty owned by
@@ -57,10 +75,11 @@ root with mode 0620, so group tty may write to it but not read it. Both are need
 reboot. Dropping root for good would lose the console at the first reboot. Keeping root as the
 saved uid would make dropping pointless, because any code that runs could take root back. So with
 --user, vncterm splits in two, as OpenSSH's privilege separation does. Before any thread starts,
-it forks a `Helper` that stays root and serves eight requests, all about domain N only: exists,
+it forks a `Helper` that stays root and serves nine requests, all about domain N only: exists,
 console_path, open_console, watch, unwatch, publish (keys and values checked against a fixed
-list), retract, and guest_addresses. No request takes a path, so the unprivileged half, which
-parses everything viewers and the guest send, cannot ask for any other file or key. The opened
+list), retract, guest_addresses and desktop_address. No request takes a path, so the
+unprivileged half, which parses everything viewers and the guest send, cannot ask for any
+other file or key. The opened
 pty and the watch's pipe come back as file descriptors over the socket (SCM_RIGHTS). However
 vncterm ends, even by SIGKILL, the helper sees its socket close. It then removes the published
 keys and the pid file, and exits.

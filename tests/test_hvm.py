@@ -219,10 +219,14 @@ class HvmGuest(QemuGuest):
                               "".join(self.lines))[1]
         self.vnc_port = None if "reverse" in vnc else self._ask_vnc_port()
 
+    def monitor(self, command):
+        """Send a command to QEMU's monitor; what it prints goes to .lines."""
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+
     def _ask_vnc_port(self):
         """The port QEMU's VNC server took, from `info vnc` on its monitor."""
-        self.proc.stdin.write("info vnc\n")
-        self.proc.stdin.flush()
+        self.monitor("info vnc")
         found = peers.wait_until(lambda: VNC_SERVER.search("".join(self.lines)), 30)
         assert found, "".join(self.lines)
         return int(found[1])
@@ -330,4 +334,21 @@ def test_qemu_as_a_reverse_connection_beside_its_serial_console(hvm_guests, vncd
         settle(lambda: red_errors(viewer.capture("vga-again")))
         guest.stop()
         settle(lambda: console_errors(viewer.capture("qemu-killed"), serial))
+        server.stop()
+
+
+def test_qemu_asking_for_a_password_is_dialled_with_the_desktop_password(hvm_guests, vncdo_viewers,
+                                                                         fake, artifacts):
+    peers.require("vncdotool")
+    guest = hvm_guests("127.0.0.1:0,to=500,password=on")
+    guest.monitor("set_password vnc dm-secret")
+    password = artifacts / "desktop.pass"
+    password.write_text("dm-secret\n")
+    start_hvm_domain(fake, guest.path, guest.vnc_port)
+    options = ["--verbose", "--desktop-password-file", str(password)]
+    with VncTermDomain(fake, artifacts, options) as server:
+        attached(server, guest)
+        boot_and_paint(server, guest, 1)
+        viewer = vncdo_viewers(server)
+        settle(lambda: red_errors(viewer.capture("vga")))
         server.stop()

@@ -21,6 +21,7 @@ The options also decide the default ports: 5900+N and 5500+N with --domain N.
 from __future__ import annotations
 
 import argparse
+import encodings.idna  # noqa: F401  (see drop_privileges)
 import errno
 import logging
 import logging.handlers
@@ -40,7 +41,13 @@ SYSLOG_ADDRESS = "/dev/log"
 
 
 def drop_privileges(user: str) -> None:
-    """Become user for good: its uid, its gid and its groups, with no way back to root."""
+    """Become user for good: its uid, its gid and its groups, with no way back to root.
+
+    Python imports some modules on first use; after this, the interpreter's own files may be
+    unreadable (an interpreter installed under /root). So what is needed later is imported
+    first: the idna codec, which socket.getaddrinfo uses for every host it is given, such as
+    the desktop dialler's.
+    """
     try:
         account = pwd.getpwnam(user)
     except KeyError:

@@ -18,6 +18,7 @@ guest also reaches vncterm the other way, with QEMU's `-vnc ...,reverse=on`.
 
 # ruff: noqa: F811  (the fixtures imported from test_xen and test_guest are parameters here)
 
+import os
 import re
 import subprocess
 import threading
@@ -286,12 +287,17 @@ def attached(server, guest):
         server.report()
 
 
+@pytest.mark.parametrize("user", [None, "nobody"])
 def test_qemu_serial_console_and_vga_screen_behind_one_port(hvm_guests, vncdo_viewers, fake,
-                                                            artifacts):
+                                                            artifacts, user):
+    """With --user nobody, the root helper reads where the display is."""
     peers.require("vncdotool")
+    if user:
+        peers.require("root", installed=os.geteuid() == 0, how="run the tests as root, as CI does")
     guest = hvm_guests()
     start_hvm_domain(fake, guest.path, guest.vnc_port)
-    with VncTermDomain(fake, artifacts, ["--verbose"]) as server:
+    options = ["--verbose", *(["--user", user] if user else [])]
+    with VncTermDomain(fake, artifacts, options) as server:
         attached(server, guest)
         assert fake.store.read(PORT_KEY) == str(guest.vnc_port), "QEMU's key is left alone"
         boot_and_paint(server, guest, 1)

@@ -12,8 +12,9 @@ test_guest.py with a standard VGA card and a VNC server, its serial port on a pt
 writes the keys QEMU would write under Xen. `vncterm.py --domain 7` then finds both through
 the fake xenstore alone. A vncdotool viewer starts on the serial console, where the guest's
 shell paints tty1 red; Ctrl-Alt-F7 shows the VGA screen, red. Killing QEMU returns the viewer to
-the console, and a new QEMU on another pty and another port brings the desktop back. The same
-guest also reaches vncterm the other way, with QEMU's `-vnc ...,reverse=on`.
+the console, and a new QEMU on another pty and another port brings the desktop back; the same
+again with vncterm as `nobody`, and with a QEMU asking for a VNC password. The guest also
+reaches vncterm the other way, with QEMU's `-vnc ...,reverse=on`, seen in TigerVNC's vncviewer.
 """
 
 # ruff: noqa: F811  (the fixtures imported from test_xen and test_guest are parameters here)
@@ -29,7 +30,14 @@ import keymap
 import peers
 import xen
 from test_guest import BOOT_TIMEOUT, QemuGuest, booted, initrd, require_kernel  # noqa: F401
-from test_proxy_viewers import hotkey, near, settle, vncdo_capture, vncdo_viewers  # noqa: F401
+from test_proxy_viewers import (  # noqa: F401
+    TigerViewer,
+    hotkey,
+    near,
+    settle,
+    vncdo_capture,
+    vncdo_viewers,
+)
 from test_xen import (  # noqa: F401
     DOMAIN,
     DOMAIN_PATH,
@@ -248,12 +256,26 @@ def hvm_guests(initrd, artifacts):
         guest.stop()
 
 
+def red_pixels(image):
+    return sum(1 for pixel in image.get_flattened_data() if near(pixel, VGA_RED))
+
+
 def red_errors(image):
     """Errors in a capture that should be the VGA screen painted red; [] when it is."""
-    pixels = list(image.get_flattened_data())
-    red = sum(1 for pixel in pixels if near(pixel, VGA_RED))
-    if red < 0.8 * len(pixels):
-        return [f"only {red} of {len(pixels)} pixels are VGA red"]
+    red, pixels = red_pixels(image), image.width * image.height
+    if red < 0.8 * pixels:
+        return [f"only {red} of {pixels} pixels are VGA red"]
+    return []
+
+
+def window_errors(screenshot, vga):
+    """Errors in a screenshot of a viewer's window that should show the red VGA screen (vga)
+    or the serial console; the VGA text mode is 720x400."""
+    red = red_pixels(screenshot)
+    if vga and red < 0.8 * 720 * 400:
+        return [f"{red} VGA red pixels on screen: not the VGA screen"]
+    if not vga and red > 0.1 * 720 * 400:
+        return [f"{red} VGA red pixels on screen: the VGA screen, not the console"]
     return []
 
 
@@ -322,8 +344,9 @@ def test_qemu_serial_console_and_vga_screen_behind_one_port(hvm_guests, vncdo_vi
     assert fake.store.read(VNCTERM_PORT_KEY) is None
 
 
-def test_qemu_as_a_reverse_connection_beside_its_serial_console(hvm_guests, vncdo_viewers, fake,
-                                                                artifacts):
+def test_qemu_as_a_reverse_connection_seen_in_tigervnc(hvm_guests, xvfb, fake, artifacts):
+    """QEMU connects back (-vnc ...,reverse=on); TigerVNC's vncviewer switches with Ctrl-Alt-1
+    and Ctrl-Alt-7 (the X server it runs on keeps Ctrl-Alt-Fn for itself)."""
     peers.require("vncdotool")
     with VncTermDomain(fake, artifacts, ["--verbose"]) as server:
         reverse = peers.wait_until(lambda: desktop_address(server))
@@ -331,15 +354,14 @@ def test_qemu_as_a_reverse_connection_beside_its_serial_console(hvm_guests, vncd
         start_hvm_domain(fake, guest.path)
         attached(server, guest)
         boot_and_paint(server, guest, 1)
-        serial = console_size(server)
-        viewer = vncdo_viewers(server)
-        settle(lambda: red_errors(viewer.capture("vga")))
-        viewer.do("keyPress ctrl-alt-f1")
-        settle(lambda: console_errors(viewer.capture("serial"), serial))
-        viewer.do("keyPress ctrl-alt-f7")
-        settle(lambda: red_errors(viewer.capture("vga-again")))
+        tiger = TigerViewer(xvfb, server)
+        settle(lambda: window_errors(tiger.screenshot(), vga=True))
+        tiger.hotkey("1")
+        settle(lambda: window_errors(tiger.screenshot(), vga=False))
+        tiger.hotkey("7")
+        settle(lambda: window_errors(tiger.screenshot(), vga=True))
         guest.stop()
-        settle(lambda: console_errors(viewer.capture("qemu-killed"), serial))
+        settle(lambda: window_errors(tiger.screenshot(), vga=False))
         server.stop()
 
 

@@ -10,11 +10,14 @@ console, which keys vncterm writes and which it leaves alone, and where it dials
 The second half is the real device model. QEMU (TCG) boots the small Linux guest of
 test_guest.py with a standard VGA card and a VNC server, its serial port on a pty, and the test
 writes the keys QEMU would write under Xen. `vncterm.py --domain 7` then finds both through
-the fake xenstore alone. A vncdotool viewer starts on the serial console, where the guest's
-shell paints tty1 red; Ctrl-Alt-F7 shows the VGA screen, red. Killing QEMU returns the viewer to
-the console, and a new QEMU on another pty and another port brings the desktop back; the same
-again with vncterm as `nobody`, and with a QEMU asking for a VNC password. The guest also
-reaches vncterm the other way, with QEMU's `-vnc ...,reverse=on`, seen in TigerVNC's vncviewer.
+the fake xenstore alone. A vncdotool viewer presses Ctrl-Alt-F1 and types into the serial
+shell a command that paints tty1 red. Another, staying connected, starts on the VGA screen (a
+viewer starts on the desktop when there is one) and sees it red; Ctrl-Alt-F1 shows the serial
+console, Ctrl-Alt-F7 the red VGA screen again. Killing QEMU returns the viewer to the console,
+and a new QEMU on another pty and another port brings the VGA screen back. The same runs with
+vncterm as `nobody`; a QEMU asking for a VNC password is dialled with --desktop-password-file.
+The guest also reaches vncterm the other way, with QEMU's `-vnc ...,reverse=on`, seen in
+TigerVNC's vncviewer.
 """
 
 # ruff: noqa: F811  (the fixtures imported from test_xen and test_guest are parameters here)

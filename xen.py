@@ -79,10 +79,9 @@ it forks a `Helper` that stays root and serves nine requests, all about domain N
 console_path, open_console, watch, unwatch, publish (keys and values checked against a fixed
 list), retract, guest_addresses and desktop_address. No request takes a path, so the
 unprivileged half, which parses everything viewers and the guest send, cannot ask for any
-other file or key. The opened
-pty and the watch's pipe come back as file descriptors over the socket (SCM_RIGHTS). However
-vncterm ends, even by SIGKILL, the helper sees its socket close. It then removes the published
-keys and the pid file, and exits.
+other file or key. The opened pty and the watch's pipe come back as file descriptors over the
+socket (SCM_RIGHTS). However vncterm ends, even by SIGKILL, the helper sees its socket close.
+It then removes the published keys and the pid file, and exits.
 
 The dom0 service's plumbing (options, logging, dropping root, the order of it all) is in
 service.py.
@@ -305,7 +304,7 @@ class Domain:
         return found
 
     def open_console(self) -> tuple[str, int]:
-        """Open the pty console/tty names: its path, and a raw non-blocking fd the caller owns."""
+        """Open the console's pty (console_path): its path, and a raw non-blocking fd, ours."""
         path = self.console_path()
         if path is None:
             raise OSError(errno.ENOENT, "no console/tty or serial/0/tty in xenstore yet")

@@ -186,8 +186,8 @@ def main(argv):
         except (BrokenPipeError, KeyboardInterrupt):
             return 0
     else:
-        print(f"Usage: xenstore-{verb} (fake: one key{', one value' if verb == 'write' else ''})",
-              file=sys.stderr)
+        wanted = {"write": "one key, one value", "watch": "keys"}.get(verb, "one key")
+        print(f"Usage: xenstore-{verb} (fake: {wanted})", file=sys.stderr)
         return 1
     return 0
 

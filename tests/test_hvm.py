@@ -20,7 +20,6 @@ The guest also reaches vncterm the other way, with QEMU's `-vnc ...,reverse=on`,
 TigerVNC's vncviewer.
 """
 
-# ruff: noqa: F811  (the fixtures imported from test_xen and test_guest are parameters here)
 
 import os
 import re
@@ -32,28 +31,19 @@ import pytest
 import keymap
 import peers
 import xen
-from test_guest import BOOT_TIMEOUT, QemuGuest, booted, initrd, require_kernel  # noqa: F401
-from test_proxy_viewers import (  # noqa: F401
-    TigerViewer,
-    hotkey,
-    near,
-    settle,
-    vncdo_capture,
-    vncdo_viewers,
-)
-from test_xen import (  # noqa: F401
+from fakexen import (
     DOMAIN,
     DOMAIN_PATH,
     PORT_KEY,
     TTY_KEY,
     VncTermDomain,
     desktop_address,
-    fake,
-    guests,
-    run_console,
     shows,
     status_is,
 )
+from guestdesktop import hotkey, near, settle, vncdo_capture
+from peers import TigerViewer
+from qemuguest import BOOT_TIMEOUT, QemuGuest, booted, require_kernel
 
 SERIAL_KEY = f"{DOMAIN_PATH}/serial/0/tty"
 LISTEN_KEY = f"{DOMAIN_PATH}/console/vnc-listen"

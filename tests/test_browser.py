@@ -12,6 +12,8 @@ receives (the typed file), never anything vncterm says about itself.
   closes with it: websockify was its child.
 * Keys typed into the page reach the pty: letters, Return, BackSpace, Tab, a Ctrl combination
   (Ctrl-U kills the line), and text put into noVNC's clipboard panel, once Ctrl-Alt-V pastes it.
+* The clipboard panel both ways: a mouse selection on the console shows up in it, and what is
+  put into it is kept, never typed by itself.
 * The guest desktop: TigerVNC's Xvnc reverse-connects (`vncconfig -connect`), the page switches
   to it, and Ctrl-Alt-1 / Ctrl-Alt-7 switch back and forth.  These are the hotkeys a browser
   passes through; Ctrl-Alt-F1..F7 belong to the desktop the browser runs on.
@@ -333,3 +335,33 @@ def test_page_follows_the_guest_desktop(start_vncterm, browser, guest, artifacts
     assert look(console_errors, "console-again") == []
     browser.press("Control", "Alt", "7")
     assert look(desktop_errors, "desktop-again") == []
+
+
+CLIPBOARD_TEXT = "document.getElementById('noVNC_clipboard_text').value"
+KEPT = re.compile(r"viewer \S+: clipboard of \d+ characters kept for pasting")
+
+
+def test_clipboard_panel_both_ways(start_vncterm, browser, artifacts, tmp_path):
+    """A drag across TEXT's first line puts it in noVNC's clipboard panel; text put into the
+    panel is kept, not typed, until Ctrl-Alt-V types it (UTF-8: noVNC speaks the Extended
+    Clipboard)."""
+    server = start_console(start_vncterm, tmp_path, ("--verbose",))
+    open_console(browser, server, artifacts)
+    line = "vncterm in a browser: noVNC through websockify, one flag"
+    for kind, column in (("mouseMoved", 3), ("mousePressed", 3), ("mouseMoved", 20),
+                         ("mouseReleased", 3 + len(line) - 1)):
+        console_mouse(browser, kind, column, 5)
+    assert peers.wait_until(lambda: browser.evaluate(CLIPBOARD_TEXT) == line), (
+        browser.evaluate(CLIPBOARD_TEXT))
+    pasted = "from the panel: päste ☃\n"
+    browser.evaluate(f"{CLIPBOARD_TEXT} = ''")
+    paste(browser, pasted)
+    assert peers.wait_until(lambda: KEPT.search(peers.read_text(server.log_path))), (
+        server.report())
+    typed = tmp_path / "typed.txt"
+    assert peers.read_text(typed) == "", "the panel's text was typed by itself"
+    for kind in ("mousePressed", "mouseReleased"):  # the keyboard's focus back on the console
+        console_mouse(browser, kind, 40, 15)
+    browser.press("Control", "Alt", "v")
+    peers.wait_until(lambda: peers.read_text(typed) == pasted)
+    assert peers.read_text(typed) == pasted

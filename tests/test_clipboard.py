@@ -23,7 +23,6 @@ import sources
 import vncproxy
 import vt
 from rfb import Clipboard
-from test_server import harness  # noqa: F401
 
 CAPS, REQUEST, PEEK, NOTIFY, PROVIDE = (1 << 24, 1 << 25, 1 << 26, 1 << 27, 1 << 28)
 
@@ -418,7 +417,7 @@ def read_extended(client):
     return struct.unpack(">I", body[:4])[0], body[4:]
 
 
-def test_an_extended_viewer_pastes_utf8_on_request_and_copies_utf8(harness):  # noqa: F811
+def test_an_extended_viewer_pastes_utf8_on_request_and_copies_utf8(harness):
     h = harness()
     client = h.connect()
     client.set_encodings(0, EXTENDED_CLIPBOARD)
@@ -438,7 +437,7 @@ def test_an_extended_viewer_pastes_utf8_on_request_and_copies_utf8(harness):  # 
     assert zlib.decompress(data) == struct.pack(">I", len(text)) + text
 
 
-def test_a_plain_viewer_gets_latin1_and_pastes_with_the_middle_button(harness):  # noqa: F811
+def test_a_plain_viewer_gets_latin1_and_pastes_with_the_middle_button(harness):
     h = harness()
     client = h.connect()
     client.send(struct.pack(">B3xI", 6, 6) + b"caf\xe9\n!")

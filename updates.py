@@ -152,9 +152,9 @@ class Updates:
         self.requested = True
         self.full = self.full or not incremental
 
-    def refuse_resize(self) -> None:
-        """A SetDesktopSize: the next update answers it with "prohibited"."""
-        self.resize_reply = rfb.ExtendedDesktopSizeStatus.PROHIBITED
+    def answer_resize(self, status: int) -> None:
+        """The display's answer to this viewer's SetDesktopSize, for the next update."""
+        self.resize_reply = status
 
     # What the viewer gets, §7.6.
 
@@ -225,6 +225,9 @@ class Updates:
             self.size = (width, height)
             self.full = True
             self.announced = True
+            if extended and self.resize_reply == rfb.ExtendedDesktopSizeStatus.OK:
+                self.resize_reply = None
+                return [rfb.extended_desktop_size(width, height, 1, 0)]
             if extended:
                 return [rfb.extended_desktop_size(width, height, 0, 0)]
             return [rfb.desktop_size(width, height)]

@@ -73,6 +73,7 @@ class ViewerSession(socketserver.BaseRequestHandler):
         self.events: collections.deque = collections.deque()
         self.held_keys: set[int] = set()
         self.pointer = (0, 0, 0)
+        self.resize_answers: collections.deque = collections.deque()
         self.closing = False
         self.wakeup = netio.Wakeup()
         self.server.add_session(self)
@@ -228,6 +229,8 @@ class ViewerSession(socketserver.BaseRequestHandler):
                         self.receive()
                 while self.events:
                     self.switch(*self.events.popleft())
+                while self.resize_answers:
+                    self.updates.answer_resize(self.resize_answers.popleft())
                 self.outbox.add(self.updates.notifications())
                 self.flush()
 
@@ -299,7 +302,7 @@ class ViewerSession(socketserver.BaseRequestHandler):
         self.held_keys = set()
         button_mask, x, y = self.pointer
         if button_mask:
-            self.display.pointer(0, x, y)
+            self.display.pointer(0, x, y, self.modifiers)
         self.pointer = (0, x, y)
 
     # Client messages, RFC 6143 §7.5.
@@ -336,11 +339,19 @@ class ViewerSession(socketserver.BaseRequestHandler):
         width, height = self.updates.size
         x, y = min(message.x, width - 1), min(message.y, height - 1)
         self.pointer = (message.button_mask, x, y)
-        self.display.pointer(message.button_mask, x, y)
+        self.display.pointer(message.button_mask, x, y, self.modifiers)
 
     def on_ClientCutText(self, message: rfb.ClientCutText) -> None:
         if not self.view_only:
             self.display.paste(message.text)
 
     def on_SetDesktopSize(self, message: rfb.SetDesktopSize) -> None:
-        self.updates.refuse_resize()
+        if self.view_only:
+            self.updates.answer_resize(rfb.ExtendedDesktopSizeStatus.PROHIBITED)
+            return
+        self.display.resize(message.width, message.height, self.resize_answered)
+
+    def resize_answered(self, status: int) -> None:
+        """The display's answer to our SetDesktopSize (from any thread)."""
+        self.resize_answers.append(status)
+        self.wakeup.poke()

@@ -349,6 +349,7 @@ class ViewerSession(socketserver.BaseRequestHandler):
         if self.view_only:
             self.updates.answer_resize(rfb.ExtendedDesktopSizeStatus.PROHIBITED)
             return
+        self.updates.ask_resize()
         self.display.resize(message.width, message.height, self.resize_answered)
 
     def resize_answered(self, status: int) -> None:

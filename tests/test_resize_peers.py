@@ -1,0 +1,62 @@
+"""Remote resize with real peers: a viewer's window decides the console's size, and the desktop's.
+
+The console test runs TigerVNC's vncviewer under Xvfb with its default RemoteResize on a
+command that writes its `stty size` whenever SIGWINCH comes; xdotool resizes the viewer's
+window, and the command must read the cells that fit in it.  The desktop test reverse-connects
+TigerVNC's Xvnc as the guest and sends a SetDesktopSize from our own client on the desktop:
+the guest's X screen, as its own `xdpyinfo` reports it, must take the size, and the client
+must get the guest's answer and the new framebuffer.
+"""
+
+import re
+import struct
+
+import peers
+from rawviewer import DESKTOP_SIZE, EXTENDED_DESKTOP_SIZE, RAW, Client
+from test_proxy_viewers import Xvnc, start_proxy
+from test_resize import WATCH_SIZE, resize_reply, set_desktop_size
+
+
+def test_resizing_tigervncs_window_resizes_the_commands_terminal(start_vncterm, xvfb, tmp_path):
+    peers.require("vncviewer")
+    peers.require("xdotool")
+    size_file = tmp_path / "size"
+    script = tmp_path / "watch.sh"
+    script.write_text(WATCH_SIZE.format(file=size_file))
+    server = start_vncterm(f"sh {script}")
+    client = Client(server.port)
+    client.close()
+    cell_width, cell_height = client.width // peers.COLUMNS, client.height // peers.ROWS
+    assert peers.wait_until(lambda: peers.read_text(size_file) == "25 80\n")
+    xvfb.start(["vncviewer", server.address], "vncviewer")
+    window = xvfb.run("xdotool", "search", "--sync", "--onlyvisible", "--class", "TigerVNC")
+    window = window.split()[0]
+    width, height = 100 * cell_width + 5, 30 * cell_height + 7
+    xvfb.run("xdotool", "windowsize", "--sync", window, str(width), str(height))
+    assert peers.wait_until(lambda: peers.read_text(size_file) == "30 100\n"), (
+        peers.read_text(size_file))
+
+
+def test_set_desktop_size_on_the_desktop_resizes_the_guests_screen(start_vncterm, artifacts,
+                                                                    tmp_path):
+    for peer in ("Xvnc", "vncconfig", "xdpyinfo"):
+        peers.require(peer)
+    proxy = start_proxy(start_vncterm, tmp_path)
+    guest = Xvnc(artifacts, options=("-rfbport", "-1", "-SecurityTypes", "None"))
+    try:
+        guest.connect(proxy)
+        client = Client(proxy.port)
+        client.set_encodings(RAW, EXTENDED_DESKTOP_SIZE, DESKTOP_SIZE)
+        client.request(incremental=False)
+        client.read_update()
+        assert (client.width, client.height) == (1024, 768)
+        set_desktop_size(client, 800, 600)
+        assert resize_reply(client) == (1, 0, 800, 600)
+        dimensions = re.search(r"dimensions:\s+(\d+x\d+)", guest.run("xdpyinfo"))
+        assert dimensions and dimensions[1] == "800x600"
+        client.send(struct.pack(">BxHHBx", 251, 0, 0, 1) + struct.pack(">IHHHHI", 0, 0, 0, 0, 0, 0))
+        reason, status, width, height = resize_reply(client)
+        assert (reason, width, height) == (1, 800, 600) and status != 0
+        client.close()
+    finally:
+        guest.stop()

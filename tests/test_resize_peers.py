@@ -5,13 +5,17 @@ command that writes its `stty size` whenever SIGWINCH comes; xdotool resizes the
 window, and the command must read the cells that fit in it.  The desktop test reverse-connects
 TigerVNC's Xvnc as the guest and sends a SetDesktopSize from our own client on the desktop:
 the guest's X screen, as its own `xdpyinfo` reports it, must take the size, and the client
-must get the guest's answer and the new framebuffer.
+must get the guest's answer and the new framebuffer.  noVNC in headless Chromium, with its
+"Remote resizing" setting, must make the command's terminal the cells that fit its screen
+element, at first and after the page is made smaller.
 """
 
 import re
 import struct
 
 import peers
+import test_browser
+from chromium import Chromium
 from rawviewer import DESKTOP_SIZE, EXTENDED_DESKTOP_SIZE, RAW, Client
 from test_proxy_viewers import Xvnc, start_proxy
 from test_resize import WATCH_SIZE, resize_reply, set_desktop_size
@@ -60,3 +64,36 @@ def test_set_desktop_size_on_the_desktop_resizes_the_guests_screen(start_vncterm
         client.close()
     finally:
         guest.stop()
+
+
+def test_novnc_remote_resizing_resizes_the_commands_terminal(start_vncterm, artifacts,
+                                                             tmp_path):
+    """noVNC in Chromium with its "Remote resizing" setting (resize=remote in the URL): the
+    console becomes the cells that fit noVNC's screen element, and follows the page's size."""
+    test_browser.require_browser()
+    size_file = tmp_path / "size"
+    script = tmp_path / "watch.sh"
+    script.write_text(WATCH_SIZE.format(file=size_file))
+    server = start_vncterm(f"sh {script}", options=("--web", "0"))
+    client = Client(server.port)
+    client.close()
+    cell_width, cell_height = client.width // peers.COLUMNS, client.height // peers.ROWS
+    browser = Chromium(artifacts, tmp_path / "chromium-profile")
+    try:
+        browser.open(test_browser.printed(server, test_browser.BROWSER_URL) + "&resize=remote")
+        screen = ("((e) => [e.clientWidth, e.clientHeight])"
+                  "(document.getElementById('noVNC_container'))")
+
+        def fits():
+            width, height = browser.evaluate(screen)
+            wanted = f"{height // cell_height} {width // cell_width}\n"
+            return peers.read_text(size_file) == wanted
+
+        assert peers.wait_until(fits, timeout=test_browser.FIRST_PICTURE), (
+            browser.evaluate(screen), peers.read_text(size_file))
+        browser.call("Emulation.setDeviceMetricsOverride", width=700, height=500,
+                     deviceScaleFactor=1, mobile=False)
+        assert peers.wait_until(lambda: browser.evaluate(screen)[0] <= 700)
+        assert peers.wait_until(fits), (browser.evaluate(screen), peers.read_text(size_file))
+    finally:
+        browser.close()

@@ -7,11 +7,14 @@ TigerVNC's Xvnc as the guest and sends a SetDesktopSize from our own client on t
 the guest's X screen, as its own `xdpyinfo` reports it, must take the size, and the client
 must get the guest's answer and the new framebuffer.  noVNC in headless Chromium, with its
 "Remote resizing" setting, must make the command's terminal the cells that fit its screen
-element, at first and after the page is made smaller.
+element, at first and after the page is made smaller.  gtk-vnc's gvncviewer and virt-viewer's
+remote-viewer resize the remote side with their window too, and are held to the same.
 """
 
 import re
 import struct
+
+import pytest
 
 import peers
 import test_browser
@@ -97,3 +100,34 @@ def test_novnc_remote_resizing_resizes_the_commands_terminal(start_vncterm, arti
         assert peers.wait_until(fits), (browser.evaluate(screen), peers.read_text(size_file))
     finally:
         browser.close()
+
+
+@pytest.mark.parametrize(("viewer", "window_class"), [("gvncviewer", "gvncviewer"),
+                                                      ("remote-viewer", "remote-viewer")])
+def test_gtk_vnc_viewers_resize_the_commands_terminal(start_vncterm, xvfb, tmp_path, viewer,
+                                                      window_class):
+    """gtk-vnc's gvncviewer and virt-viewer's remote-viewer resize the remote side with their
+    window by default.  Their menus and borders take some of the window, so the check is that
+    the terminal became wider and shorter, by no more than the window holds."""
+    peers.require(viewer)
+    peers.require("xdotool")
+    size_file = tmp_path / "size"
+    script = tmp_path / "watch.sh"
+    script.write_text(WATCH_SIZE.format(file=size_file))
+    server = start_vncterm(f"sh {script}")
+    client = Client(server.port)
+    client.close()
+    cell_width, cell_height = client.width // peers.COLUMNS, client.height // peers.ROWS
+    assert peers.wait_until(lambda: peers.read_text(size_file) == "25 80\n")
+    address = (f"vnc://127.0.0.1:{server.port}" if viewer == "remote-viewer"
+               else f"127.0.0.1:{server.port - 5900}")
+    xvfb.start([viewer, address], viewer)
+    window = xvfb.run("xdotool", "search", "--sync", "--onlyvisible", "--class", window_class)
+    width, height = 1000, 300
+
+    def fits():
+        xvfb.run("xdotool", "windowsize", "--sync", window.split()[0], str(width), str(height))
+        lines, columns = map(int, peers.read_text(size_file).split())
+        return (80 < columns <= width // cell_width) and (5 <= lines < height // cell_height)
+
+    assert peers.wait_until(fits), peers.read_text(size_file)

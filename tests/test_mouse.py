@@ -7,7 +7,11 @@ what it queues for its source is what the program would read.  The end-to-end te
 program and a real viewer is in test_mouse_peers.py.
 """
 
+import re
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import console
 import display
@@ -140,3 +144,21 @@ def test_the_console_display_turns_pixels_into_cells():
     shown.pointer(LEFT, 3 * cell_width + 1, 2 * cell_height + cell_height - 1, NONE)
     shown.pointer(0, *shown.size, NONE)
     assert bytes(term._outbox) == b"\x1b[<0;4;3M\x1b[<0;%d;%dm" % (COLUMNS, LINES)
+
+
+SGR_REPORTS = re.compile(rb"(?:\x1b\[<\d+;\d+;\d+[Mm])*")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([9, 1000, 1002, 1003]),
+       st.lists(st.tuples(st.integers(0, 255), st.integers(0, COLUMNS - 1),
+                          st.integers(0, LINES - 1), st.sampled_from([NONE, SHIFT, CONTROL, ALT])),
+                max_size=30))
+def test_any_pointer_events_make_only_whole_reports_inside_the_screen(tracking, steps):
+    term = new_console(tracking, 1006)
+    for mask, column, row, held in steps:
+        term.pointer(mask, (column, row), held)
+    written = bytes(term._outbox)
+    assert SGR_REPORTS.fullmatch(written)
+    for column, row in re.findall(rb"\x1b\[<\d+;(\d+);(\d+)", written):
+        assert 1 <= int(column) <= COLUMNS and 1 <= int(row) <= LINES

@@ -41,10 +41,10 @@ picks how events are written with 1005 (UTF-8), 1006 (SGR) or 1015 (urxvt); pyte
 private mode it is sent, so `Terminal.mouse_modes` reads them from its mode set, and
 `mouse_report` writes one event as xterm does (console.py decides which events there are).
 
-Resizing.  pyte's `resize` drops rows from the top when the screen gets shorter, even blank
-ones below the cursor, and leaves the cursor where it was.  `Terminal.resize` cuts from the
-bottom instead, and from the top only what it must to keep the cursor's row, into the
-scrollback, as xterm does.
+Resizing.  When the screen gets shorter, pyte's `resize` deletes lines inside its scroll
+region, which mixes up the rows, and leaves the cursor below the screen.  `Terminal.resize`
+cuts blank rows from the bottom instead, and from the top only what it must to keep the
+cursor's row, into the scrollback, as xterm does.
 
 pyte internals used: `Screen.buffer`, `dirty`, `cursor`, `mode`, `margins`, the charsets and
 `default_char`; `Stream`'s parser generator (`_parser_fsm`, `_taking_plain_text`), its

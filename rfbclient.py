@@ -13,7 +13,8 @@ against the current framebuffer before it uses a byte of it.  We ask the guest o
 encodings that are cheap and safe to decode in Python on a local link (Raw, CopyRect, the two
 resize pseudo-encodings and Cursor), so each rectangle's length follows from its header and
 Raw rows are handed out as they arrive: a huge update never sits in memory.  Counts that the
-guest chooses (rectangles in an update) are walked in a loop, never by recursion.
+guest chooses (rectangles in an update) are walked in a loop, never by recursion.  An
+ExtendedDesktopSize with a failure status is refused unless it answers our SetDesktopSize.
 
 Where deployed servers bend the spec harmlessly, we bend with them: TightVNC 1.3 puts the
 hotspot of its hidden-pointer cursor just outside the image, so a hotspot is clamped into the

@@ -43,8 +43,8 @@ private mode it is sent, so `Terminal.mouse_modes` reads them from its mode set,
 
 Resizing.  When the screen gets shorter, pyte's `resize` deletes lines inside its scroll
 region, which mixes up the rows, and leaves the cursor below the screen.  `Terminal.resize`
-cuts blank rows from the bottom instead, and from the top only what it must to keep the
-cursor's row, into the scrollback, as xterm does.
+cuts rows below the cursor from the bottom instead, and from the top only what it must to
+keep the cursor's row, into the scrollback, as xterm does.
 
 pyte internals used: `Screen.buffer`, `dirty`, `cursor`, `mode`, `margins`, the charsets and
 `default_char`; `Stream`'s parser generator (`_parser_fsm`, `_taking_plain_text`), its

@@ -25,8 +25,12 @@ repainted in full.  A viewer that listed neither cannot be resized: it stays on 
 (whose status line says why) unless the desktop happens to be its size; if it started on the
 desktop and the desktop goes, it sees the console in the top-left corner of its framebuffer.
 
+A viewer's SetDesktopSize goes to the display it shows, whose answer, maybe later and from
+another thread, comes back through `resize_answers` to go out with the next update.
+
 A viewer that gave the view-only password watches only: its keys, pointer and clipboard go
-nowhere (the VT-switch hotkeys still move its own view) and it cannot ask for exclusive access.
+nowhere (the VT-switch hotkeys still move its own view) and it cannot ask for exclusive access
+or for a new size.
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ class DesktopDisplay(display.SharedPicture):
             self.notify()
 
     def _resized(self, event: rfbclient.DesktopResize) -> None:
-        """A new size (or the same, announced): a blank picture that the guest repaints."""
+        """The guest's size, and its screen; a new size is a blank picture the guest repaints."""
         self.screen = event.screen or self.screen
         if (event.width, event.height) != self.size:
             self.size = (event.width, event.height)

@@ -4,8 +4,10 @@ The program is a small Python script run as vncterm's `--command`: it turns on x
 tracking (1002, button motion, with 1006, SGR) as mc or vim with `mouse=a` do, puts its tty in
 raw mode, decodes every report it reads and writes one line per event to a file.  So the
 evidence is what a real program received through a real pty, from a real viewer's
-PointerEvents, not what vncterm says it sent.  The second test checks the other side: with no
-program asking, the same wheel pages the console's scrollback, seen in vncdotool's capture.
+PointerEvents, not what vncterm says it sent.  vim with `mouse=a` is the second program: a
+click moves its cursor, and the text typed next lands at that cell of the file it saves.  The
+last test checks the other side: with no program asking, the same wheel pages the console's
+scrollback, seen in vncdotool's capture.
 """
 
 import sys
@@ -78,3 +80,20 @@ def test_without_a_program_asking_the_wheel_pages_the_scrollback(start_vncterm, 
 
     assert peers.wait_until(lambda: top_left_colour() == "black")
     assert peers.wait_until(lambda: top_left_colour(*["click", "4"] * 8) == "red")
+
+
+def test_a_click_moves_vims_cursor_with_mouse_on(start_vncterm, tmp_path):
+    """vim with `mouse=a` turns reporting on itself; a click puts its cursor where it lands, so
+    the text typed next is inserted at that cell of the file."""
+    peers.require("vim")
+    peers.require("vncdotool")
+    text = tmp_path / "text.txt"
+    text.write_text("".join(f"{n}{'.' * 30}\n" for n in range(10)))
+    server = start_vncterm(f"vim -u NONE -i NONE -N -c 'set mouse=a' {text}")
+    cell = cell_size(server)
+    ready = tmp_path / "ready.png"
+    assert peers.wait_until(lambda: peers.vncdo_capture(server, ready).getbbox() is not None)
+    peers.vncdo(server, "move", *centre(cell, 6, 4), "click", "1",
+                "type", "iX", "key", "esc", "type", ":wq", "key", "enter")
+    assert peers.wait_until(lambda: peers.read_text(text).splitlines()[3:4] == [
+        "3....X" + "." * 26]), peers.read_text(text)

@@ -5,11 +5,13 @@ tracking (1002, button motion, with 1006, SGR) as mc or vim with `mouse=a` do, p
 raw mode, decodes every report it reads and writes one line per event to a file.  So the
 evidence is what a real program received through a real pty, from a real viewer's
 PointerEvents, not what vncterm says it sent.  vim with `mouse=a` is the second program: a
-click moves its cursor, and the text typed next lands at that cell of the file it saves.  The
+click moves its cursor, and the text typed next lands at that cell of the file it saves; in
+tmux with `mouse on` a click picks the pane the next line goes to.  The
 last test checks the other side: with no program asking, the same wheel pages the console's
 scrollback, seen in vncdotool's capture.
 """
 
+import subprocess
 import sys
 
 import peers
@@ -97,3 +99,26 @@ def test_a_click_moves_vims_cursor_with_mouse_on(start_vncterm, tmp_path):
                 "type", "iX", "key", "esc", "type", ":wq", "key", "enter")
     assert peers.wait_until(lambda: peers.read_text(text).splitlines()[3:4] == [
         "3....X" + "." * 26]), peers.read_text(text)
+
+
+def test_a_click_picks_tmuxs_pane_with_mouse_on(start_vncterm, tmp_path):
+    """tmux with `mouse on`, two panes side by side, the right one active: a click in the left
+    pane makes it active, so the line typed next reaches the left pane's program."""
+    peers.require("tmux")
+    peers.require("vncdotool")
+    left, right = tmp_path / "left.txt", tmp_path / "right.txt"
+    socket = tmp_path / "tmux.socket"
+    server = start_vncterm(
+        f"tmux -S {socket} -f /dev/null new-session 'cat > {left}' ; set -g mouse on ; "
+        f"split-window -h 'cat > {right}'")
+    try:
+        cell = cell_size(server)
+        assert peers.wait_until(lambda: right.exists())
+        peers.vncdo(server, "move", *centre(cell, 10, 5), "click", "1",
+                    "type", "hello", "key", "enter")
+        assert peers.wait_until(lambda: peers.read_text(left) == "hello\n"), (
+            peers.read_text(left), peers.read_text(right))
+    finally:
+        # The tmux server leaves vncterm's process group: stop it by its own socket.
+        subprocess.run(["tmux", "-S", str(socket), "kill-server"], check=False,
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=30)

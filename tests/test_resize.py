@@ -18,6 +18,7 @@ import render
 import sources
 import terminal
 from rawviewer import DESKTOP_SIZE, EXTENDED_DESKTOP_SIZE, RAW, Client
+from test_auth import PASSWORD, VIEW_ONLY_PASSWORD, SecureClient
 from test_console import FakeSource, text_of
 
 WATCH_SIZE = """report() {{ stty size > {file}.new; mv {file}.new {file}; }}
@@ -168,3 +169,23 @@ def test_set_desktop_size_resizes_the_commands_pty_and_every_viewer(watched):
     assert peers.wait_until(lambda: peers.read_text(size_file) == "5 20\n")
     asker.close()
     other.close()
+
+
+def test_a_view_only_viewer_cannot_resize(start_vncterm, tmp_path):
+    size_file = tmp_path / "size"
+    script = tmp_path / "watch.sh"
+    script.write_text(WATCH_SIZE.format(file=size_file))
+    (tmp_path / "full").write_text(PASSWORD.decode() + "\n")
+    (tmp_path / "view").write_text(VIEW_ONLY_PASSWORD.decode() + "\n")
+    server = start_vncterm(f"sh {script}", options=(
+        "--password-file", str(tmp_path / "full"),
+        "--viewonly-password-file", str(tmp_path / "view")))
+    assert peers.wait_until(lambda: peers.read_text(size_file) == "25 80\n")
+    watcher = SecureClient(server.port, VIEW_ONLY_PASSWORD)
+    watcher.set_encodings(RAW, EXTENDED_DESKTOP_SIZE)
+    watcher.request(incremental=False)
+    watcher.read_update()
+    set_desktop_size(watcher, 1000, 600)
+    assert resize_reply(watcher) == (1, 1, watcher.width, watcher.height)
+    assert peers.read_text(size_file) == "25 80\n"
+    watcher.close()

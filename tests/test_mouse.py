@@ -99,8 +99,7 @@ def test_the_wheel_goes_to_the_program_instead_of_the_scrollback():
     written = events(term, (console.WHEEL_UP, (3, 3)), (0, (3, 3)),
                      (console.WHEEL_DOWN, (3, 3)), (0, (3, 3)))
     assert written == b"\x1b[<64;4;4M" b"\x1b[<65;4;4M"
-    assert text_of(term.take_frame().rows.get(LINES - 1, [])).rstrip() in ("", "line 29")
-    assert term._view_offset == 0
+    assert not term.take_frame().rows, "the view did not move into the scrollback"
 
 
 def test_control_and_alt_are_reported_and_shift_keeps_the_pointer():

@@ -18,7 +18,7 @@ import display
 import keymap
 import render
 import terminal
-from test_console import FakeSource, text_of
+from harness import FakeSource, text_of
 
 LEFT, MIDDLE, RIGHT = 1, 2, 4
 COLUMNS, LINES = 40, 10

@@ -17,15 +17,15 @@ import peers
 import render
 import sources
 import terminal
-from rawviewer import DESKTOP_SIZE, EXTENDED_DESKTOP_SIZE, RAW, Client
-from test_auth import PASSWORD, VIEW_ONLY_PASSWORD, SecureClient
-from test_console import FakeSource, text_of
+from harness import FakeSource, text_of
+from rawviewer import DESKTOP_SIZE, EXTENDED_DESKTOP_SIZE, RAW, Client, SecureClient
 
 WATCH_SIZE = """report() {{ stty size > {file}.new; mv {file}.new {file}; }}
 trap report WINCH
 report
 while :; do sleep 1 & wait; done
 """
+PASSWORD, VIEW_ONLY_PASSWORD = b"resizer1", b"watcher1"
 
 
 def rows_of(screen):

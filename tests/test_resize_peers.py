@@ -19,8 +19,8 @@ import pytest
 import peers
 import test_browser
 from chromium import Chromium
+from guestdesktop import Xvnc, start_proxy
 from rawviewer import DESKTOP_SIZE, EXTENDED_DESKTOP_SIZE, RAW, Client
-from test_proxy_viewers import Xvnc, start_proxy
 from test_resize import WATCH_SIZE, resize_reply, set_desktop_size
 
 

@@ -13,6 +13,9 @@ a type checker and a test can hold both displays to, not prose that drifts:
     key(keysym, down, modifiers), pointer(button_mask, x, y, hand)   input, RFC 6143 §7.5
     paste(text)                type the viewer's clipboard, because the person asked to
     clipboard(text)            the viewer's clipboard changed (the desktop hands it on)
+    resize(width, height, answer)  a viewer's SetDesktopSize (rfbproto); `answer(status)` is
+                               called, maybe later and from another thread, with the
+                               ExtendedDesktopSize status for that viewer
     cursor                     the pointer's shape (an rfbclient.CursorShape), or None for ours
     cut_text                   (serial, text): the display's clipboard, new when serial changes
     bells                      a count of bells; a viewer rings when it has grown (§7.6.3)
@@ -45,6 +48,7 @@ import damage
 import encoders
 import keymap
 import render
+import rfb
 import rfbclient
 from clipboard import Hand
 
@@ -74,6 +78,9 @@ class Display(Protocol):
 
     def clipboard(self, text: str) -> None:
         """The viewer's clipboard changed (a copy on the viewer's machine)."""
+
+    def resize(self, width: int, height: int, answer: Callable[[int], None]) -> None:
+        """A viewer asks for a width x height picture; `answer` gets the status."""
 
 
 LEFT, MIDDLE = 1 << 0, 1 << 1
@@ -115,6 +122,9 @@ class ConsoleDisplay(SharedPicture):
     one (console.Console.told), so a flood is rendered at the console's pace, not once per
     viewer request, and viewers asking in between share one frame and its encoding.  The
     console pokes the listeners itself, so they are the console's own set.
+
+    A resize asks the console for the cells that fit in the pixels asked for; a frame of
+    another size replaces the renderer, and every viewer gets the new size and all of it.
     """
 
     def __init__(self, console, glyphs: render.Glyphs) -> None:
@@ -135,6 +145,10 @@ class ConsoleDisplay(SharedPicture):
         if self.console.told != self._rendered:
             self._rendered = self.console.told
             frame = self.console.take_frame()
+            if frame.size != (self.renderer.columns, self.renderer.lines):
+                self.renderer = render.Renderer(self.renderer.glyphs, *frame.size)
+                self.size = self.renderer.size
+                self.damage.reset(self.size)
             if frame.scroll or frame.rows:
                 scroll, rects = self.renderer.apply(frame)
                 if scroll or rects:
@@ -145,18 +159,17 @@ class ConsoleDisplay(SharedPicture):
             self.console.key(keysym, modifiers)
 
     def pointer(self, button_mask: int, x: int, y: int, hand: Hand) -> None:
-        if self.console.reports_mouse and not hand.modifiers.shift:
-            self.console.pointer(button_mask)  # the program's
-            return
-        self.select(button_mask, x, y, hand)
-        self.console.pointer(button_mask)  # the wheel scrolls
+        cell_width, cell_height = self.renderer.glyphs.cell
+        cell = (min(x // cell_width, self.renderer.columns - 1),
+                min(y // cell_height, self.renderer.lines - 1))
+        if not self.console.mouse_reporting or hand.modifiers.shift:
+            self.select(button_mask, cell, hand)
+        self.console.pointer(button_mask, cell, hand.modifiers)
 
-    def select(self, button_mask: int, x: int, y: int, hand: Hand) -> None:
+    def select(self, button_mask: int, cell: tuple[int, int], hand: Hand) -> None:
         """xterm's buttons: left selects and copies on release, middle pastes."""
         pressed, released = button_mask & ~hand.buttons, hand.buttons & ~button_mask
-        width, height = self.renderer.glyphs.cell
-        column = min(x // width, self.console.columns - 1)
-        row = min(y // height, self.console.lines - 1)
+        column, row = cell
         if button_mask & LEFT or released & LEFT:
             # A viewer may send no motion between press and release (TigerVNC merges it): the
             # release's position ends the selection.
@@ -171,3 +184,12 @@ class ConsoleDisplay(SharedPicture):
 
     def clipboard(self, text: str) -> None:
         """Kept by the viewer until pasted: nothing to do here."""
+
+    def resize(self, width: int, height: int, answer: Callable[[int], None]) -> None:
+        cell_width, cell_height = self.renderer.glyphs.cell
+        if not self.console.resize(width // cell_width, height // cell_height):
+            answer(rfb.ExtendedDesktopSizeStatus.PROHIBITED)
+            return
+        with self.lock:
+            self.catch_up()
+        answer(rfb.ExtendedDesktopSizeStatus.OK)

@@ -31,8 +31,12 @@ copies is kept there and only typed when the person pastes (vt.pastes, or the co
 button); the desktop also hands it on to the guest.  A `clipboard.Hand` carries the link, the
 modifiers and the buttons to the display's pointer, which copies a console selection into it.
 
+A viewer's SetDesktopSize goes to the display it shows, whose answer, maybe later and from
+another thread, comes back through `resize_answers` to go out with the next update.
+
 A viewer that gave the view-only password watches only: its keys, pointer and clipboard go
-nowhere (the VT-switch hotkeys still move its own view) and it cannot ask for exclusive access.
+nowhere (the VT-switch hotkeys still move its own view) and it cannot ask for exclusive access
+or for a new size.
 """
 
 from __future__ import annotations
@@ -81,6 +85,7 @@ class ViewerSession(socketserver.BaseRequestHandler):
         self.events: collections.deque = collections.deque()
         self.held_keys: set[int] = set()
         self.pointer = (0, 0, 0)
+        self.resize_answers: collections.deque = collections.deque()
         self.closing = False
         self.wakeup = netio.Wakeup()
         self.server.add_session(self)
@@ -237,6 +242,8 @@ class ViewerSession(socketserver.BaseRequestHandler):
                         self.receive()
                 while self.events:
                     self.switch(*self.events.popleft())
+                while self.resize_answers:
+                    self.updates.answer_resize(self.resize_answers.popleft())
                 self.outbox.add(self.hand.clipboard.take() + self.updates.notifications())
                 self.flush()
 
@@ -386,4 +393,13 @@ class ViewerSession(socketserver.BaseRequestHandler):
         self.display.paste(self.hand.clipboard.received)
 
     def on_SetDesktopSize(self, message: rfb.SetDesktopSize) -> None:
-        self.updates.refuse_resize()
+        if self.view_only:
+            self.updates.answer_resize(rfb.ExtendedDesktopSizeStatus.PROHIBITED)
+            return
+        self.updates.ask_resize()
+        self.display.resize(message.width, message.height, self.resize_answered)
+
+    def resize_answered(self, status: int) -> None:
+        """The display's answer to our SetDesktopSize (from any thread)."""
+        self.resize_answers.append(status)
+        self.wakeup.poke()

@@ -20,6 +20,12 @@ Clipboard, Latin-1 otherwise, whatever each viewer speaks (each viewer's own lin
 Ctrl-Alt-V types a viewer's clipboard into the guest as key presses (`typing`), for screens
 that have no clipboard.
 
+Resizing.  A viewer's SetDesktopSize goes to the guest, as one screen of the size asked for,
+when the guest has said it speaks ExtendedDesktopSize (TigerVNC's Xvnc does: it resizes its
+screen), and the guest's answer goes back to that viewer; a guest that has not said so gets
+nothing and the viewer hears "prohibited".  One request is in flight at a time: another
+viewer asking meanwhile hears "out of resources", as rfbproto allows.
+
 Which display a viewer shows is vt.py's table, Ctrl-Alt-F1 and Ctrl-Alt-F7 moving it.  At most
 one desktop per console: a new guest connection replaces the old one, so a guest that rebooted
 without closing its socket is not locked out.
@@ -78,7 +84,9 @@ class DesktopDisplay(display.SharedPicture):
         self.bells = 0
         self.upstream = upstream
         self.link = clipboard.ClipboardLink(rfbclient.client_cut_text, rfbclient.client_clipboard)
+        self.screen: rfb.Screen | None = None
         self._pending: list = []
+        self._resize_answer = None
 
     def apply(self, event) -> None:
         """Draw one decoded event from the guest into the shadow framebuffer."""
@@ -94,10 +102,7 @@ class DesktopDisplay(display.SharedPicture):
                 self.image.paste(self.image.crop(source), (event.x, event.y))
                 self._pending.append((event.x, event.y, event.width, event.height))
             elif isinstance(event, rfbclient.DesktopResize):
-                self.size = (event.width, event.height)
-                self.image = Image.new("RGB", self.size)
-                self.damage.reset(self.size)
-                self._pending.clear()
+                self._resized(event)
             elif isinstance(event, rfbclient.CursorShape):
                 self.cursor = event
             elif isinstance(event, rfbclient.UpdateEnd):
@@ -114,8 +119,26 @@ class DesktopDisplay(display.SharedPicture):
                 self.upstream.send(answer)
                 if changed:
                     self.cut_text = (self.cut_text[0] + 1, self.link.received)
+        if isinstance(event, rfbclient.DesktopResize) and event.answer is not None:
+            self._answer_resize(event.answer)
         if not isinstance(event, rfbclient.RawRows | rfbclient.CopyRect):
             self.notify()
+
+    def _resized(self, event: rfbclient.DesktopResize) -> None:
+        """The guest's size, and its screen; a new size is a blank picture the guest repaints."""
+        self.screen = event.screen or self.screen
+        if (event.width, event.height) != self.size:
+            self.size = (event.width, event.height)
+            self.image = Image.new("RGB", self.size)
+            self.damage.reset(self.size)
+            self._pending.clear()
+
+    def _answer_resize(self, status: int) -> None:
+        """Hand the guest's answer to the viewer that asked, if one waits for it."""
+        with self.lock:
+            answer, self._resize_answer = self._resize_answer, None
+        if answer is not None:
+            answer(status)
 
     def key(self, keysym: int, down: bool, modifiers: keymap.Modifiers) -> None:
         if down:
@@ -126,6 +149,18 @@ class DesktopDisplay(display.SharedPicture):
         width, height = self.size
         self.upstream.send(rfbclient.pointer_event(
             button_mask, min(x, width - 1), min(y, height - 1)))
+
+    def resize(self, width: int, height: int, answer: Callable[[int], None]) -> None:
+        with self.lock:
+            screen, busy = self.screen, self._resize_answer is not None
+            if screen is not None and not busy:
+                self._resize_answer = answer
+        if screen is None:
+            answer(rfb.ExtendedDesktopSizeStatus.PROHIBITED)
+        elif busy:
+            answer(rfb.ExtendedDesktopSizeStatus.OUT_OF_RESOURCES)
+        else:
+            self.upstream.send(rfbclient.set_desktop_size(width, height, screen))
 
     def clipboard(self, text: str) -> None:
         with self.lock:

@@ -345,12 +345,13 @@ def test_middle_click_pastes_and_mouse_reporting_needs_shift():
     shown = console_display(term)
     hand = clipboard.Hand(keymap.Modifiers(), clipboard.viewer_link())
     hand.clipboard.receive_plain(b"echo hi\n")
-    term.feed(b"\x1b[?1000h")
-    shown.pointer(2, 0, 0, hand)
-    shown.pointer(0, 0, 0, hand)
-    assert term._outbox == b""
+    term.feed(b"\x1b[?1000;1006h")
+    for mask in (2, 0):
+        shown.pointer(mask, 0, 0, hand)
+        hand.buttons = mask
+    assert term._outbox == b"\x1b[<1;1;1M\x1b[<1;1;1m", "the program's click, not a paste"
+    term._outbox.clear()
     hand.modifiers.update(0xFFE1, True)
-    hand.buttons = 0
     shown.pointer(2, 0, 0, hand)
     assert term._outbox == b"echo hi\r"
 

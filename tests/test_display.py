@@ -18,7 +18,7 @@ import render
 import sources
 import vncproxy
 
-METHODS = ("changes", "key", "pointer", "paste", "clipboard")
+METHODS = ("changes", "key", "pointer", "paste", "clipboard", "resize")
 
 
 def console_display():
@@ -66,6 +66,7 @@ def test_something_missing_a_member_is_no_display():
         def pointer(self, button_mask, x, y, hand): ...
         def paste(self, text): ...
         def clipboard(self, text): ...
+        def resize(self, width, height, answer): ...
 
     assert not isinstance(NoCursor(), display.Display)
 

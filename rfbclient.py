@@ -339,8 +339,7 @@ class ServerReader:
     header.  Each rectangle is checked against the current framebuffer before a byte of it is
     used.  Raw pixels come out a few whole rows at a time, as they arrive, so a huge rectangle
     never sits in memory; server cut text beyond the cap is discarded as it streams in.
-    We list the Extended Clipboard in ENCODINGS, so its messages are read from the start
-    (`extended_clipboard` is there for a test to turn that off).
+    We list the Extended Clipboard in ENCODINGS, so its messages are read from the start.
     """
 
     ENCODINGS = (Encoding.COPY_RECT, Encoding.RAW, Encoding.EXTENDED_DESKTOP_SIZE,
@@ -362,7 +361,6 @@ class ServerReader:
         self._raw: list | None = None
         self._cut_text: CappedBody | None = None
         self._extended = False
-        self.extended_clipboard = True
 
     def feed(self, data: bytes) -> None:
         self._buffer += data
@@ -512,7 +510,7 @@ class ServerReader:
         if len(self._buffer) < 8:
             return None
         length, self._extended = cut_text_length(
-            bytes(self._buffer[1:8]), self.extended_clipboard, "ServerCutText")
+            bytes(self._buffer[1:8]), True, "ServerCutText")
         del self._buffer[:8]
         self._cut_text = CappedBody(length)
         return self._cut_text_event()

@@ -11,7 +11,7 @@ a type checker and a test can hold both displays to, not prose that drifts:
     plans                      an encoders.SharedPlans: the encoding work viewers share
     listeners                  callables to poke (from any thread) when something changed
     key(keysym, down, modifiers), pointer(button_mask, x, y, hand)   input, RFC 6143 §7.5
-    paste(text)                type the viewer's clipboard, because the person asked to
+    paste(hand)                type the viewer's clipboard, because the person asked to
     clipboard(text)            the viewer's clipboard changed (the desktop hands it on)
     resize(width, height, answer)  a viewer's SetDesktopSize (rfbproto); `answer(status)` is
                                called, maybe later and from another thread, with the
@@ -73,8 +73,8 @@ class Display(Protocol):
     def pointer(self, button_mask: int, x: int, y: int, hand: Hand) -> None:
         """The pointer moved or a button changed, inside the picture."""
 
-    def paste(self, text: str) -> None:
-        """Type the viewer's clipboard: the person asked to paste."""
+    def paste(self, hand: Hand) -> None:
+        """Type the clipboard of the viewer whose `hand` this is: the person asked to paste."""
 
     def clipboard(self, text: str) -> None:
         """The viewer's clipboard changed (a copy on the viewer's machine)."""
@@ -177,10 +177,10 @@ class ConsoleDisplay(SharedPicture):
         if released & LEFT and (text := self.console.end_selection()):
             hand.clipboard.copy(text)
         if pressed & MIDDLE:
-            self.console.paste(hand.clipboard.received)
+            self.paste(hand)
 
-    def paste(self, text: str) -> None:
-        self.console.paste(text)
+    def paste(self, hand: Hand) -> None:
+        self.console.paste(hand.clipboard.received)
 
     def clipboard(self, text: str) -> None:
         """Kept by the viewer until pasted: nothing to do here."""

@@ -390,7 +390,7 @@ class ViewerSession(socketserver.BaseRequestHandler):
         for keysym in self.held_keys & keymap.MODIFIER_KEYSYMS:
             self.display.key(keysym, False, self.modifiers)
         self.held_keys -= keymap.MODIFIER_KEYSYMS
-        self.display.paste(self.hand.clipboard.received)
+        self.display.paste(self.hand)
 
     def on_SetDesktopSize(self, message: rfb.SetDesktopSize) -> None:
         if self.view_only:

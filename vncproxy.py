@@ -142,7 +142,7 @@ class DesktopDisplay(display.SharedPicture):
 
     def key(self, keysym: int, down: bool, modifiers: keymap.Modifiers) -> None:
         if down:
-            self.upstream.typing.stop()
+            self.upstream.typing.stop(modifiers)
         self.upstream.send(rfbclient.key_event(down, keysym))
 
     def pointer(self, button_mask: int, x: int, y: int, hand: Hand) -> None:
@@ -166,13 +166,14 @@ class DesktopDisplay(display.SharedPicture):
         with self.lock:
             self.upstream.send(self.link.give(text))
 
-    def paste(self, text: str) -> None:
-        self.upstream.typing.start(text)
+    def paste(self, hand: Hand) -> None:
+        self.upstream.typing.start(hand.clipboard.received, hand.modifiers)
 
 
 class Typing:
     """A typed paste in progress: a character's key presses every TYPING_INTERVAL (sans-IO:
-    the guest's thread asks `due(now)` for what to send and `wait(now)` how long to sleep)."""
+    the guest's thread asks `due(now)` for what to send and `wait(now)` how long to sleep).
+    Its owner is the viewer that asked (its keymap.Modifiers), whose next key stops it."""
 
     def __init__(self, clock=time.monotonic) -> None:
         self.clock = clock
@@ -180,15 +181,19 @@ class Typing:
         self._text = ""
         self._typed = 0
         self._next = 0.0
+        self._owner = None
 
-    def start(self, text: str) -> None:
+    def start(self, text: str, owner) -> None:
         with self._lock:
             self._text, self._typed = clipboard.normal_lines(text)[:TYPING_LIMIT], 0
             self._next = self.clock()
+            self._owner = owner
 
-    def stop(self) -> None:
+    def stop(self, owner) -> None:
+        """The owner pressed a key: stop typing (another viewer's key does not)."""
         with self._lock:
-            self._text = ""
+            if owner is self._owner:
+                self._text = ""
 
     def wait(self, now: float) -> float | None:
         """Seconds until the next character is due, None when nothing is being typed."""

@@ -375,7 +375,8 @@ def test_typed_keys_follow_a_us_keyboard():
 def test_typing_is_paced_capped_and_stoppable():
     clock = Clock()
     typing = vncproxy.Typing(clock)
-    typing.start("ab" * vncproxy.TYPING_LIMIT)
+    owner, other = keymap.Modifiers(), keymap.Modifiers()
+    typing.start("ab" * vncproxy.TYPING_LIMIT, owner)
     first = typing.due(clock.now)
     assert first == rfbclient.key_event(True, ord("a")) + rfbclient.key_event(False, ord("a"))
     assert typing.wait(clock.now) == pytest.approx(vncproxy.TYPING_INTERVAL)
@@ -387,9 +388,11 @@ def test_typing_is_paced_capped_and_stoppable():
     assert len(typed) == 10 * len(first)
     clock.now += 60
     assert len(typing.due(clock.now)) <= 2 * len(first), "a stall is no reason for a burst"
-    typing.stop()
+    typing.stop(other)
+    assert typing.wait(clock.now) is not None, "another viewer's key does not stop it"
+    typing.stop(owner)
     assert typing.wait(clock.now) is None
-    typing.start("x" * (vncproxy.TYPING_LIMIT + 10))
+    typing.start("x" * (vncproxy.TYPING_LIMIT + 10), owner)
     typed = 0
     while typing.wait(clock.now) is not None:
         clock.now += typing.wait(clock.now)

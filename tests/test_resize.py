@@ -7,7 +7,6 @@ its SIGWINCH, never vncterm's word.  Our own RFB client (rawviewer) sends the Se
 here; TigerVNC's vncviewer and a guest Xvnc are in test_resize_peers.py.
 """
 
-import struct
 
 import pytest
 
@@ -18,13 +17,17 @@ import render
 import sources
 import terminal
 from harness import FakeSource, text_of
-from rawviewer import DESKTOP_SIZE, EXTENDED_DESKTOP_SIZE, RAW, Client, SecureClient
+from peers import WATCH_SIZE
+from rawviewer import (
+    DESKTOP_SIZE,
+    EXTENDED_DESKTOP_SIZE,
+    RAW,
+    Client,
+    SecureClient,
+    resize_reply,
+    set_desktop_size,
+)
 
-WATCH_SIZE = """report() {{ stty size > {file}.new; mv {file}.new {file}; }}
-trap report WINCH
-report
-while :; do sleep 1 & wait; done
-"""
 PASSWORD, VIEW_ONLY_PASSWORD = b"resizer1", b"watcher1"
 
 
@@ -123,26 +126,12 @@ def test_command_source_tells_the_running_command(tmp_path):
 # --- End to end, vncterm as a subprocess ---------------------------------------------------
 
 
-def set_desktop_size(client, width, height):
-    screen = struct.pack(">IHHHHI", 0, 0, 0, width, height, 0)
-    client.send(struct.pack(">BxHHBx", 251, width, height, 1) + screen)
-
-
 def connect(server):
     client = Client(server.port)
     client.set_encodings(RAW, EXTENDED_DESKTOP_SIZE, DESKTOP_SIZE)
     client.request(incremental=False)
     client.read_update()
     return client
-
-
-def resize_reply(client):
-    """Request updates until an ExtendedDesktopSize arrives; return (reason, status, w, h)."""
-    while True:
-        client.request(incremental=True)
-        for x, y, width, height, encoding in client.read_update():
-            if encoding == EXTENDED_DESKTOP_SIZE:
-                return x, y, width, height
 
 
 @pytest.fixture

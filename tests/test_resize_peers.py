@@ -17,11 +17,17 @@ import struct
 import pytest
 
 import peers
-import test_browser
-from chromium import Chromium
+from chromium import BROWSER_URL, FIRST_PICTURE, Chromium, printed, require_browser
 from guestdesktop import Xvnc, start_proxy
-from rawviewer import DESKTOP_SIZE, EXTENDED_DESKTOP_SIZE, RAW, Client
-from test_resize import WATCH_SIZE, resize_reply, set_desktop_size
+from peers import WATCH_SIZE
+from rawviewer import (
+    DESKTOP_SIZE,
+    EXTENDED_DESKTOP_SIZE,
+    RAW,
+    Client,
+    resize_reply,
+    set_desktop_size,
+)
 
 
 def test_resizing_tigervncs_window_resizes_the_commands_terminal(start_vncterm, xvfb, tmp_path):
@@ -73,7 +79,7 @@ def test_novnc_remote_resizing_resizes_the_commands_terminal(start_vncterm, arti
                                                              tmp_path):
     """noVNC in Chromium with its "Remote resizing" setting (resize=remote in the URL): the
     console becomes the cells that fit noVNC's screen element, and follows the page's size."""
-    test_browser.require_browser()
+    require_browser()
     size_file = tmp_path / "size"
     script = tmp_path / "watch.sh"
     script.write_text(WATCH_SIZE.format(file=size_file))
@@ -83,7 +89,7 @@ def test_novnc_remote_resizing_resizes_the_commands_terminal(start_vncterm, arti
     cell_width, cell_height = client.width // peers.COLUMNS, client.height // peers.ROWS
     browser = Chromium(artifacts, tmp_path / "chromium-profile")
     try:
-        browser.open(test_browser.printed(server, test_browser.BROWSER_URL) + "&resize=remote")
+        browser.open(printed(server, BROWSER_URL) + "&resize=remote")
         screen = ("((e) => [e.clientWidth, e.clientHeight])"
                   "(document.getElementById('noVNC_container'))")
 
@@ -92,7 +98,7 @@ def test_novnc_remote_resizing_resizes_the_commands_terminal(start_vncterm, arti
             wanted = f"{height // cell_height} {width // cell_width}\n"
             return peers.read_text(size_file) == wanted
 
-        assert peers.wait_until(fits, timeout=test_browser.FIRST_PICTURE), (
+        assert peers.wait_until(fits, timeout=FIRST_PICTURE), (
             browser.evaluate(screen), peers.read_text(size_file))
         browser.call("Emulation.setDeviceMetricsOverride", width=700, height=500,
                      deviceScaleFactor=1, mobile=False)

@@ -479,3 +479,18 @@ def test_lines_wrapped_in_a_flood_keep_their_mark():
     history = term.terminal.history
     assert [getattr(row, "wrapped", False) for row in list(history)[-4:]] == [
         True, False, True, False]
+
+
+def test_shift_drag_selects_while_the_program_has_the_mouse():
+    term = new_console()
+    term.feed(b"pick me\r\n\x1b[?1002;1006h")
+    shown = console_display(term)
+    hand = clipboard.Hand(keymap.Modifiers(), clipboard.viewer_link())
+    drag(shown, hand, (0, 0), (6, 0))
+    assert hand.clipboard.take() == b"", "the program's drag, not a selection"
+    assert term._outbox.startswith(b"\x1b[<0;1;1M")
+    hand.modifiers.update(0xFFE1, True)
+    term._outbox.clear()
+    drag(shown, hand, (0, 0), (6, 0))
+    assert hand.clipboard.take() == rfb.server_cut_text(b"pick me")
+    assert term._outbox == b"", "Shift is never reported"

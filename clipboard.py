@@ -13,11 +13,16 @@ it.  We provide when the text fits the peer's limit and notify otherwise; we ans
 with a request at once, because a paste must not wait on the network.  Caps come first from
 the server (the viewer listed the pseudo-encoding; `offer`), the client answers with its own.
 
-Paste only on request (issue: a clipboard that follows every local copy must not type into a
-root console): the viewer's text waits here until the person pastes.  `pasted` turns it into
+Paste only on request: viewers send their clipboard on every copy made on their machine, and
+a copy of `rm -rf /` in another window must not type itself into a root console, so the
+viewer's text waits here until the person pastes.  `pasted` turns it into
 what the console types: UTF-8, line ends as Return, and wrapped in xterm's bracketed-paste
 marks when the program asked for them (mode 2004), with the marks taken out of the text so a
 pasted `ESC[201~` cannot end the bracket early.
+
+A `Hand` is what a display's pointer needs of one viewer: its modifiers, the buttons it held,
+and its link, into which a console selection is copied (`copy`; the session sends `take()`).
+Each viewer's link is used by that viewer's thread only; the guest's under the desktop's lock.
 
 Trade-off: only the text format is spoken; RTF, HTML, images and files are not offered and
 what a peer offers of them is ignored.

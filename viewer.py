@@ -2,8 +2,9 @@
 
 `ViewerSession` is a socketserver request handler, so each viewer has a thread of its own.
 The handshake (RFC 6143 §7.1-7.3) is straight-line blocking code with one deadline for all of
-it, each step parsed by rfb.py and the security step decided by auth.py: the program counter
-is the state.  With VeNCrypt the socket is swapped for a TLS one half-way through, so the
+it (a shorter one for the viewer's version, and moved by a password check's wait for its
+turn), each step parsed by rfb.py and the security step decided by auth.py: the program
+counter is the state.  With VeNCrypt the socket is swapped for a TLS one half-way through, so the
 session reads and writes `self.sock` and treats TLS's "want read/write" like "would block".
 After ServerInit the session runs a small event loop on `selectors` over the viewer's socket
 and a wake-up socketpair.  Displays poke the socketpair when their picture changed, and the
@@ -45,6 +46,7 @@ import auth
 import damage
 import encoders
 import keymap
+import netio
 import rfb
 import vt
 from rfb import Encoding, SecurityType
@@ -98,7 +100,7 @@ class ViewerSession(socketserver.BaseRequestHandler):
             log.warning("viewer %s: protocol error: %s", self.peer, error)
         except auth.Refused as error:
             log.warning("viewer %s: refused: %s", self.peer, error)
-        except (ViewerGone, OSError) as error:
+        except (ViewerGone, netio.PeerGone, OSError) as error:
             log.info("viewer %s: gone (%s)", self.peer, error or "closed")
         except Exception:
             log.exception("viewer %s: internal error", self.peer)
@@ -139,11 +141,16 @@ class ViewerSession(socketserver.BaseRequestHandler):
     # The handshake, RFC 6143 §7.1-7.3: the program counter is the state.
 
     def handshake(self) -> None:
-        with self.security.waiting.admit(self.host):
-            self.deadline = time.monotonic() + self.server.handshake_timeout
+        with self.security.waiting.admit(self.host, self.close) as place:
+            started = time.monotonic()
+            self.deadline = started + min(auth.VERSION_TIMEOUT, self.server.handshake_timeout)
             self.sock.settimeout(self.server.handshake_timeout)
             self.sock.sendall(rfb.SERVER_VERSION)
             version = rfb.parse_client_version(self.recv_exactly(rfb.VERSION_LENGTH))
+            self.security.waiting.talked(place)
+            if place.refusal:
+                self.turn_away(rfb.security_refusal(version, place.refusal), place.refusal)
+            self.deadline = started + self.server.handshake_timeout
             self.authenticate(version)
             shared = rfb.parse_client_init(self.recv_exactly(1))
         if not shared and not self.view_only:
@@ -156,7 +163,7 @@ class ViewerSession(socketserver.BaseRequestHandler):
         """Offer security types and run the chosen one up to its SecurityResult, §7.1.2-7.1.3."""
         if self.server.too_many(self):
             self.turn_away(rfb.security_refusal(version, "too many viewers"), "too many viewers")
-        reason = self.security.refusal(version, self.host)
+        reason = self.security.refusal(version)
         if reason:
             self.turn_away(rfb.security_refusal(version, reason), reason)
         types = self.security.types(version)
@@ -191,16 +198,16 @@ class ViewerSession(socketserver.BaseRequestHandler):
         return chosen
 
     def vnc_authentication(self, version: tuple[int, int]) -> None:
-        """VNC authentication, §7.2.2, and its SecurityResult; failures wait and are counted."""
+        """VNC authentication, §7.2.2, and its SecurityResult; the check waits for its turn."""
         challenge = auth.new_challenge()
         self.sock.sendall(challenge)
-        access = self.security.check(challenge, self.recv_exactly(rfb.CHALLENGE_LENGTH))
+        response = self.recv_exactly(rfb.CHALLENGE_LENGTH)
+        self.deadline += self.security.turns.wait()
+        access = self.security.check(challenge, response)
         if access is None:
-            self.security.blacklist.failed(self.host)
             time.sleep(auth.FAILURE_DELAY)
             failed = rfb.security_result(version, False, "authentication failed")
             self.turn_away(failed, "VNC authentication failed")
-        self.security.blacklist.succeeded(self.host)
         self.view_only = access is auth.Access.VIEW_ONLY
         self.sock.sendall(rfb.security_result(version, True))
 
@@ -211,20 +218,13 @@ class ViewerSession(socketserver.BaseRequestHandler):
         raise auth.Refused(reason)
 
     def recv_exactly(self, size: int) -> bytes:
-        data = bytearray()
-        while len(data) < size:
-            self.sock.settimeout(self.time_left())
-            chunk = self.sock.recv(size - len(data))
-            if not chunk:
-                raise ViewerGone("closed during the handshake")
-            data += chunk
-        return bytes(data)
+        return netio.recv_exactly(self.sock, size, self.deadline)
 
     def time_left(self) -> float:
         """Seconds until the handshake's deadline; past it the viewer is gone."""
         left = self.deadline - time.monotonic()
         if left <= 0:
-            raise ViewerGone(f"no handshake within {self.server.handshake_timeout:g} s")
+            raise netio.PeerGone("no answer before the handshake's deadline")
         return left
 
     # The session loop.

@@ -96,6 +96,13 @@ def start(args, target: tuple[str, int]) -> Websockify | None:
     return relay
 
 
+def start_host(args, host) -> Websockify | None:
+    """--domain all: the host's page if --web asks for it."""
+    if args.web is None:
+        return start(args, None)
+    raise ValueError("--web with --domain all: not yet")
+
+
 # --- What to run -------------------------------------------------------------------------------
 
 

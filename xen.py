@@ -143,16 +143,6 @@ def check_domain(number: int) -> int:
     return number
 
 
-def domain_choice(text: str) -> int | str:
-    """--domain's value: a domain id, or "all" for every domain of the host."""
-    if text == ALL:
-        return ALL
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"--domain {text[:20]!r}: a domain id or {ALL!r}") from None
-
-
 def domain_ids(names: list[str], warned: set[str]) -> set[int]:
     """The guest domain ids among /local/domain's children; each bad name logged once."""
     found = set()

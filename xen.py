@@ -737,11 +737,12 @@ def answer(domain: Domain | Host | None, request: bytes) -> tuple[bytes, list[in
     try:
         if isinstance(domain, Host):
             name, arguments = parse_host_request(request)
-            run = domain.request if name in DOMAIN_REQUESTS else getattr(domain, name)
         else:
             name, arguments = parse_request(request, domain)
-            run = getattr(domain, name)
-        result = run(*arguments)
+        if isinstance(domain, Host) and name in DOMAIN_REQUESTS:
+            result = domain.request(name, *arguments)
+        else:
+            result = getattr(domain, name)(*arguments)
     except OSError as error:
         text = error.strerror or str(error)
         return json.dumps({"errno": error.errno or errno.EIO, "error": text}).encode(), []

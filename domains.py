@@ -39,10 +39,11 @@ log = logging.getLogger("vncterm.domains")
 class Slot:
     """One domain served as `--domain N` would serve it: its ports, console and server thread."""
 
-    def __init__(self, number: int, start, on_end) -> None:
+    def __init__(self, number: int, name: str | None, start, on_end) -> None:
         """Open the domain's ports with `start(number, stops)` -> (Server, Console), start its
         console and its server's thread; `on_end(slot)` once the server has stopped."""
         self.number = number
+        self.name = name
         self.on_end = on_end
         self.retired = False
         self.stops = contextlib.ExitStack()
@@ -129,10 +130,19 @@ class Domains:
         """Serve domain `number`; if its ports or parts fail, log it and leave it be."""
         with self.lock:  # held until the slot is known, so that its end finds it
             try:
-                self.slots[number] = Slot(number, self.start_one, self.ended)
+                self.slots[number] = Slot(number, self.name_of(number), self.start_one,
+                                          self.ended)
             except (OSError, ValueError) as error:
                 log.warning("domain %d is not served: %s", number, error)
                 self.refused.add(number)
+
+    def name_of(self, number: int) -> str | None:
+        """The domain's name for the browser page, read once when it is first served."""
+        try:
+            return self.dom0.domain.request("name", number)
+        except OSError as error:
+            log.warning("domain %d: cannot read its name: %s", number, error)
+            return None
 
     def start_one(self, number: int, stops: contextlib.ExitStack):
         return self.start(number, self.dom0.for_domain(number, self.events), stops)
@@ -143,6 +153,11 @@ class Domains:
             if self.slots.get(slot.number) is slot:
                 del self.slots[slot.number]
         self.wake.set()
+
+    def slot(self, text: str) -> Slot | None:
+        """The slot of the domain id `text` (from a URL), if it is served."""
+        with self.lock:
+            return self.slots.get(int(text)) if text.isascii() and text.isdigit() else None
 
     def served(self) -> list[Slot]:
         """The slots serving now, by domain id."""

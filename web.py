@@ -38,6 +38,7 @@ noVNC's files come from `--novnc-dir` or the distribution's package (Debian's `n
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import shutil
@@ -49,6 +50,7 @@ import threading
 from pathlib import Path
 
 import options
+import webhost
 
 log = logging.getLogger("vncterm.web")
 
@@ -96,11 +98,30 @@ def start(args, target: tuple[str, int]) -> Websockify | None:
     return relay
 
 
-def start_host(args, host) -> Websockify | None:
-    """--domain all: the host's page if --web asks for it."""
+def start_host(args, domains) -> webhost.HostPage | None:
+    """--domain all: the host's page (webhost.py) if --web asks for it; print its URL."""
     if args.web is None:
         return start(args, None)
-    raise ValueError("--web with --domain all: not yet")
+    if args.web_key and not args.web_cert:
+        raise ValueError("--web-key needs --web-cert")
+    novnc = find_novnc(args.novnc_dir)
+    tls = None
+    if args.web_cert:
+        check_certificate(args.web_cert, args.web_key)
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.web_cert, args.web_key)
+    if importlib.util.find_spec("websockify") is None:
+        raise OSError("--web with --domain all needs websockify's Python package on vncterm's "
+                      "Python: Debian's python3-websockify (for /usr/bin/python3)")
+    listener = listen(args.web_listen, args.web)
+    try:
+        page = webhost.HostPage(listener, domains, novnc, tls)
+    except BaseException:
+        listener.close()
+        raise
+    print(f"vncterm: browser page for every domain at {page_url(listener, bool(tls), '')}",
+          flush=True)
+    return page
 
 
 # --- What to run -------------------------------------------------------------------------------
@@ -153,14 +174,14 @@ def listen(host: str, port: int) -> socket.socket:
                       "(see --web, --web-listen)") from None
 
 
-def page_url(listener: socket.socket, tls: bool) -> str:
-    """The address to open in a browser: noVNC's page, connecting at once."""
+def page_url(listener: socket.socket, tls: bool, path: str = f"{PAGE}?autoconnect=1") -> str:
+    """The address to open in a browser: noVNC's page, connecting at once (or `path`)."""
     host, port = listener.getsockname()[:2]
     if host in WILDCARDS:
         host = socket.gethostname()
     elif ":" in host:
         host = f"[{host}]"
-    return f"{'https' if tls else 'http'}://{host}:{port}/{PAGE}?autoconnect=1"
+    return f"{'https' if tls else 'http'}://{host}:{port}/{path}"
 
 
 # --- The supervised child ----------------------------------------------------------------------

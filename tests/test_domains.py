@@ -10,6 +10,8 @@ root helper (--user).  The units at the top check the pieces that parse xenstore
 the helper's requests.
 """
 
+import io
+import json
 import os
 import signal
 import socket
@@ -17,8 +19,11 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
+from pathlib import Path
 
 import pytest
+from PIL import Image
 
 import fakexenstore
 import peers
@@ -155,7 +160,7 @@ def free_base(count):
 class HostVncTerm:
     """`vncterm.py --domain all` on the fake host; .served maps domain id to its port."""
 
-    def __init__(self, host, folder, options=()):
+    def __init__(self, host, folder, options=(), env=None):
         self.folder = folder
         self.base = free_base(HOST_DOMAINS + 5)
         self.served = {}
@@ -167,7 +172,8 @@ class HostVncTerm:
                 *options]
         with open(folder / "vncterm.stderr", "wb") as stderr:
             self.proc = subprocess.Popen(argv, cwd=peers.REPO, stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.PIPE, stderr=stderr, text=True)
+                                         stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                         env=env)
         threading.Thread(target=self._read_stdout, daemon=True).start()
 
     def _read_stdout(self):
@@ -211,8 +217,8 @@ def host(tmp_path):
 def start_host(host, artifacts):
     started = []
 
-    def start(options=()):
-        started.append(HostVncTerm(host, artifacts, options))
+    def start(options=(), env=None):
+        started.append(HostVncTerm(host, artifacts, options, env))
         return started[-1]
 
     yield start
@@ -321,3 +327,81 @@ def test_as_nobody_every_domain_through_one_helper(host, start_host):
     server.proc.wait()
     assert peers.wait_until(lambda: all("vnc-port" not in host.keys(n) for n in (1, 3, 4))), \
         "the helper retracts every domain's keys, even after a SIGKILL"
+
+
+# --- The host's browser page -----------------------------------------------------------------
+
+WEBSOCKIFY_PACKAGE = Path("/usr/lib/python3/dist-packages/websockify")
+
+
+def websockify_env(folder):
+    """The environment for a vncterm that imports Debian's websockify package (its only
+    Python is /usr/bin/python3's; the tests' Python gets that one package and no more)."""
+    peers.require("websockify", installed=WEBSOCKIFY_PACKAGE.is_dir(),
+                  how="apt-get install python3-websockify")
+    (folder / "websockify").symlink_to(WEBSOCKIFY_PACKAGE)
+    return dict(os.environ, PYTHONPATH=str(folder))
+
+
+def fetch(url):
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        return reply.read()
+
+
+def thumbnail_errors(page, entry, guest):
+    guest.say(paint(pattern(entry["id"])))
+    picture = Image.open(io.BytesIO(fetch(page + entry["thumbnail"])))
+    return peers.framebuffer_errors(picture.convert("RGB"), pattern(entry["id"]))
+
+
+def page_entries(browser):
+    """The domain ids of the page's entries whose thumbnail has loaded."""
+    return browser.evaluate(
+        "[...document.querySelectorAll('#domains a')].filter(a => { const i = a.querySelector"
+        "('img'); return i.complete && i.naturalWidth > 0; }).map(a => +a.dataset.domain)")
+
+
+def test_the_host_page_lists_every_domain_and_opens_each_in_novnc(host, start_host, browser,
+                                                                   tmp_path, artifacts):
+    for number in (1, 2, 3, 4):
+        host.create(number)
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        web_port = probe.getsockname()[1]
+    server = start_host(["--web", str(web_port)], env=websockify_env(tmp_path))
+    assert peers.wait_until(lambda: len(server.served) == 4, 30), server.report()
+    page = f"http://127.0.0.1:{web_port}/"
+
+    entries = json.loads(fetch(page + "domains.json"))
+    assert [(e["id"], e["name"], e["port"]) for e in entries] == [
+        (n, f"guest-{n}", server.base + n) for n in (1, 2, 3, 4)]
+    for entry in entries:
+        errors = peers.until_no_errors(
+            lambda entry=entry: thumbnail_errors(page, entry, host.guests[entry["id"]]))
+        assert not errors, f"thumbnail of domain {entry['id']}: {errors[:5]}"
+
+    browser.open(page)
+    assert peers.wait_until(lambda: page_entries(browser) == [1, 2, 3, 4], 30)
+    browser.screenshot(artifacts / "page.png")
+    host.create(5)
+    host.destroy(2)
+    assert peers.wait_until(lambda: page_entries(browser) == [1, 3, 4, 5], 30), \
+        "the page follows domains as they come and go"
+
+    link = browser.evaluate("document.querySelector('#domains a[data-domain=\"3\"]').href")
+    browser.open(link)
+    errors = peers.until_no_errors(lambda: host.guests[3].say(paint(pattern(3))) or
+                                   peers.screenshot_errors(browser.screenshot(
+                                       artifacts / "domain-3.png"), pattern(3)), timeout=40)
+    assert not errors, f"noVNC on domain 3: {errors[:5]}\n{server.report()}"
+    server.stop()
+
+
+@pytest.fixture
+def browser(artifacts, tmp_path):
+    for peer in ("chromium",):
+        peers.require(peer)
+    peers.require("novnc", installed=Path("/usr/share/novnc/vnc.html").is_file())
+    from chromium import Chromium
+    chromium = Chromium(artifacts, tmp_path / "chromium-profile")
+    yield chromium
+    chromium.close()

@@ -7,7 +7,9 @@ or no source at all (the user's shell) renders a console as pixels and serves it
 This module is the program: its options, and `start`, which opens the ports and starts every
 part in order, each with what it needs passed to its constructor.  Read `start` top to bottom
 to see where each feature begins; `serve` then runs until SIGTERM or the console's end, and a
-`contextlib.ExitStack` stops everything in the reverse order.
+`contextlib.ExitStack` stops everything in the reverse order.  `--domain all` runs
+`serve_host` instead: domains.py calls `start_console` (all of `start` but the browser relay)
+once per domain, with that domain's options (`domain_args`), and webhost.py is the browser's.
 
 The shape is CPython's socketserver: `Server` is a `ThreadingTCPServer` with the usual
 lifecycle (`serve_forever`, `shutdown`, `server_close` joining the viewer threads), and each

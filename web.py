@@ -31,6 +31,10 @@ Trade-offs.
   port, so one certificate covers both.  We load the pair once at start, so that a wrong file
   is an error now rather than a failed handshake in some browser later.
 
+With `--domain all`, `start_host` serves the host's page instead (webhost.py): there the
+relay is websockify's request handler inside vncterm, because the page draws thumbnails of
+consoles that live here.  The options and checks are the same.
+
 noVNC's files come from `--novnc-dir` or the distribution's package (Debian's `novnc`).  npm's
 `@novnc/novnc` is not enough: it is the library (core/, vendor/) without vnc.html and app/.
 """

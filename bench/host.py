@@ -95,9 +95,10 @@ def free_base(count: int) -> int:
     raise RuntimeError("no free range of ports")
 
 
-def vncterm(fake: FakeHost, domain: str, base: int) -> subprocess.Popen:
-    argv = [sys.executable, "vncterm.py", "--domain", domain, "--port", str(base),
-            "--reverse-port", str(base + 2000), "--xenstore-prefix", fake.prefix]
+def vncterm(fake: FakeHost, domain: str, port: int) -> subprocess.Popen:
+    """`--domain all` with `port` as the base, or `--domain N` on `port` itself."""
+    argv = [sys.executable, "vncterm.py", "--domain", domain, "--port", str(port),
+            "--reverse-port", str(port + 2000), "--xenstore-prefix", fake.prefix]
     log = open(OUT / "host.log", "ab")
     return subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=log, text=True)
@@ -171,7 +172,8 @@ def host_row(folder: Path) -> dict:
                                                    "pid="], capture_output=True,
                                                   text=True).stdout.split())}
         stop(process)
-        single = vncterm(fake, "1", base)
+        print(f"bench: --domain all: {result}", file=sys.stderr, flush=True)
+        single = vncterm(fake, "1", base + 1)
         wait_for(lambda: accepts(base + 1), 60, "vncterm --domain 1")
         fake.say([1])
         result["one_process"] = settled_rss(single.pid)

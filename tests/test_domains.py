@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -405,3 +406,37 @@ def browser(artifacts, tmp_path):
     chromium = Chromium(artifacts, tmp_path / "chromium-profile")
     yield chromium
     chromium.close()
+
+
+def test_passwords_and_tls_cover_every_domain(host, start_host, tmp_path, artifacts):
+    peers.require("vncdotool")
+    from test_browser import self_signed_certificate
+    cert, key = self_signed_certificate(tmp_path)
+    password = tmp_path / "password"
+    password.write_text("s3cret\n")
+    for number in (1, 2):
+        host.create(number)
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        web_port = probe.getsockname()[1]
+    server = start_host(["--password-file", str(password), "--web", str(web_port),
+                         "--web-cert", str(cert), "--web-key", str(key)],
+                        env=websockify_env(tmp_path))
+    assert peers.wait_until(lambda: len(server.served) == 2, 30), server.report()
+    for number in (1, 2):
+        with pytest.raises(AssertionError, match=r"\[2\]"):
+            rawviewer.Client(server.served[number])  # offered VNC authentication only
+
+        def look(number=number):
+            host.guests[number].say(paint(pattern(number)))
+            capture = artifacts / f"domain-{number}.png"
+            peers.run([sys.executable, "-m", "vncdotool.command", "-p", "s3cret", "-s",
+                       f"127.0.0.1::{server.served[number]}", "capture", str(capture),
+                       "capture", str(capture)])
+            return peers.framebuffer_errors(peers.load_rgb(capture), pattern(number))
+        errors = peers.until_no_errors(look)
+        assert not errors, f"domain {number} with its password: {errors[:5]}"
+    unverified = ssl._create_unverified_context()
+    with urllib.request.urlopen(f"https://127.0.0.1:{web_port}/domains.json", timeout=10,
+                                context=unverified) as reply:
+        assert [entry["id"] for entry in json.loads(reply.read())] == [1, 2]
+    server.stop()

@@ -71,7 +71,10 @@ class Slot:
             service.leave(self.server)
 
     def stop(self) -> None:
-        self.server.shutdown()
+        """Ask the server to stop (each server takes up to its poll interval to notice)."""
+        self.server.stop_soon()
+
+    def join(self) -> None:
         self.thread.join()
 
 
@@ -104,6 +107,8 @@ class Domains:
             slots = list(self.slots.values())
         for slot in slots:
             slot.stop()
+        for slot in slots:
+            slot.join()
         self.events.stop()
 
     def stop(self) -> None:

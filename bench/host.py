@@ -8,7 +8,8 @@ C vncterm at 6.8 MB per console (a stated reference figure, not measured here).
 
 How.  The host is tests/fakexenstore.py's store, with a pty per guest as xenconsoled would make
 it, and vncterm is started on it as `--domain all`.  The same vncterm is measured twice: with
-one domain, then with all 100, so that (RSS with 100 - RSS with 1) / 99 is what a domain adds.
+one domain, then with all 100, so that (RSS with 100 - RSS with 1) / 99 is what a domain adds;
+then its CPU time over 10 idle seconds (no output, no viewer).
 The introduction time is taken for domains created one at a time after the others: from the
 store write to the first successful TCP connect to the domain's port (the fake's watch polls
 the store every 20 ms, and its tools are Python processes, so a real xenstored answers sooner).
@@ -30,7 +31,7 @@ import time
 import tty
 from pathlib import Path
 
-from servers import OUT, REPO, memory_mb, peers, wait_for
+from servers import OUT, REPO, cpu_seconds, memory_mb, peers, wait_for
 
 import fakexenstore
 
@@ -38,6 +39,7 @@ DOMAINS = 100
 LOG_LINES = 1200
 TIMED_DOMAINS = 5
 PROXMOX_MB = 6.8
+IDLE_SECONDS = 10
 SERVED = re.compile(r"vncterm: domain (\d+) on [\d.]+:(\d+)")
 
 
@@ -71,7 +73,7 @@ class FakeHost:
 
     def say(self, numbers) -> None:
         """Each domain's boot log, written by a thread per domain (a pty holds only a few kB)."""
-        writers = [threading.Thread(target=os.write, args=(self.masters[n], boot_log(n)))
+        writers = [threading.Thread(target=write_all, args=(self.masters[n], boot_log(n)))
                    for n in numbers]
         for writer in writers:
             writer.start()
@@ -81,6 +83,12 @@ class FakeHost:
     def close(self) -> None:
         for master in self.masters.values():
             os.close(master)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """A pty master takes what fits in its buffer and says how much: write the rest too."""
+    while data:
+        data = data[os.write(fd, data):]
 
 
 def free_base(count: int) -> int:
@@ -148,37 +156,47 @@ def host_row(folder: Path) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     fake = FakeHost(folder)
     base = free_base(DOMAINS + TIMED_DOMAINS + 1)
+    started = []
     try:
-        fake.create(1)
-        process = vncterm(fake, "all", base)
-        numbers = served(process)
-        wait_for(lambda: 1 in numbers, 60, "domain 1 served")
-        fake.say([1])
-        one = settled_rss(process.pid)
-        for number in range(2, DOMAINS + 1):
-            fake.create(number)
-        wait_for(lambda: len(numbers) == DOMAINS, 300, f"{DOMAINS} domains served")
-        fake.say(range(2, DOMAINS + 1))
-        many = settled_rss(process.pid)
-        introduce = []
-        for number in range(DOMAINS + 1, DOMAINS + TIMED_DOMAINS + 1):
-            created = time.monotonic()
-            fake.create(number)
-            wait_for(lambda number=number: accepts(base + number), 30, f"domain {number}")
-            introduce.append(time.monotonic() - created)
-        result = {"rss_1": one, "rss_all": many, "per_domain": (many - one) / (DOMAINS - 1),
-                  "threads": threads(process.pid), "introduce": introduce,
-                  "processes": len(subprocess.run(["ps", "--ppid", str(process.pid), "-o",
-                                                   "pid="], capture_output=True,
-                                                  text=True).stdout.split())}
-        stop(process)
+        started.append(vncterm(fake, "all", base))
+        result = whole_host(fake, started[-1], base)
+        stop(started[-1])
         print(f"bench: --domain all: {result}", file=sys.stderr, flush=True)
-        single = vncterm(fake, "1", base + 1)
+        started.append(vncterm(fake, "1", base + 1))
         wait_for(lambda: accepts(base + 1), 60, "vncterm --domain 1")
         fake.say([1])
-        result["one_process"] = settled_rss(single.pid)
-        result["one_process_threads"] = threads(single.pid)
-        stop(single)
+        result["one_process"] = settled_rss(started[-1].pid)
+        result["one_process_threads"] = threads(started[-1].pid)
         return result
     finally:
+        for process in started:
+            stop(process)
         fake.close()
+
+
+def whole_host(fake: FakeHost, process: subprocess.Popen, base: int) -> dict:
+    """RSS with one domain and with all, threads, children, and introduction times."""
+    fake.create(1)
+    numbers = served(process)
+    wait_for(lambda: 1 in numbers, 60, "domain 1 served")
+    fake.say([1])
+    one = settled_rss(process.pid)
+    for number in range(2, DOMAINS + 1):
+        fake.create(number)
+    wait_for(lambda: len(numbers) == DOMAINS, 300, f"{DOMAINS} domains served")
+    fake.say(range(2, DOMAINS + 1))
+    many = settled_rss(process.pid)
+    idle_cpu = cpu_seconds([process.pid])
+    time.sleep(IDLE_SECONDS)
+    idle_cpu = (cpu_seconds([process.pid]) - idle_cpu) / IDLE_SECONDS
+    introduce = []
+    for number in range(DOMAINS + 1, DOMAINS + TIMED_DOMAINS + 1):
+        created = time.monotonic()
+        fake.create(number)
+        wait_for(lambda number=number: accepts(base + number), 30, f"domain {number}")
+        introduce.append(time.monotonic() - created)
+    children = subprocess.run(["ps", "--ppid", str(process.pid), "-o", "pid="],
+                              capture_output=True, text=True).stdout.split()
+    return {"rss_1": one, "rss_all": many, "per_domain": (many - one) / (DOMAINS - 1),
+            "threads": threads(process.pid), "introduce": introduce, "processes": len(children),
+            "idle_cpu": idle_cpu}

@@ -147,6 +147,7 @@ def host_rows(table: Table, results: dict) -> None:
               f"<= 2 MB (Proxmox {PROXMOX_MB})", results["per_domain"] <= 2)
     table.add(title, "threads", results["threads"], DOMAINS * results["one_process_threads"])
     table.add(title, "processes (children)", results["processes"], None, "constant", ratio=False)
+    table.add(title, "idle CPU s per s", results["idle_cpu"], None, "none measurable")
     table.add(title, "introduce to served port s", max(results["introduce"]), None, "<= 2 s",
               max(results["introduce"]) <= 2)
 

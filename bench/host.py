@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -153,7 +154,8 @@ def stop(process: subprocess.Popen) -> None:
 
 def host_row(folder: Path) -> dict:
     """Memory, threads and introduction times of --domain all, and of a process per domain."""
-    folder.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)  # a fresh store: no domains from a past run
+    folder.mkdir(parents=True)
     fake = FakeHost(folder)
     base = free_base(DOMAINS + TIMED_DOMAINS + 1)
     started = []

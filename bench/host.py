@@ -197,8 +197,9 @@ def whole_host(fake: FakeHost, process: subprocess.Popen, base: int) -> dict:
         fake.create(number)
         wait_for(lambda number=number: accepts(base + number), 30, f"domain {number}")
         introduce.append(time.monotonic() - created)
-    children = subprocess.run(["ps", "--ppid", str(process.pid), "-o", "pid="],
-                              capture_output=True, text=True).stdout.split()
+    children = [line for line in subprocess.run(
+        ["ps", "--ppid", str(process.pid), "-ww", "-o", "args="], capture_output=True,
+        text=True).stdout.splitlines() if " watch " in line]  # not a publish's short-lived run
     return {"rss_1": one, "rss_all": many, "per_domain": (many - one) / (DOMAINS - 1),
-            "threads": threads(process.pid), "introduce": introduce, "processes": len(children),
+            "threads": threads(process.pid), "introduce": introduce, "watches": len(children),
             "idle_cpu": idle_cpu}

@@ -99,6 +99,28 @@ def test_events_poke_only_the_domain_whose_console_changed():
         events.stop()
 
 
+def test_the_fake_lists_domains_and_fires_introduce_and_release(tmp_path):
+    store = fakexenstore.Store(tmp_path / "xenstore.json")
+    xenstore = xen.Xenstore(fakexenstore.install(tmp_path / "bin", store.path))
+    assert xenstore.list("/local/domain") == []
+    store.write("/local/domain/0/name", "Domain-0")
+    watches = {event: xenstore.watch(event) for event in ("@introduceDomain", "@releaseDomain")}
+    try:
+        for event, watch in watches.items():
+            assert watch.stdout.readline() == f"{event}\n".encode(), "a new watch fires once"
+        store.write("/local/domain/12/name", "twelve")
+        assert watches["@introduceDomain"].stdout.readline() == b"@introduceDomain\n"
+        assert sorted(xenstore.list("/local/domain")) == ["0", "12"]
+        store.rm("/local/domain/12")
+        assert watches["@releaseDomain"].stdout.readline() == b"@releaseDomain\n"
+        assert xenstore.list("/local/domain") == ["0"]
+    finally:
+        for watch in watches.values():
+            watch.kill()
+            watch.wait()
+            watch.stdout.close()
+
+
 # --- The fake host and vncterm --domain all -------------------------------------------------
 
 
@@ -253,6 +275,21 @@ def shows_own_console(server, host, number):
     assert not errors, f"domain {number}: {errors[:5]}\n{server.report()}"
 
 
+def told_and_closed(viewer):
+    """True if the viewer's bottom row turned to a status line, then the server hung up."""
+    status_shown = False
+    try:
+        while True:
+            viewer.request()
+            viewer.read_update()
+            bottom = viewer.image.crop((0, viewer.height - 16, viewer.width, viewer.height))
+            status_shown = status_shown or bottom.getbbox() is not None
+    except (ConnectionError, OSError):
+        return status_shown
+    finally:
+        viewer.close()
+
+
 def refused(port):
     try:
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
@@ -276,7 +313,12 @@ def test_every_domain_on_its_own_port_and_domains_come_and_go(host, start_host):
     children = server.children()
     assert len(children) == 3 and all("watch" in child for child in children), children
 
+    watching = rawviewer.Client(server.served[7], timeout=20)
+    watching.set_encodings(rawviewer.RAW)
+    watching.request(incremental=False)
+    watching.read_update()
     host.destroy(7)
+    assert told_and_closed(watching), "domain 7's viewer sees the status line, then the end"
     assert peers.wait_until(lambda: refused(server.base + 7), 15), server.report()
     assert peers.wait_until(lambda: host.store.read("/local/domain/7") is None)
     assert host.store.snapshot("/local/domain/7") == {}, "the keys go with the domain"

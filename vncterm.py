@@ -136,6 +136,22 @@ class Server(socketserver.ThreadingTCPServer):
     def stop_soon(self) -> None:
         threading.Thread(target=self.shutdown, daemon=True).start()
 
+    def serve_forever(self, poll_interval: float | None = None) -> None:
+        """socketserver's loop, asleep until a viewer connects or shutdown() wakes it: no
+        timer wakes an idle server (socketserver's default looks twice a second)."""
+        super().serve_forever(poll_interval)
+
+    def shutdown(self) -> None:
+        """socketserver's shutdown, for a loop that sleeps without a timeout: once the stop is
+        asked for, shutting the listening socket down wakes its select()."""
+        stopping = threading.Thread(target=super().shutdown)
+        stopping.start()
+        # If the wake-up comes before socketserver has set its flag, the loop's accept fails
+        # (EINVAL, which socketserver ignores) and it looks again until the flag is set.
+        with contextlib.suppress(OSError):
+            self.socket.shutdown(socket.SHUT_RDWR)
+        stopping.join()
+
     def server_close(self) -> None:
         self.socket.close()
         with self._sessions_lock:

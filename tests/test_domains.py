@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import socket
+import socketserver
 import ssl
 import subprocess
 import sys
@@ -26,9 +27,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+import console
+import display
 import fakexenstore
 import peers
 import rawviewer
+import render
+import sources
+import vncterm
 import xen
 from peers import Block
 from test_xen import Guest
@@ -119,6 +125,33 @@ def test_the_fake_lists_domains_and_fires_introduce_and_release(tmp_path):
             watch.kill()
             watch.wait()
             watch.stdout.close()
+
+
+def test_an_idle_server_sleeps_until_a_viewer_comes_or_it_is_stopped(monkeypatch):
+    """A hundred idle domains must not wake a hundred loops twice a second."""
+    timeouts = []
+    select = socketserver._ServerSelector.select
+
+    def recording(selector, timeout=None):
+        timeouts.append(timeout)
+        return select(selector, timeout)
+
+    monkeypatch.setattr(socketserver._ServerSelector, "select", recording)
+    term = console.Console(sources.CommandSource("true", 80, 25), 80, 25)
+    picture = display.ConsoleDisplay(term, render.Glyphs(render.load_font(None)[0]))
+    server = vncterm.Server(vncterm.listen("127.0.0.1", 0), picture, "idle")
+    loop = threading.Thread(target=server.serve_forever)
+    loop.start()
+    try:
+        assert peers.wait_until(lambda: timeouts, 10)
+        rawviewer.Client(server.server_address[1]).close()
+        assert peers.wait_until(lambda: len(timeouts) >= 2, 10)
+        assert set(timeouts) == {None}, "the loop sleeps with no timeout"
+    finally:
+        server.shutdown()
+        loop.join(10)
+        server.server_close()
+    assert not loop.is_alive(), "shutdown() wakes the sleeping loop"
 
 
 # --- The fake host and vncterm --domain all -------------------------------------------------

@@ -594,9 +594,6 @@ class HostDomain:
     def exists(self) -> bool:
         return self.host.request("exists", self.number)
 
-    def name(self) -> str | None:
-        return self.host.request("name", self.number)
-
     def console_path(self) -> str | None:
         return self.host.request("console_path", self.number)
 

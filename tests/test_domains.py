@@ -36,8 +36,8 @@ import render
 import sources
 import vncterm
 import xen
+from fakexen import Guest
 from peers import Block
-from test_xen import Guest
 
 HOST_DOMAINS = 30
 MARKERS = (Block("red", 2, 1), Block("blue", 2, 22))
@@ -93,9 +93,10 @@ def test_events_poke_only_the_domain_whose_console_changed():
         assert os.read(seven, 10) == b"\n" and os.read(eight, 10) == b"\n", "fires once at once"
         os.set_blocking(eight, False)
         for path in ("/local/domain/7/console/tty", "/local/domain/7", "/local/domain/8/name",
-                     "/local/domain/8/console/vnc-port", "/local/domain/78", "@releaseDomain"):
+                     "/local/domain/7/serial/0/tty", "/local/domain/8/device/vif/0",
+                     "/local/domain/78", "@releaseDomain", "/local/domain/8/consoles"):
             events.dispatch(path)
-        assert os.read(seven, 10) == b"\n\n"
+        assert os.read(seven, 10) == b"\n\n\n"
         with pytest.raises(BlockingIOError):
             os.read(eight, 10)
         assert fired == [True]

@@ -93,7 +93,7 @@ def write_all(fd: int, data: bytes) -> None:
 
 
 def free_base(count: int) -> int:
-    for base in range(30000, 60000, 1009):
+    for base in range(10000, 30000, 1009):  # below the ephemeral ports (32768 up)
         try:
             for port in range(base, base + count + 1):
                 socket.create_server(("127.0.0.1", port)).close()

@@ -203,7 +203,7 @@ def paint(blocks):
 
 def free_base(count):
     """A port base with base+1 .. base+count free for viewers and for guests' desktops."""
-    for base in range(20000, 60000, 997):
+    for base in range(10000, 30000, 997):  # below the ephemeral ports (32768 up)
         try:
             for port in range(base + 1, base + count + 1):
                 socket.create_server(("127.0.0.1", port)).close()

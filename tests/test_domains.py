@@ -5,9 +5,13 @@ Each guest paints its own pattern: a green block whose column is the domain id, 
 and a blue block that all guests share.  A capture of domain N's port that shows N's green block
 and black where every other guest's would be is N's console and no other's.  The stories: a
 host of 30 guests and a dom0 comes up; a guest is destroyed and another created while the rest
-run on; hostile names and keys are ignored for the domain they belong to; and the same with the
-root helper (--user).  The units at the top check the pieces that parse xenstore's answers and
-the helper's requests.
+run on; hostile names and keys are ignored for the domain they belong to; the same with the
+root helper (--user), and with a password and TLS.  The browser side is checked in headless
+Chromium (the page shows a thumbnail per domain, follows domains as they come and go, and each
+entry opens its domain in noVNC), and the README's fleet recipe runs as written: jq makes
+Debian websockify's token file from /domains.json, and each token reaches its own domain.  The
+units at the top check the pieces that parse xenstore's answers and the helper's requests, the
+fake's domain events, and that an idle viewer server sleeps without a timeout.
 """
 
 import io
@@ -515,4 +519,66 @@ def test_passwords_and_tls_cover_every_domain(host, start_host, tmp_path, artifa
     with urllib.request.urlopen(f"https://127.0.0.1:{web_port}/domains.json", timeout=10,
                                 context=unverified) as reply:
         assert [entry["id"] for entry in json.loads(reply.read())] == [1, 2]
+    server.stop()
+
+
+def rfb_desktop_name(relay):
+    """The RFB handshake (RFC 6143 §7.1-7.3, security None) over a WebSocket: the name."""
+    received = bytearray()
+
+    def take(size):
+        while len(received) < size:
+            received.extend(relay.recv())
+        taken = bytes(received[:size])
+        del received[:size]
+        return taken
+
+    assert take(12) == b"RFB 003.008\n"
+    relay.send_binary(b"RFB 003.008\n")
+    assert 1 in take(take(1)[0])
+    relay.send_binary(b"\x01")
+    assert take(4) == b"\0\0\0\0"
+    relay.send_binary(b"\x01")
+    take(20)
+    return take(int.from_bytes(take(4), "big")).decode()
+
+
+def test_a_fleet_gateway_routes_by_tokens_made_from_domains_json(host, start_host, tmp_path):
+    """README's fleet recipe, run as written: jq turns /domains.json into a TokenFile, and
+    Debian's websockify on a "gateway" port relays each token to its domain's RFB server."""
+    for tool in ("websockify", "jq", "curl"):
+        peers.require(tool)
+    import websocket
+    for number in (1, 2):
+        host.create(number)
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        web_port = probe.getsockname()[1]
+    server = start_host(["--web", str(web_port)], env=websockify_env(tmp_path))
+    assert peers.wait_until(lambda: len(server.served) == 2, 30), server.report()
+    tokens = tmp_path / "tokens"
+    tokens.mkdir()
+    subprocess.run(f"curl -s http://127.0.0.1:{web_port}/domains.json | jq -r '.[] | "
+                   f"\"host1-\\(.id): 127.0.0.1:\\(.port)\"' > {tokens}/host1",
+                   shell=True, check=True, timeout=30)
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        gateway_port = probe.getsockname()[1]
+    gateway = subprocess.Popen(["websockify", "--token-plugin", "TokenFile", "--token-source",
+                                str(tokens), str(gateway_port)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        for number in (1, 2):
+            def desktop_name(number=number):
+                try:
+                    relay = websocket.create_connection(
+                        f"ws://127.0.0.1:{gateway_port}/websockify?token=host1-{number}",
+                        subprotocols=["binary"], timeout=10)
+                except OSError:
+                    return None
+                try:
+                    return rfb_desktop_name(relay)
+                finally:
+                    relay.close()
+            assert peers.wait_until(desktop_name, 20) == f"domain {number}"
+    finally:
+        peers.stop_process(gateway, group=True)
     server.stop()

@@ -71,7 +71,7 @@ class Slot:
             service.leave(self.server)
 
     def stop(self) -> None:
-        """Ask the server to stop (each server takes up to its poll interval to notice)."""
+        """Ask the server to stop, without waiting: join() waits, so that all stop at once."""
         self.server.stop_soon()
 
     def join(self) -> None:
@@ -133,10 +133,10 @@ class Domains:
 
     def open(self, number: int) -> None:
         """Serve domain `number`; if its ports or parts fail, log it and leave it be."""
+        name = self.name_of(number)
         with self.lock:  # held until the slot is known, so that its end finds it
             try:
-                self.slots[number] = Slot(number, self.name_of(number), self.start_one,
-                                          self.ended)
+                self.slots[number] = Slot(number, name, self.start_one, self.ended)
             except (OSError, ValueError) as error:
                 log.warning("domain %d is not served: %s", number, error)
                 self.refused.add(number)

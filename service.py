@@ -130,6 +130,8 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error("with --domain all, --port and --reverse-port are bases (N is added): not 0")
     if args.domain == xen.ALL and args.log:
         parser.error("--log takes one console's stream: not with --domain all")
+    if args.domain == xen.ALL and args.desktop_connect:
+        parser.error("--desktop-connect names one desktop: not with --domain all")
     viewer_port, reverse_port = xen.default_ports(args.domain if type(args.domain) is int else 0)
     args.port = viewer_port if args.port is None else args.port
     args.reverse_port = reverse_port if args.reverse_port is None else args.reverse_port

@@ -82,6 +82,18 @@ def test_the_host_helper_takes_only_fixed_requests_with_a_domain_id(request_):
     assert refusal.value.errno == 1
 
 
+@pytest.mark.parametrize("options, complaint", [
+    (["--port", "0"], "bases"), (["--log", "/tmp/console.log"], "one console"),
+    (["--desktop-connect", "127.0.0.1:5999"], "one desktop"), (["--domain", "x"], "not a number"),
+    (["--domain", "32752"], "not a domain id")])
+def test_options_that_cannot_apply_to_every_domain_are_refused(options, complaint, tmp_path,
+                                                                capsys):
+    prefix = fakexenstore.install(tmp_path / "bin", tmp_path / "xenstore.json")
+    with pytest.raises(SystemExit):
+        vncterm.parse_args(["--domain", "all", "--xenstore-prefix", prefix, *options])
+    assert complaint in capsys.readouterr().err
+
+
 def test_the_host_helper_accepts_its_requests():
     assert xen.parse_host_request(b'["list_domains"]') == ("list_domains", [])
     assert xen.parse_host_request(b'["open_console", 7]') == ("open_console", [7])

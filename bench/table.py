@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import statistics
 
+from host import DOMAINS, PROXMOX_MB
 from servers import PEER
 
 
@@ -136,5 +137,22 @@ def idle_rows(table: Table, results: dict) -> None:
     table.add("7 idle", "RSS MB", rss, results[PEER]["rss"], "<= 40 MB", rss <= 40)
 
 
+def host_rows(table: Table, results: dict) -> None:
+    """--domain all against a process per domain (in the peer column) and Proxmox's 6.8 MB."""
+    title = f"8 host, {DOMAINS} domains (peer: {DOMAINS} x --domain N)"
+    per_process = results["one_process"]
+    table.add(title, "total RSS MB", results["rss_all"], DOMAINS * per_process,
+              f"Proxmox: {DOMAINS * PROXMOX_MB:.0f} MB")
+    table.add(title, "RSS MB per extra domain", results["per_domain"], per_process,
+              f"<= 2 MB (Proxmox {PROXMOX_MB})", results["per_domain"] <= 2)
+    table.add(title, "threads", results["threads"], DOMAINS * results["one_process_threads"])
+    table.add(title, "xenstore-watch processes", results["watches"], DOMAINS, "constant",
+              results["watches"] == 3, ratio=False)
+    table.add(title, "idle CPU s per s", results["idle_cpu"], None, "none measurable")
+    table.add(title, "introduce to served port s", max(results["introduce"]), None, "<= 2 s",
+              max(results["introduce"]) <= 2)
+
+
 TABLE_ROWS = {"echo": echo_rows, "floods": flood_rows, "no_viewer": no_viewer_rows,
-              "screen": screen_rows, "proxy": proxy_rows, "scale": scale_rows, "idle": idle_rows}
+              "screen": screen_rows, "proxy": proxy_rows, "scale": scale_rows, "idle": idle_rows,
+              "host": host_rows}

@@ -96,15 +96,6 @@ def still_screenshot(browser, path, timeout=10):
     return shots[-1]
 
 
-def self_signed_certificate(folder):
-    """A certificate and key for 127.0.0.1 made with openssl, valid for a day."""
-    peers.require("openssl")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    peers.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-               "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)])
-    return cert, key
-
-
 def refuses_connections(port):
     """True when nothing accepts connections on 127.0.0.1:port."""
     try:
@@ -118,7 +109,7 @@ def refuses_connections(port):
 def test_page_shows_the_console(start_vncterm, browser, artifacts, tmp_path, scheme):
     options = ()
     if scheme == "https":
-        cert, key = self_signed_certificate(tmp_path)
+        cert, key = peers.self_signed_certificate(tmp_path)
         options = ("--web-cert", str(cert), "--web-key", str(key))
         # Self-signed: no authority vouches for it, so the browser is told to accept it.
         browser.call("Security.setIgnoreCertificateErrors", ignore=True)

@@ -502,8 +502,7 @@ def browser(artifacts, tmp_path):
 
 def test_passwords_and_tls_cover_every_domain(host, start_host, tmp_path, artifacts):
     peers.require("vncdotool")
-    from test_browser import self_signed_certificate
-    cert, key = self_signed_certificate(tmp_path)
+    cert, key = peers.self_signed_certificate(tmp_path)
     password = tmp_path / "password"
     password.write_text("s3cret\n")
     for number in (1, 2):

@@ -233,7 +233,7 @@ def free_base(count):
 class HostVncTerm:
     """`vncterm.py --domain all` on the fake host; .served maps domain id to its port."""
 
-    def __init__(self, host, folder, options=(), env=None):
+    def __init__(self, host, folder, options=()):
         self.folder = folder
         self.base = free_base(HOST_DOMAINS + 5)
         self.served = {}
@@ -245,8 +245,7 @@ class HostVncTerm:
                 *options]
         with open(folder / "vncterm.stderr", "wb") as stderr:
             self.proc = subprocess.Popen(argv, cwd=peers.REPO, stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.PIPE, stderr=stderr, text=True,
-                                         env=env)
+                                         stdout=subprocess.PIPE, stderr=stderr, text=True)
         threading.Thread(target=self._read_stdout, daemon=True).start()
 
     def _read_stdout(self):
@@ -290,8 +289,8 @@ def host(tmp_path):
 def start_host(host, artifacts):
     started = []
 
-    def start(options=(), env=None):
-        started.append(HostVncTerm(host, artifacts, options, env))
+    def start(options=()):
+        started.append(HostVncTerm(host, artifacts, options))
         return started[-1]
 
     yield start
@@ -424,18 +423,6 @@ def test_as_nobody_every_domain_through_one_helper(host, start_host):
 
 # --- The host's browser page -----------------------------------------------------------------
 
-WEBSOCKIFY_PACKAGE = Path("/usr/lib/python3/dist-packages/websockify")
-
-
-def websockify_env(folder):
-    """The environment for a vncterm that imports Debian's websockify package (its only
-    Python is /usr/bin/python3's; the tests' Python gets that one package and no more)."""
-    peers.require("websockify", installed=WEBSOCKIFY_PACKAGE.is_dir(),
-                  how="apt-get install python3-websockify")
-    (folder / "websockify").symlink_to(WEBSOCKIFY_PACKAGE)
-    return dict(os.environ, PYTHONPATH=str(folder))
-
-
 def fetch(url):
     with urllib.request.urlopen(url, timeout=10) as reply:
         return reply.read()
@@ -460,7 +447,7 @@ def test_the_host_page_lists_every_domain_and_opens_each_in_novnc(host, start_ho
         host.create(number)
     with socket.create_server(("127.0.0.1", 0)) as probe:
         web_port = probe.getsockname()[1]
-    server = start_host(["--web", str(web_port)], env=websockify_env(tmp_path))
+    server = start_host(["--web", str(web_port)])
     assert peers.wait_until(lambda: len(server.served) == 4, 30), server.report()
     page = f"http://127.0.0.1:{web_port}/"
 
@@ -510,8 +497,7 @@ def test_passwords_and_tls_cover_every_domain(host, start_host, tmp_path, artifa
     with socket.create_server(("127.0.0.1", 0)) as probe:
         web_port = probe.getsockname()[1]
     server = start_host(["--password-file", str(password), "--web", str(web_port),
-                         "--web-cert", str(cert), "--web-key", str(key)],
-                        env=websockify_env(tmp_path))
+                         "--web-cert", str(cert), "--web-key", str(key)])
     assert peers.wait_until(lambda: len(server.served) == 2, 30), server.report()
     for number in (1, 2):
         with pytest.raises(AssertionError, match=r"\[2\]"):
@@ -564,7 +550,7 @@ def test_a_fleet_gateway_routes_by_tokens_made_from_domains_json(host, start_hos
         host.create(number)
     with socket.create_server(("127.0.0.1", 0)) as probe:
         web_port = probe.getsockname()[1]
-    server = start_host(["--web", str(web_port)], env=websockify_env(tmp_path))
+    server = start_host(["--web", str(web_port)])
     assert peers.wait_until(lambda: len(server.served) == 2, 30), server.report()
     tokens = tmp_path / "tokens"
     tokens.mkdir()

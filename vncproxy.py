@@ -15,6 +15,12 @@ docs/design.md, "Why a shadow framebuffer").  So a VT switch is only: pick the o
 resize the viewer, repaint.  Input goes the other way: keys, pointer and clipboard are
 forwarded to the guest as they come.
 
+QEMU speaks three input extensions, and we ask for all of them: it accepts keys as scancodes
+(QEMU Extended Key Event), reports its lock-key LEDs (LED State) and says whether it wants
+absolute or relative pointer events (Pointer Type Change).  The desktop display records what
+the guest said; each viewer session passes it on in the form that viewer listed (updates.py)
+and sends scancodes, keysyms and pointer motion back in the form the guest takes (viewer.py).
+
 Which display a viewer shows is vt.py's table, Ctrl-Alt-F1 and Ctrl-Alt-F7 moving it.  At most
 one desktop per console: a new guest connection replaces the old one, so a guest that rebooted
 without closing its socket is not locked out.
@@ -98,16 +104,31 @@ class DesktopDisplay(display.SharedPicture):
                 self.bells += 1
             elif isinstance(event, rfbclient.ServerCutText):
                 self.cut_text = (self.cut_text[0] + 1, event.text)
+            elif isinstance(event, rfbclient.ExtendedKeysAccepted):
+                self.extended_keys = True
+            elif isinstance(event, rfbclient.LedState):
+                self.led_state = event.state
+            elif isinstance(event, rfbclient.PointerTypeChange):
+                self.absolute_pointer = event.absolute
         if not isinstance(event, rfbclient.RawRows | rfbclient.CopyRect):
             self.notify()
 
     def key(self, keysym: int, down: bool, modifiers: keymap.Modifiers) -> None:
         self.upstream.send(rfbclient.key_event(down, keysym))
 
+    def extended_key(self, keysym: int, keycode: int, down: bool) -> None:
+        """A key as its scancode, passed through untouched (only while extended_keys)."""
+        self.upstream.send(rfbclient.qemu_extended_key_event(down, keysym, keycode))
+
     def pointer(self, button_mask: int, x: int, y: int) -> None:
         width, height = self.size
         self.upstream.send(rfbclient.pointer_event(
             button_mask, min(x, width - 1), min(y, height - 1)))
+
+    def pointer_motion(self, button_mask: int, dx: int, dy: int) -> None:
+        """Relative motion, for a guest that asked for it with Pointer Type Change."""
+        x, y = (max(0, min(0xFFFF, rfb.POINTER_RELATIVE_ORIGIN + d)) for d in (dx, dy))
+        self.upstream.send(rfbclient.pointer_event(button_mask, x, y))
 
     def paste(self, text: bytes) -> None:
         self.upstream.send(rfbclient.client_cut_text(text))

@@ -2,7 +2,9 @@
 
 The guest is Debian's cloud kernel with a busybox initramfs that the test builds in a temporary
 folder. Its `/init` mounts /proc, /sys and /dev, silences the kernel once the shell starts, and
-runs `sh` on the serial console with the prompt `guest# `. QEMU (software emulation; there is no
+runs `sh` on the serial console with the prompt `guest# `, and a second shell on tty1, the VGA
+console, for guests given a VGA card (test_qemu_desktop.py); that one says `vga-ready` on the
+second serial port when it starts. QEMU (software emulation; there is no
 KVM here) puts the serial port on a pty and names it on its monitor, the way xenconsoled names a
 guest's console. The test writes that path to the fake xenstore as domain 7's `console/tty`.
 From then on vncterm finds the console only through xenstore.
@@ -45,6 +47,7 @@ INIT = """#!/bin/busybox sh
 /bin/busybox --install -s
 dmesg -n 1
 export PS1='guest# '
+setsid sh -c 'exec </dev/tty1 >/dev/tty1 2>&1; echo vga-ready >/dev/ttyS1; exec sh -i' &
 exec setsid cttyhack sh
 """
 PATTERN = (Block("red", 2, 1), Block("green", 72, 1), Block("blue", 2, 22))
@@ -76,10 +79,20 @@ def initrd(tmp_path_factory):
     return path
 
 
-class QemuGuest:
-    """A paused QEMU with its serial console on a new pty (.path); cont() lets it boot."""
+def vga_options(reverse_port, transcript):
+    """QEMU options for a VGA card whose VNC server dials `reverse_port`, and a second serial
+    port written to the file `transcript` (the guest's /dev/ttyS1)."""
+    return ["-vga", "std", "-vnc", f"127.0.0.1:{reverse_port},reverse=on",
+            "-chardev", f"file,id=c1,path={transcript}", "-serial", "chardev:c1"]
 
-    def __init__(self, kernel, initrd, log_path):
+
+class QemuGuest:
+    """A paused QEMU with its serial console on a new pty (.path); cont() lets it boot.
+
+    With `extra` options (vga_options) it has a VGA screen too, its VNC server dialling a
+    reverse port; INIT runs a second shell on tty1, the VGA console."""
+
+    def __init__(self, kernel, initrd, log_path, extra=()):
         self.lines = []
         self.named = threading.Event()
         self.log_path = log_path
@@ -87,7 +100,7 @@ class QemuGuest:
             ["qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-no-reboot", "-nodefaults",
              "-kernel", kernel, "-initrd", str(initrd),
              "-append", "console=ttyS0 panic=-1", "-display", "none", "-S",
-             "-monitor", "stdio", "-chardev", "pty,id=c0", "-serial", "chardev:c0"],
+             "-monitor", "stdio", "-chardev", "pty,id=c0", "-serial", "chardev:c0", *extra],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.reader = threading.Thread(target=self._read_output, daemon=True)
         self.reader.start()
@@ -125,8 +138,8 @@ def boot(initrd, artifacts):
     kernel = require_kernel()
     guests = []
 
-    def start():
-        guests.append(QemuGuest(kernel, initrd, artifacts / f"qemu{len(guests)}.log"))
+    def start(extra=()):
+        guests.append(QemuGuest(kernel, initrd, artifacts / f"qemu{len(guests)}.log", extra))
         return guests[-1]
 
     yield start

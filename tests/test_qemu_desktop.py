@@ -14,11 +14,17 @@ types on the same desktop. Caps Lock pressed as a scancode lights the guest's LE
 back to the viewer as LED State (-261).
 """
 
+import socket
+import subprocess
+
 import pytest
 
+import peers
 import test_guest
+from chromium import Chromium
 from peers import wait_until as wait_for
 from rawviewer import DESKTOP_SIZE, LED_STATE, QEMU_EXTENDED_KEY_EVENT, RAW
+from test_browser import NOVNC_PAGE
 from test_guest import BOOT_TIMEOUT, vga_options
 from test_server import leak_checked
 from test_vncproxy import Proxy, follow
@@ -102,3 +108,138 @@ def test_qemu_vga_shell_types_scancodes_and_keysyms_and_lights_caps_lock(proxy, 
     scancodes.scancode(CAPS_LOCK, SC_CAPS_LOCK, down=False)
     assert follow(scancodes, lambda c: c.leds and c.leds[-1] & 4), scancodes.leds
     assert keysyms.leds == []
+
+
+# --- Real viewers: gtk-vnc and noVNC, each on a keyboard that is not the guest's --------------
+
+
+def boot_vga_guest(p, boot, transcript):
+    """A QEMU guest whose desktop is up behind the proxy and whose VGA shell has started."""
+    guest = boot(vga_options(p.reverse_port, transcript))
+    assert wait_for(lambda: p.server.desktop is not None, 30), guest.lines
+    guest.cont()
+    assert wait_for(lambda: "vga-ready" in transcript_lines(transcript), BOOT_TIMEOUT)
+    return guest
+
+
+def until_typed(type_line, transcript, word, attempts=6):
+    """Type `echo WORD >/dev/ttyS1` (with type_line) until the guest has written WORD: the
+    first attempts may go out before the viewer has connected."""
+    for _ in range(attempts):
+        type_line(f"\necho {word} >/dev/ttyS1\n")
+        if wait_for(lambda: word in transcript_lines(transcript), 10):
+            return True
+    return False
+
+
+def test_gvncviewer_types_on_the_vga_shell_in_scancodes(proxy, boot, xvfb, tmp_path):
+    """gtk-vnc answers the invitation (-258) with scancodes; the proxy passes them on as they
+    are, and the guest types the line.  (This Xvfb ignores keymap changes, so a swapped layout
+    is proved with noVNC below, where the page chooses each key's code.)"""
+    for peer in ("gvncviewer", "xdotool"):
+        peers.require(peer)
+    p = proxy()
+    transcript = tmp_path / "ttyS1.txt"
+    boot_vga_guest(p, boot, transcript)
+    desktop, passed = p.server.desktop, []
+    forward = desktop.extended_key
+    desktop.extended_key = lambda *key: (passed.append(key), forward(*key))
+    # gvncviewer only takes host:display, that is port 5900 + display.
+    xvfb.start(["gvncviewer", f"127.0.0.1:{p.port - 5900}"], "gvncviewer")
+    window = xvfb.run("xdotool", "search", "--sync", "--onlyvisible", "--class", "gvncviewer")
+    xvfb.run("xdotool", "windowfocus", "--sync", window)
+    # Below the menu bar, whose "Send Key" menu would take the typing.
+    xvfb.run("xdotool", "mousemove", "--window", window, "300", "250", "click", "1")
+
+    def type_line(text):
+        """xdotool types a newline as Linefeed: press Return instead."""
+        for line in text.split("\n"):
+            if line:
+                xvfb.run("xdotool", "type", "--delay", "30", line)
+            xvfb.run("xdotool", "key", "Return")
+
+    assert until_typed(type_line, transcript, "gtk"), transcript_lines(transcript)
+    assert {(ord("g"), 0x22, True), (ord("k"), 0x25, False), (RETURN, 0x1C, True)} <= set(passed)
+    xvfb.screenshot("gvncviewer")
+
+
+DOM_CODES = {" ": ("Space", 32), ".": ("Period", 190), "/": ("Slash", 191),
+             "\n": ("Enter", 13)}
+
+
+def dom_key(browser, key, code, virtual, down, text=""):
+    """One DOM key event with a `key` and a physical `code` of our choosing."""
+    event = {"type": "keyDown" if down else "keyUp", "key": key, "code": code,
+             "windowsVirtualKeyCode": virtual, "modifiers": browser.modifiers}
+    if down and text:
+        event["text"] = text
+    browser.call("Input.dispatchKeyEvent", **event)
+
+
+def browser_type(browser, text, keys=None):
+    """Type on a US keyboard; `keys` names some keys otherwise (an AZERTY "q" on the US "a")."""
+    keys = keys or {}
+    for character in text:
+        base = SHIFTED.get(character, character)
+        code, virtual = DOM_CODES.get(base) or (
+            (f"Key{base.upper()}", ord(base.upper())) if base.isalpha()
+            else (f"Digit{base}", ord(base)))
+        key = "Enter" if character == "\n" else keys.get(character, character)
+        shifted = character in SHIFTED
+        if shifted:
+            browser.modifiers |= 8
+            dom_key(browser, "Shift", "ShiftLeft", 16, True)
+        dom_key(browser, key, code, virtual, True, "\r" if character == "\n" else key)
+        dom_key(browser, key, code, virtual, False)
+        if shifted:
+            browser.modifiers &= ~8
+            dom_key(browser, "Shift", "ShiftLeft", 16, False)
+
+
+@pytest.fixture
+def browser(artifacts, tmp_path):
+    for peer in ("chromium", "websockify"):
+        peers.require(peer)
+    peers.require("novnc", installed=NOVNC_PAGE.is_file())
+    chromium = Chromium(artifacts, tmp_path / "chromium-profile")
+    yield chromium
+    chromium.close()
+
+
+def test_novnc_on_an_azerty_keyboard_types_what_the_guest_keyboard_says(
+        proxy, boot, browser, artifacts, tmp_path):
+    """The page gets "q" from the key a US keyboard has "a" on (as AZERTY does): noVNC sends
+    that key's scancode, so the guest, with its US layout, types "a"."""
+    p = proxy()
+    transcript = tmp_path / "ttyS1.txt"
+    boot_vga_guest(p, boot, transcript)
+    web_port = free_port()
+    websockify = subprocess.Popen(
+        ["websockify", "--web", str(NOVNC_PAGE.parent), f"127.0.0.1:{web_port}",
+         f"127.0.0.1:{p.port}"], stdin=subprocess.DEVNULL,
+        stdout=open(artifacts / "websockify.log", "wb"), stderr=subprocess.STDOUT)
+    try:
+        assert wait_for(lambda: accepts(web_port)), "websockify did not start"
+        browser.open(f"http://127.0.0.1:{web_port}/vnc.html?autoconnect=1&host=127.0.0.1"
+                     f"&port={web_port}")
+        assert until_typed(lambda text: browser_type(browser, text), transcript, "ok")
+        browser_type(browser, "echo ab >/dev/ttyS1\n", keys={"a": "q", "b": "n"})
+        assert wait_for(lambda: "ab" in transcript_lines(transcript)), \
+            transcript_lines(transcript)
+        assert "qn" not in transcript_lines(transcript)
+        browser.screenshot(artifacts / "novnc.png")
+    finally:
+        peers.stop_process(websockify)
+
+
+def free_port():
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        return listener.getsockname()[1]
+
+
+def accepts(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True

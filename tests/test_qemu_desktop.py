@@ -20,16 +20,12 @@ import subprocess
 import pytest
 
 import peers
-import test_guest
 from chromium import Chromium
+from harness import Proxy, follow, leak_checked
 from peers import wait_until as wait_for
+from qemuguest import BOOT_TIMEOUT, vga_options
 from rawviewer import DESKTOP_SIZE, LED_STATE, QEMU_EXTENDED_KEY_EVENT, RAW
 from test_browser import NOVNC_PAGE
-from test_guest import BOOT_TIMEOUT, vga_options
-from test_server import leak_checked
-from test_vncproxy import Proxy, follow
-
-initrd, boot = test_guest.initrd, test_guest.boot  # the guest's fixtures, shared
 
 SHIFT_L, RETURN = 0xFFE1, 0xFF0D
 SC_SHIFT_L, SC_CAPS_LOCK, CAPS_LOCK = 0x2A, 0x3A, 0xFFE5

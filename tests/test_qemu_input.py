@@ -13,6 +13,7 @@ import struct
 
 import pytest
 
+from harness import Proxy, console_reads, follow, leak_checked
 from peers import wait_until as wait_for
 from rawviewer import (
     DESKTOP_SIZE,
@@ -22,8 +23,6 @@ from rawviewer import (
     RAW,
     VMWARE_LED_STATE,
 )
-from test_server import leak_checked
-from test_vncproxy import Proxy, console_reads, follow
 
 CONTROL_L, ALT_L, F1, F7 = 0xFFE3, 0xFFE9, 0xFFBE, 0xFFC4
 SC_CONTROL_L, SC_ALT_L, SC_F1, SC_F7, SC_A, SC_Q = 0x1D, 0x38, 0x3B, 0x41, 0x1E, 0x10

@@ -11,7 +11,9 @@ types a command whose letters carry a scancode and a keysym that disagree (the k
 "q"). The guest's keyboard driver sees only scancodes, so it types what the scancodes say; had
 the proxy sent keysyms, QEMU would have typed the keysyms. A second viewer with keysyms only
 types on the same desktop. Caps Lock pressed as a scancode lights the guest's LED, which comes
-back to the viewer as LED State (-261).
+back to the viewer as LED State (-261), and QEMU's Pointer Type Change (-257: its PS/2 mouse is
+relative) reaches a viewer that listed it.  gtk-vnc's gvncviewer and noVNC in Chromium then
+type on the same VGA shell, noVNC with a key whose code and name disagree, as AZERTY's do.
 """
 
 import socket
@@ -24,7 +26,7 @@ from chromium import Chromium
 from harness import Proxy, follow, leak_checked
 from peers import wait_until as wait_for
 from qemuguest import BOOT_TIMEOUT, vga_options
-from rawviewer import DESKTOP_SIZE, LED_STATE, QEMU_EXTENDED_KEY_EVENT, RAW
+from rawviewer import DESKTOP_SIZE, LED_STATE, POINTER_TYPE_CHANGE, QEMU_EXTENDED_KEY_EVENT, RAW
 from test_browser import NOVNC_PAGE
 
 SHIFT_L, RETURN = 0xFFE1, 0xFF0D
@@ -85,12 +87,16 @@ def test_qemu_vga_shell_types_scancodes_and_keysyms_and_lights_caps_lock(proxy, 
     assert wait_for(lambda: p.server.desktop is not None, 30), guest.lines
     guest.cont()
     assert wait_for(lambda: "vga-ready" in transcript_lines(transcript), BOOT_TIMEOUT)
-    scancodes = p.viewer(RAW, DESKTOP_SIZE, QEMU_EXTENDED_KEY_EVENT, LED_STATE)
+    scancodes = p.viewer(RAW, DESKTOP_SIZE, QEMU_EXTENDED_KEY_EVENT, LED_STATE,
+                         POINTER_TYPE_CHANGE)
     keysyms = p.viewer(RAW, DESKTOP_SIZE)
     for client in (scancodes, keysyms):
         client.request(incremental=False)
     assert follow(scancodes, lambda c: any(rect[4] == QEMU_EXTENDED_KEY_EVENT
                                            for rect in c.rects))
+    # QEMU's only pointer here is its PS/2 mouse, which is relative; the notice passes through.
+    assert follow(scancodes, lambda c: [rect[0] for rect in c.rects
+                                        if rect[4] == POINTER_TYPE_CHANGE] == [0])
 
     type_scancodes(scancodes, "echo ab >/dev/ttyS1\n", keysyms={ord("a"): ord("q"),
                                                                  ord("b"): ord("n")})

@@ -25,6 +25,9 @@ repainted in full.  A viewer that listed neither cannot be resized: it stays on 
 (whose status line says why) unless the desktop happens to be its size; if it started on the
 desktop and the desktop goes, it sees the console in the top-left corner of its framebuffer.
 
+A viewer's SetDesktopSize goes to the display it shows, whose answer, maybe later and from
+another thread, comes back through `resize_answers` to go out with the next update.
+
 Keys and pointer.  Keys come as keysyms (KeyEvent) or, from a viewer invited to (a desktop
 whose QEMU takes them, rfbproto's -258), as QEMU Extended Key Events that carry the scancode
 too.  Hotkeys are found by keysym in either.  A scancode goes to a display that takes scancodes
@@ -34,7 +37,8 @@ for relative motion (-257), which a viewer that listed -257 then sends itself an
 the session works out from its positions.
 
 A viewer that gave the view-only password watches only: its keys, pointer and clipboard go
-nowhere (the VT-switch hotkeys still move its own view) and it cannot ask for exclusive access.
+nowhere (the VT-switch hotkeys still move its own view) and it cannot ask for exclusive access
+or for a new size.
 """
 
 from __future__ import annotations
@@ -81,6 +85,7 @@ class ViewerSession(socketserver.BaseRequestHandler):
         self.events: collections.deque = collections.deque()
         self.held_keys: dict[tuple[str, int], tuple[int, int | None]] = {}
         self.pointer = (0, 0, 0)
+        self.resize_answers: collections.deque = collections.deque()
         self.closing = False
         self.wakeup = netio.Wakeup()
         self.server.add_session(self)
@@ -236,6 +241,8 @@ class ViewerSession(socketserver.BaseRequestHandler):
                         self.receive()
                 while self.events:
                     self.switch(*self.events.popleft())
+                while self.resize_answers:
+                    self.updates.answer_resize(self.resize_answers.popleft())
                 self.outbox.add(self.updates.notifications())
                 self.flush()
 
@@ -309,7 +316,7 @@ class ViewerSession(socketserver.BaseRequestHandler):
         button_mask, x, y = self.pointer
         if button_mask:
             if self.display.absolute_pointer:
-                self.display.pointer(0, x, y)
+                self.display.pointer(0, x, y, self.modifiers)
             else:
                 self.display.pointer_motion(0, 0, 0)
         self.pointer = (0, x, y)
@@ -369,7 +376,7 @@ class ViewerSession(socketserver.BaseRequestHandler):
         if self.display.absolute_pointer:
             width, height = self.updates.size
             x, y = min(message.x, width - 1), min(message.y, height - 1)
-            self.display.pointer(message.button_mask, x, y)
+            self.display.pointer(message.button_mask, x, y, self.modifiers)
         else:
             _, x, y = self.pointer
             if self.updates.pointer_absolute:
@@ -385,4 +392,13 @@ class ViewerSession(socketserver.BaseRequestHandler):
             self.display.paste(message.text)
 
     def on_SetDesktopSize(self, message: rfb.SetDesktopSize) -> None:
-        self.updates.refuse_resize()
+        if self.view_only:
+            self.updates.answer_resize(rfb.ExtendedDesktopSizeStatus.PROHIBITED)
+            return
+        self.updates.ask_resize()
+        self.display.resize(message.width, message.height, self.resize_answered)
+
+    def resize_answered(self, status: int) -> None:
+        """The display's answer to our SetDesktopSize (from any thread)."""
+        self.resize_answers.append(status)
+        self.wakeup.poke()

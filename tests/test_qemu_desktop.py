@@ -22,12 +22,11 @@ import subprocess
 import pytest
 
 import peers
-from chromium import Chromium
+from chromium import NOVNC_PAGE, Chromium, require_browser
 from harness import Proxy, follow, leak_checked
 from peers import wait_until as wait_for
 from qemuguest import BOOT_TIMEOUT, vga_options
 from rawviewer import DESKTOP_SIZE, LED_STATE, POINTER_TYPE_CHANGE, QEMU_EXTENDED_KEY_EVENT, RAW
-from test_browser import NOVNC_PAGE
 
 SHIFT_L, RETURN = 0xFFE1, 0xFF0D
 SC_SHIFT_L, SC_CAPS_LOCK, CAPS_LOCK = 0x2A, 0x3A, 0xFFE5
@@ -200,9 +199,7 @@ def browser_type(browser, text, keys=None):
 
 @pytest.fixture
 def browser(artifacts, tmp_path):
-    for peer in ("chromium", "websockify"):
-        peers.require(peer)
-    peers.require("novnc", installed=NOVNC_PAGE.is_file())
+    require_browser()
     chromium = Chromium(artifacts, tmp_path / "chromium-profile")
     yield chromium
     chromium.close()
@@ -215,7 +212,7 @@ def test_novnc_on_an_azerty_keyboard_types_what_the_guest_keyboard_says(
     p = proxy()
     transcript = tmp_path / "ttyS1.txt"
     boot_vga_guest(p, boot, transcript)
-    web_port = free_port()
+    web_port = peers.free_port()
     websockify = subprocess.Popen(
         ["websockify", "--web", str(NOVNC_PAGE.parent), f"127.0.0.1:{web_port}",
          f"127.0.0.1:{p.port}"], stdin=subprocess.DEVNULL,
@@ -232,11 +229,6 @@ def test_novnc_on_an_azerty_keyboard_types_what_the_guest_keyboard_says(
         browser.screenshot(artifacts / "novnc.png")
     finally:
         peers.stop_process(websockify)
-
-
-def free_port():
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        return listener.getsockname()[1]
 
 
 def accepts(port):

@@ -149,6 +149,7 @@ def test_relative_pointer_passes_through_or_is_worked_out(proxy):
         assert on_desktop(client, guest)
     assert follow(speaker, lambda c: [r[0] for r in rects_of(c, POINTER_TYPE_CHANGE)] == [0])
     speaker.pointer(1, ORIGIN + 5, ORIGIN - 3)
+    assert wait_for(lambda: len(guest.pointer_events()) == 1)
     plain.pointer(0, 10, 10)
     plain.pointer(0, 15, 7)
     assert wait_for(lambda: len(guest.pointer_events()) == 3)

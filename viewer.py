@@ -342,7 +342,8 @@ class ViewerSession(socketserver.BaseRequestHandler):
         """A key from either kind of key event: hotkeys by keysym, the rest to the display.
 
         A key is known by its scancode where it has one, since its keysym may change while
-        it is held (Shift let go first); its release is sent in the form of its press.
+        it is held (Shift let go first).  It goes out as its scancode where the display takes
+        scancodes when it is pressed, and its repeats and release go out in that same form.
         """
         self.modifiers.update(keysym, down)
         event = vt.hotkey(keysym, self.modifiers.held, down)
@@ -353,7 +354,8 @@ class ViewerSession(socketserver.BaseRequestHandler):
         if down:
             if self.view_only:
                 return
-            keysym, keycode = self.held_keys.setdefault(held, (keysym, keycode))
+            scancode = keycode if self.display.extended_keys else None
+            keysym, keycode = self.held_keys.setdefault(held, (keysym, scancode))
         elif held in self.held_keys:
             keysym, keycode = self.held_keys.pop(held)
         else:
@@ -361,9 +363,9 @@ class ViewerSession(socketserver.BaseRequestHandler):
         self.send_key(down, keysym, keycode)
 
     def send_key(self, down: bool, keysym: int, keycode: int | None) -> None:
-        """As a scancode to a display that takes them, else as a keysym (if the viewer knew
-        one: noVNC sends keysym 0 for a key it cannot name)."""
-        if keycode and self.display.extended_keys:
+        """As a scancode if there is one, else as a keysym if the viewer knew one (noVNC sends
+        keysym 0 for a key it cannot name)."""
+        if keycode:
             self.display.extended_key(keysym, keycode, down)
         elif keysym:
             self.display.key(keysym, down, self.modifiers)

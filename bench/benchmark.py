@@ -406,7 +406,7 @@ def run(workloads, args) -> dict:
         results["hvm"] = {
             "vga": hvm.vga(max(1, args.repetitions - 1), args.keystrokes // 4, echo_latencies,
                            throughput),
-            "fan_out": hvm.fan_out()}
+            "fan_out": hvm.fan_out(args.repetitions)}
     return results
 
 

@@ -12,8 +12,9 @@ types a command whose letters carry a scancode and a keysym that disagree (the k
 the proxy sent keysyms, QEMU would have typed the keysyms. A second viewer with keysyms only
 types on the same desktop. Caps Lock pressed as a scancode lights the guest's LED, which comes
 back to the viewer as LED State (-261), and QEMU's Pointer Type Change (-257: its PS/2 mouse is
-relative) reaches a viewer that listed it.  gtk-vnc's gvncviewer and noVNC in Chromium then
-type on the same VGA shell, noVNC with a key whose code and name disagree, as AZERTY's do.
+relative) reaches a viewer that listed it.  gtk-vnc's gvncviewer, TigerVNC's vncviewer and
+noVNC in Chromium then type on the same VGA shell in scancodes, noVNC with a key whose code and
+name disagree, as AZERTY's do.
 """
 
 import socket
@@ -133,11 +134,21 @@ def until_typed(type_line, transcript, word, attempts=6):
     return False
 
 
-def test_gvncviewer_types_on_the_vga_shell_in_scancodes(proxy, boot, xvfb, tmp_path):
-    """gtk-vnc answers the invitation (-258) with scancodes; the proxy passes them on as they
-    are, and the guest types the line.  (This Xvfb ignores keymap changes, so a swapped layout
-    is proved with noVNC below, where the page chooses each key's code.)"""
-    for peer in ("gvncviewer", "xdotool"):
+# (program and its arguments before the server's address, the address, its window's class)
+X_VIEWERS = {
+    # gvncviewer only takes host:display, that is port 5900 + display.
+    "gvncviewer": (["gvncviewer"], lambda port: f"127.0.0.1:{port - 5900}", "gvncviewer"),
+    "vncviewer": (["vncviewer", "Shared=1"], lambda port: f"127.0.0.1::{port}", "TigerVNC"),
+}
+
+
+@pytest.mark.parametrize("name", X_VIEWERS)
+def test_x_viewers_type_on_the_vga_shell_in_scancodes(proxy, boot, xvfb, tmp_path, name):
+    """gtk-vnc and TigerVNC answer the invitation (-258) with scancodes; the proxy passes them
+    on as they are, and the guest types the line.  (This Xvfb ignores keymap changes, so a
+    swapped layout is proved with noVNC below, where the page chooses each key's code.)"""
+    argv, address, window_class = X_VIEWERS[name]
+    for peer in (argv[0], "xdotool"):
         peers.require(peer)
     p = proxy()
     transcript = tmp_path / "ttyS1.txt"
@@ -145,11 +156,11 @@ def test_gvncviewer_types_on_the_vga_shell_in_scancodes(proxy, boot, xvfb, tmp_p
     desktop, passed = p.server.desktop, []
     forward = desktop.extended_key
     desktop.extended_key = lambda *key: (passed.append(key), forward(*key))
-    # gvncviewer only takes host:display, that is port 5900 + display.
-    xvfb.start(["gvncviewer", f"127.0.0.1:{p.port - 5900}"], "gvncviewer")
-    window = xvfb.run("xdotool", "search", "--sync", "--onlyvisible", "--class", "gvncviewer")
+    xvfb.start([*argv, address(p.port)], name)
+    window = xvfb.run("xdotool", "search", "--sync", "--onlyvisible", "--class",
+                      window_class).split()[0]
     xvfb.run("xdotool", "windowfocus", "--sync", window)
-    # Below the menu bar, whose "Send Key" menu would take the typing.
+    # Below gvncviewer's menu bar, whose "Send Key" menu would take the typing.
     xvfb.run("xdotool", "mousemove", "--window", window, "300", "250", "click", "1")
 
     def type_line(text):
@@ -161,7 +172,7 @@ def test_gvncviewer_types_on_the_vga_shell_in_scancodes(proxy, boot, xvfb, tmp_p
 
     assert until_typed(type_line, transcript, "gtk"), transcript_lines(transcript)
     assert {(ord("g"), 0x22, True), (ord("k"), 0x25, False), (RETURN, 0x1C, True)} <= set(passed)
-    xvfb.screenshot("gvncviewer")
+    xvfb.screenshot(name)
 
 
 DOM_CODES = {" ": ("Space", 32), ".": ("Period", 190), "/": ("Slash", 191),

@@ -160,3 +160,19 @@ def test_relative_pointer_passes_through_or_is_worked_out(proxy):
     speaker.key(F1)
     assert follow(speaker, lambda c: [r[0] for r in rects_of(c, POINTER_TYPE_CHANGE)] == [0, 1])
     assert wait_for(lambda: guest.pointer_events()[-1] == (0, ORIGIN, ORIGIN))
+
+
+def test_a_key_is_released_in_the_form_it_was_pressed_when_the_guest_changes_meanwhile(proxy):
+    p = proxy()
+    guest = qemu_guest(p)
+    client = p.viewer(RAW, DESKTOP_SIZE, QEMU_EXTENDED_KEY_EVENT)
+    client.request(incremental=False)
+    assert on_desktop(client, guest)
+    client.scancode(ord("a"), SC_A)  # before the guest takes scancodes: goes as a keysym
+    assert wait_for(lambda: guest.key_events() == [(True, ord("a"))])
+    guest.send_update(struct.pack(">HHHHi", 0, 0, 0, 0, QEMU_EXTENDED_KEY_EVENT))
+    assert follow(client, lambda c: rects_of(c, QEMU_EXTENDED_KEY_EVENT))
+    client.scancode(ord("a"), SC_A, down=False)
+    client.scancode(ord("q"), SC_Q)
+    assert wait_for(lambda: guest.scancode_events() == [(True, ord("q"), SC_Q)])
+    assert guest.key_events() == [(True, ord("a")), (False, ord("a"))]

@@ -77,13 +77,16 @@ class QemuVga:
              "-vga", "std", "-vnc", f"127.0.0.1:{self.port - 5900}", "-display", "none",
              "-monitor", "none", "-chardev", "pty,id=c0", "-serial", "chardev:c0"],
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
-        self.pids = [self.proc.pid]
         path = wait_for(lambda: PTY_LINE.search((OUT / "qemu.log").read_text()), 30, "QEMU's pty")
         self.pty = os.open(path[1], os.O_RDWR | os.O_NOCTTY)
         tty.setraw(self.pty)
         self.output = bytearray()
         threading.Thread(target=self._drain, daemon=True).start()
-        wait_for(lambda: qemuguest.PROMPT.encode() in self.output, 90, "the guest's shell")
+        try:
+            wait_for(lambda: qemuguest.PROMPT.encode() in self.output, 90, "the guest's shell")
+        except TimeoutError:
+            self.stop()
+            raise
 
     def _drain(self) -> None:
         """Read the serial console, answering busybox's cursor-position queries."""
@@ -108,6 +111,16 @@ class QemuVga:
 def vga(repetitions: int, keystrokes: int, echo_latencies, throughput) -> dict:
     """QEMU's VGA text console flooded, straight and through vncterm; then key echo."""
     guest = QemuVga()
+    try:
+        return vga_through(guest, repetitions, keystrokes, echo_latencies, throughput)
+    finally:
+        guest.stop()
+
+
+def vga_through(guest: QemuVga, repetitions: int, keystrokes: int, echo_latencies,
+                throughput) -> dict:
+    """The flood and key echo on a booted guest; `echo_latencies` and `throughput` are
+    benchmark.py's measurements, handed in because benchmark.py imports this module."""
     server = VncTerm("cat", ("--desktop-connect", f"127.0.0.1:{guest.port}"))
     try:
         guest.serial(FLOOD)
@@ -127,7 +140,6 @@ def vga(repetitions: int, keystrokes: int, echo_latencies, throughput) -> dict:
         return results
     finally:
         server.stop()
-        guest.stop()
 
 
 def direct_viewer(port: int) -> Viewer:

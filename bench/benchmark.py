@@ -447,8 +447,10 @@ def main(argv=None) -> int:
     parser.add_argument("--keystrokes", type=int, default=200, help="keys per echo run (200)")
     parser.add_argument("--viewers", type=int, default=50, help="viewers for scale (50)")
     args = parser.parse_args(argv)
-    missing = [tool for tool in ("Xvnc", "xterm", "vncconfig", "animate")
-               if shutil.which(tool) is None]
+    tools = ("Xvnc", "xterm", "vncconfig", "animate")
+    if "hvm" in (args.only or WORKLOADS):
+        tools += ("qemu-system-x86_64", "busybox", "cpio")
+    missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
         print(f"benchmark: missing {', '.join(missing)}; `make bench` installs them",
               file=sys.stderr)

@@ -141,7 +141,7 @@ class Updates:
         self.seen_cut_text = display.cut_text[0]
         self.keys_invited = False
         self.led_sent = None
-        self.pointer_absolute = True
+        self.pointer_absolute = None  # not told: the viewer sends positions
 
     def switched(self, display) -> Updates:
         """Updates from `display`, keeping what the viewer asked for and was told."""

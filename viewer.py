@@ -381,11 +381,11 @@ class ViewerSession(socketserver.BaseRequestHandler):
             self.display.pointer(message.button_mask, x, y, self.modifiers)
         else:
             _, x, y = self.pointer
-            if self.updates.pointer_absolute:
+            if self.updates.pointer_absolute is False:
+                dx, dy = (value - rfb.POINTER_RELATIVE_ORIGIN for value in (message.x, message.y))
+            else:
                 dx, dy = message.x - x, message.y - y
                 x, y = message.x, message.y
-            else:
-                dx, dy = (value - rfb.POINTER_RELATIVE_ORIGIN for value in (message.x, message.y))
             self.display.pointer_motion(message.button_mask, dx, dy)
         self.pointer = (message.button_mask, x, y)
 

@@ -248,3 +248,19 @@ def accepts(port):
     except OSError:
         return False
     return True
+
+
+def test_qemu_absolute_pointer_notice_passes_through(proxy, boot, tmp_path):
+    """With a USB tablet as its only pointer (no PS/2 mouse), QEMU wants absolute events, and
+    says so to a viewer that listed -257.  (The guest has no USB driver, so where the pointer
+    lands inside it is not seen.)"""
+    p = proxy()
+    transcript = tmp_path / "ttyS1.txt"
+    guest = boot([*vga_options(p.reverse_port, transcript), "-machine", "i8042=off",
+                  "-device", "qemu-xhci", "-device", "usb-tablet"])
+    assert wait_for(lambda: p.server.desktop is not None, 30), guest.lines
+    guest.cont()
+    client = p.viewer(RAW, DESKTOP_SIZE, POINTER_TYPE_CHANGE)
+    client.request(incremental=False)
+    assert follow(client, lambda c: [rect[0] for rect in c.rects
+                                     if rect[4] == POINTER_TYPE_CHANGE] == [1]), client.rects

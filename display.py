@@ -19,6 +19,10 @@ a type checker and a test can hold both displays to, not prose that drifts:
     cursor                     the pointer's shape (an rfbclient.CursorShape), or None for ours
     cut_text                   (serial, text): the display's clipboard, new when serial changes
     bells                      a count of bells; a viewer rings when it has grown (§7.6.3)
+    extended_keys              True if it takes QEMU Extended Key Events: extended_key(keysym,
+                               keycode, down, modifiers)
+    led_state                  the guest's lock-key LEDs (bits of rfbproto's -261), or None
+    absolute_pointer           False while it wants relative motion: pointer_motion(...)
 
 What both displays share is written once, in `SharedPicture`: one picture guarded by a lock,
 its damage log (damage.py), and the plans.  Damage is tracked once per display in numbered
@@ -63,6 +67,9 @@ class Display(Protocol):
     cursor: rfbclient.CursorShape | None
     cut_text: tuple[int, str]
     bells: int
+    extended_keys: bool
+    led_state: int | None
+    absolute_pointer: bool
 
     def changes(self, token: int | None, copy_rect: bool = True) -> damage.Changes | None:
         """What a viewer that last saw generation `token` needs (all of it for None)."""
@@ -101,6 +108,9 @@ class SharedPicture:
         self.listeners = set() if listeners is None else listeners
         self.cursor = None
         self.cut_text = (0, "")
+        self.extended_keys = False
+        self.led_state = None
+        self.absolute_pointer = True
 
     def changes(self, token: int | None, copy_rect: bool = True) -> damage.Changes | None:
         with self.lock:

@@ -13,7 +13,11 @@ do the I/O and hand the bytes here, the way h11 does HTTP:
   which the proxy's client side (rfbclient.py) computes with the same function, and the
   server's side of VeNCrypt (rfbproto): we send version 0.2, the viewer answers with its
   version, we acknowledge, offer subtypes, read its choice, accept, and TLS starts on the
-  same socket.  Which types to offer and whether a password matches is auth.py's policy.
+  same socket.  Which types to offer and whether a password matches is auth.py's policy;
+* QEMU's extensions (rfbproto §QEMU Client Message and the pseudo-encodings -257, -258, -261):
+  the Extended Key Event that carries a scancode beside the keysym, which the server invites
+  with a pseudo-rectangle, and the LED State (also VMware's variant) and Pointer Type Change
+  pseudo-rectangles that the proxy passes on from a guest's QEMU.
 
 Every number that comes off the wire is checked before it is used.  A peer that breaks the
 protocol gets a `ProtocolError` with a one-line reason; the caller closes that one connection.
@@ -65,6 +69,7 @@ class ClientMsg(enum.IntEnum):
     POINTER_EVENT = 5
     CLIENT_CUT_TEXT = 6
     SET_DESKTOP_SIZE = 251
+    QEMU = 255
 
 
 class ServerMsg(enum.IntEnum):
@@ -91,6 +96,16 @@ class Encoding(enum.IntEnum):
     CURSOR = -239
     EXTENDED_DESKTOP_SIZE = -308
     EXTENDED_CLIPBOARD = -0x3F5E1A32  # 0xC0A1E5CE as the signed number SetEncodings carries
+    POINTER_TYPE_CHANGE = -257
+    QEMU_EXTENDED_KEY_EVENT = -258
+    LED_STATE = -261
+    VMWARE_LED_STATE = 0x574D5668
+
+
+class QemuSubtype(enum.IntEnum):
+    """Subtypes of the QEMU client message (255), rfbproto §QEMU Client Message."""
+
+    EXTENDED_KEY_EVENT = 0
 
 
 class SecurityType(enum.IntEnum):
@@ -368,6 +383,20 @@ class KeyEvent:
 
 
 @dataclass(frozen=True)
+class QemuExtendedKeyEvent:
+    """rfbproto §QEMU Extended Key Event: a key as an XT scancode, with its keysym (maybe 0).
+
+    `keycode` is the set-1 make code, an 0xE0-prefixed key as 0x80 | its second byte.
+    """
+
+    down: bool
+    keysym: int
+    keycode: int
+
+    STRUCT = struct.Struct(">BHII")
+
+
+@dataclass(frozen=True)
 class PointerEvent:
     """§7.5.5: pointer position and the state of buttons 1-8 (bit 0 = left)."""
 
@@ -456,6 +485,13 @@ def _parse_key_event(header: bytes, body: bytes) -> KeyEvent:
     return KeyEvent(down != 0, keysym)
 
 
+def _parse_qemu_message(header: bytes, body: bytes) -> QemuExtendedKeyEvent:
+    subtype, down, keysym, keycode = QemuExtendedKeyEvent.STRUCT.unpack(header)
+    if subtype != QemuSubtype.EXTENDED_KEY_EVENT:
+        raise ProtocolError(f"unknown QEMU client message subtype {subtype}")
+    return QemuExtendedKeyEvent(down != 0, keysym, keycode)
+
+
 def _parse_pointer_event(header: bytes, body: bytes) -> PointerEvent:
     return PointerEvent(*PointerEvent.STRUCT.unpack(header))
 
@@ -487,6 +523,7 @@ _CLIENT_MESSAGES = {
     ClientMsg.KEY_EVENT: (7, None, _parse_key_event),
     ClientMsg.POINTER_EVENT: (5, None, _parse_pointer_event),
     ClientMsg.SET_DESKTOP_SIZE: (7, _screens_length, _parse_set_desktop_size),
+    ClientMsg.QEMU: (11, None, _parse_qemu_message),
 }
 CUT_TEXT_HEADER = struct.Struct(">3xI")
 
@@ -683,6 +720,30 @@ def extended_desktop_size(width: int, height: int, reason: int, status: int) -> 
         + struct.pack(">B3x", 1)
         + screen
     )
+
+
+def qemu_extended_key_event() -> bytes:
+    """The QEMU Extended Key Event pseudo-rectangle (-258): from now on, send me scancodes."""
+    return rect_header(0, 0, 0, 0, Encoding.QEMU_EXTENDED_KEY_EVENT)
+
+
+def led_state(state: int) -> bytes:
+    """The LED State pseudo-rectangle (-261): bit 0 Scroll, 1 Num, 2 Caps Lock."""
+    return rect_header(0, 0, 0, 0, Encoding.LED_STATE) + struct.pack(">B", state)
+
+
+def vmware_led_state(state: int) -> bytes:
+    """VMware's LED State pseudo-rectangle: the same bits as -261, in a U32."""
+    return rect_header(0, 0, 0, 0, Encoding.VMWARE_LED_STATE) + struct.pack(">I", state)
+
+
+POINTER_RELATIVE_ORIGIN = 0x7FFF  # a relative pointer event's (x, y) for no motion
+
+
+def pointer_type_change(absolute: bool, width: int, height: int) -> bytes:
+    """The Pointer Type Change pseudo-rectangle (-257): x = 1 for absolute pointer events,
+    0 for relative ones (each coordinate then a motion offset by 0x7FFF)."""
+    return rect_header(int(absolute), 0, width, height, Encoding.POINTER_TYPE_CHANGE)
 
 
 def bell() -> bytes:

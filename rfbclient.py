@@ -11,7 +11,8 @@ The guest is untrusted.  Every size it announces is capped before anything is al
 (`check_desktop_size`, name and reason lengths), and `ServerReader` checks every rectangle
 against the current framebuffer before it uses a byte of it.  We ask the guest only for
 encodings that are cheap and safe to decode in Python on a local link (Raw, CopyRect, the two
-resize pseudo-encodings and Cursor), so each rectangle's length follows from its header and
+resize pseudo-encodings and Cursor; and QEMU's three input pseudo-encodings, which carry no
+pixels), so each rectangle's length follows from its header and
 Raw rows are handed out as they arrive: a huge update never sits in memory.  Counts that the
 guest chooses (rectangles in an update) are walked in a loop, never by recursion.  An
 ExtendedDesktopSize with a failure status is refused unless it answers our SetDesktopSize.
@@ -45,6 +46,7 @@ from rfb import (
     ExtendedDesktopSizeStatus,
     PixelFormat,
     ProtocolError,
+    QemuSubtype,
     Screen,
     SecurityType,
     ServerMsg,
@@ -246,6 +248,12 @@ def key_event(down: bool, keysym: int) -> bytes:
     return struct.pack(">BB2xI", ClientMsg.KEY_EVENT, down, keysym)
 
 
+def qemu_extended_key_event(down: bool, keysym: int, keycode: int) -> bytes:
+    """rfbproto §QEMU Extended Key Event, for a server that sent the -258 pseudo-rectangle."""
+    return struct.pack(">BBHII", ClientMsg.QEMU, QemuSubtype.EXTENDED_KEY_EVENT, down, keysym,
+                       keycode)
+
+
 def pointer_event(button_mask: int, x: int, y: int) -> bytes:
     return struct.pack(">BBHH", ClientMsg.POINTER_EVENT, button_mask, x, y)
 
@@ -315,6 +323,25 @@ class CursorShape:
 
 
 @dataclass(frozen=True)
+class ExtendedKeysAccepted:
+    """The QEMU Extended Key Event pseudo-rectangle (-258): the server takes scancodes."""
+
+
+@dataclass(frozen=True)
+class LedState:
+    """The LED State pseudo-rectangle (-261): bit 0 Scroll, 1 Num, 2 Caps Lock."""
+
+    state: int
+
+
+@dataclass(frozen=True)
+class PointerTypeChange:
+    """The Pointer Type Change pseudo-rectangle (-257): absolute or relative pointer events."""
+
+    absolute: bool
+
+
+@dataclass(frozen=True)
 class UpdateEnd:
     """The last rectangle of a FramebufferUpdate has been read."""
 
@@ -335,7 +362,8 @@ class ServerReader:
     """Turns the bytes a guest server sends after ServerInit into events, checked.
 
     We ask the server for a 4-byte pixel format and for Raw, CopyRect, DesktopSize,
-    ExtendedDesktopSize and Cursor only, so the size of every rectangle follows from its
+    ExtendedDesktopSize and Cursor only, and for QEMU's Extended Key Event, LED State and
+    Pointer Type Change pseudo-rectangles, so the size of every rectangle follows from its
     header.  Each rectangle is checked against the current framebuffer before a byte of it is
     used.  Raw pixels come out a few whole rows at a time, as they arrive, so a huge rectangle
     never sits in memory; server cut text beyond the cap is discarded as it streams in.
@@ -343,7 +371,9 @@ class ServerReader:
     """
 
     ENCODINGS = (Encoding.COPY_RECT, Encoding.RAW, Encoding.EXTENDED_DESKTOP_SIZE,
-                 Encoding.DESKTOP_SIZE, Encoding.CURSOR, Encoding.EXTENDED_CLIPBOARD)
+                 Encoding.DESKTOP_SIZE, Encoding.CURSOR, Encoding.EXTENDED_CLIPBOARD,
+                 Encoding.QEMU_EXTENDED_KEY_EVENT, Encoding.LED_STATE,
+                 Encoding.POINTER_TYPE_CHANGE)
     BYTES_PER_PIXEL = 4
     _RECT_READERS = {
         Encoding.RAW: "_raw_rect",
@@ -351,6 +381,9 @@ class ServerReader:
         Encoding.DESKTOP_SIZE: "_desktop_size",
         Encoding.EXTENDED_DESKTOP_SIZE: "_extended_desktop_size",
         Encoding.CURSOR: "_cursor",
+        Encoding.QEMU_EXTENDED_KEY_EVENT: "_extended_keys",
+        Encoding.LED_STATE: "_led_state",
+        Encoding.POINTER_TYPE_CHANGE: "_pointer_type_change",
     }
 
     def __init__(self, width: int, height: int) -> None:
@@ -505,6 +538,23 @@ class ServerReader:
         pixels, mask = self._take(pixels_size), self._take(mask_size)
         self._finish_rect()
         return CursorShape(x, y, width, height, pixels, mask)
+
+    def _extended_keys(self, x, y, width, height):
+        del self._buffer[:12]
+        self._finish_rect()
+        return ExtendedKeysAccepted()
+
+    def _led_state(self, x, y, width, height):
+        if len(self._buffer) < 13:
+            return None
+        state = self._take(13)[12]
+        self._finish_rect()
+        return LedState(state & 7)
+
+    def _pointer_type_change(self, x, y, width, height):
+        del self._buffer[:12]
+        self._finish_rect()
+        return PointerTypeChange(x != 0)
 
     def _start_cut_text(self):
         if len(self._buffer) < 8:

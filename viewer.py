@@ -34,6 +34,14 @@ modifiers and the buttons to the display's pointer, which copies a console selec
 A viewer's SetDesktopSize goes to the display it shows, whose answer, maybe later and from
 another thread, comes back through `resize_answers` to go out with the next update.
 
+Keys and pointer.  Keys come as keysyms (KeyEvent) or, from a viewer invited to (a desktop
+whose QEMU takes them, rfbproto's -258), as QEMU Extended Key Events that carry the scancode
+too.  Hotkeys are found by keysym in either.  A scancode goes to a display that takes scancodes
+untouched, so the guest's own keyboard layout applies; anywhere else its keysym is used, since
+RFB cannot withdraw the invitation once given.  The pointer is absolute unless the display asked
+for relative motion (-257), which a viewer that listed -257 then sends itself and for any other
+the session works out from its positions.
+
 A viewer that gave the view-only password watches only: its keys, pointer and clipboard go
 nowhere (the VT-switch hotkeys still move its own view) and it cannot ask for exclusive access
 or for a new size.
@@ -83,7 +91,7 @@ class ViewerSession(socketserver.BaseRequestHandler):
         self.hand = clipboard.Hand(self.modifiers, clipboard.viewer_link())
         self.outbox = updates.Outbox()
         self.events: collections.deque = collections.deque()
-        self.held_keys: set[int] = set()
+        self.held_keys: dict[tuple[str, int], tuple[int, int | None]] = {}
         self.pointer = (0, 0, 0)
         self.resize_answers: collections.deque = collections.deque()
         self.closing = False
@@ -309,13 +317,17 @@ class ViewerSession(socketserver.BaseRequestHandler):
         self.updates = self.updates.switched(display)
 
     def release_input(self) -> None:
-        """Let go of every key and button held on the current display."""
-        for keysym in self.held_keys:
-            self.display.key(keysym, False, self.modifiers)
-        self.held_keys = set()
+        """Let go of every key and button held on the current display, keys in the form
+        (scancode or keysym) they were pressed in."""
+        for keysym, keycode in self.held_keys.values():
+            self.send_key(False, keysym, keycode)
+        self.held_keys = {}
         button_mask, x, y = self.pointer
         if button_mask:
-            self.display.pointer(0, x, y, self.hand)
+            if self.display.absolute_pointer:
+                self.display.pointer(0, x, y, self.hand)
+            else:
+                self.display.pointer_motion(0, 0, 0)
         self.pointer = (0, x, y)
         self.hand.buttons = 0
 
@@ -335,7 +347,18 @@ class ViewerSession(socketserver.BaseRequestHandler):
         self.updates.request(message.incremental)
 
     def on_KeyEvent(self, message: rfb.KeyEvent) -> None:
-        keysym, down = message.keysym, message.down
+        self.key(message.down, message.keysym, None)
+
+    def on_QemuExtendedKeyEvent(self, message: rfb.QemuExtendedKeyEvent) -> None:
+        self.key(message.down, message.keysym, message.keycode or None)
+
+    def key(self, down: bool, keysym: int, keycode: int | None) -> None:
+        """A key from either kind of key event: hotkeys by keysym, the rest to the display.
+
+        A key is known by its scancode where it has one, since its keysym may change while
+        it is held (Shift let go first).  It goes out as its scancode where the display takes
+        scancodes when it is pressed, and its repeats and release go out in that same form.
+        """
         self.modifiers.update(keysym, down)
         event = vt.hotkey(keysym, self.modifiers.held, down)
         if event is not None:
@@ -345,23 +368,44 @@ class ViewerSession(socketserver.BaseRequestHandler):
             if not self.view_only:
                 self.paste()
             return
+        held = ("scancode", keycode) if keycode else ("keysym", keysym)
         if down:
             if self.view_only:
                 return
-            self.held_keys.add(keysym)
-        elif keysym in self.held_keys:
-            self.held_keys.discard(keysym)
+            scancode = keycode if self.display.extended_keys else None
+            keysym, keycode = self.held_keys.setdefault(held, (keysym, scancode))
+        elif held in self.held_keys:
+            keysym, keycode = self.held_keys.pop(held)
         else:
             return
-        self.display.key(keysym, down, self.modifiers)
+        self.send_key(down, keysym, keycode)
+
+    def send_key(self, down: bool, keysym: int, keycode: int | None) -> None:
+        """As a scancode if there is one, else as a keysym if the viewer knew one (noVNC sends
+        keysym 0 for a key it cannot name)."""
+        if keycode:
+            self.display.extended_key(keysym, keycode, down, self.modifiers)
+        elif keysym:
+            self.display.key(keysym, down, self.modifiers)
 
     def on_PointerEvent(self, message: rfb.PointerEvent) -> None:
+        """Absolute positions, clipped; or, where the display wants relative motion, the
+        viewer's own motion if it was told to send that (-257), else the distance moved."""
         if self.view_only:
             return
-        width, height = self.updates.size
-        x, y = min(message.x, width - 1), min(message.y, height - 1)
+        if self.display.absolute_pointer:
+            width, height = self.updates.size
+            x, y = min(message.x, width - 1), min(message.y, height - 1)
+            self.display.pointer(message.button_mask, x, y, self.hand)
+        else:
+            _, x, y = self.pointer
+            if self.updates.pointer_absolute is False:
+                dx, dy = (value - rfb.POINTER_RELATIVE_ORIGIN for value in (message.x, message.y))
+            else:
+                dx, dy = message.x - x, message.y - y
+                x, y = message.x, message.y
+            self.display.pointer_motion(message.button_mask, dx, dy)
         self.pointer = (message.button_mask, x, y)
-        self.display.pointer(message.button_mask, x, y, self.hand)
         self.hand.buttons = message.button_mask
 
     def on_ClientCutText(self, message: rfb.ClientCutText) -> None:
@@ -387,9 +431,10 @@ class ViewerSession(socketserver.BaseRequestHandler):
 
     def paste(self) -> None:
         """Type the viewer's clipboard into the display, with no modifier held there."""
-        for keysym in self.held_keys & keymap.MODIFIER_KEYSYMS:
-            self.display.key(keysym, False, self.modifiers)
-        self.held_keys -= keymap.MODIFIER_KEYSYMS
+        for held, (keysym, keycode) in list(self.held_keys.items()):
+            if keysym in keymap.MODIFIER_KEYSYMS:
+                self.send_key(False, keysym, keycode)
+                del self.held_keys[held]
         self.display.paste(self.hand)
 
     def on_SetDesktopSize(self, message: rfb.SetDesktopSize) -> None:

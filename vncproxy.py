@@ -26,6 +26,12 @@ screen), and the guest's answer goes back to that viewer; a guest that has not s
 nothing and the viewer hears "prohibited".  One request is in flight at a time: another
 viewer asking meanwhile hears "out of resources", as rfbproto allows.
 
+QEMU speaks three input extensions, and we ask for all of them: it accepts keys as scancodes
+(QEMU Extended Key Event), reports its lock-key LEDs (LED State) and says whether it wants
+absolute or relative pointer events (Pointer Type Change).  The desktop display records what
+the guest said; each viewer session passes it on in the form that viewer listed (updates.py)
+and sends scancodes, keysyms and pointer motion back in the form the guest takes (viewer.py).
+
 Which display a viewer shows is vt.py's table, Ctrl-Alt-F1 and Ctrl-Alt-F7 moving it.  At most
 one desktop per console: a new guest connection replaces the old one, so a guest that rebooted
 without closing its socket is not locked out.
@@ -119,6 +125,12 @@ class DesktopDisplay(display.SharedPicture):
                 self.upstream.send(answer)
                 if changed:
                     self.cut_text = (self.cut_text[0] + 1, self.link.received)
+            elif isinstance(event, rfbclient.ExtendedKeysAccepted):
+                self.extended_keys = True
+            elif isinstance(event, rfbclient.LedState):
+                self.led_state = event.state
+            elif isinstance(event, rfbclient.PointerTypeChange):
+                self.absolute_pointer = event.absolute
         if isinstance(event, rfbclient.DesktopResize) and event.answer is not None:
             self._answer_resize(event.answer)
         if not isinstance(event, rfbclient.RawRows | rfbclient.CopyRect):
@@ -145,10 +157,22 @@ class DesktopDisplay(display.SharedPicture):
             self.upstream.typing.stop(modifiers)
         self.upstream.send(rfbclient.key_event(down, keysym))
 
+    def extended_key(self, keysym: int, keycode: int, down: bool,
+                     modifiers: keymap.Modifiers) -> None:
+        """A key as its scancode, passed through untouched (only while extended_keys)."""
+        if down:
+            self.upstream.typing.stop(modifiers)
+        self.upstream.send(rfbclient.qemu_extended_key_event(down, keysym, keycode))
+
     def pointer(self, button_mask: int, x: int, y: int, hand: Hand) -> None:
         width, height = self.size
         self.upstream.send(rfbclient.pointer_event(
             button_mask, min(x, width - 1), min(y, height - 1)))
+
+    def pointer_motion(self, button_mask: int, dx: int, dy: int) -> None:
+        """Relative motion, for a guest that asked for it with Pointer Type Change."""
+        x, y = (max(0, min(0xFFFF, rfb.POINTER_RELATIVE_ORIGIN + d)) for d in (dx, dy))
+        self.upstream.send(rfbclient.pointer_event(button_mask, x, y))
 
     def resize(self, width: int, height: int, answer: Callable[[int], None]) -> None:
         with self.lock:

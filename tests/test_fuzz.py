@@ -196,6 +196,8 @@ client_message = st.one_of(
     extended_clipboard(6),
     st.tuples(u16, u16, st.lists(screens, max_size=20)).map(
         lambda m: struct.pack(">BxHHBx", 251, m[0], m[1], len(m[2])) + b"".join(m[2])),
+    st.tuples(st.sampled_from([0, 0, 1]), u16, u32, u32).map(
+        lambda m: struct.pack(">BBHII", 255, *m)),
 )
 client_streams = st.lists(client_message, max_size=12).map(b"".join)
 
@@ -212,7 +214,7 @@ coordinate = st.one_of(st.integers(0, FB + 2), u16)
 def guest_rect(draw):
     x, y = draw(coordinate), draw(coordinate)
     width, height = draw(st.integers(0, FB + 2)), draw(st.integers(0, FB + 2))
-    encoding = draw(st.sampled_from([0, 0, 1, -223, -308, -239, 5, 16, -1]))
+    encoding = draw(st.sampled_from([0, 0, 1, -223, -308, -239, 5, 16, -1, -257, -258, -261]))
     if encoding == 0:
         payload = draw(st.binary(min_size=4 * width * height, max_size=4 * width * height))
     elif encoding == 1:
@@ -223,6 +225,10 @@ def guest_rect(draw):
         y = draw(st.sampled_from([0, 0, 1]))
     elif encoding == -239:
         payload = bytes(4 * width * height + (width + 7) // 8 * height)
+    elif encoding == -261:
+        payload = bytes([draw(u8)])
+    elif encoding in (-257, -258):
+        payload = b""
     else:
         payload = draw(st.binary(max_size=16))
     return rect(x, y, width, height, encoding, payload)
@@ -254,7 +260,7 @@ def pieces(data, sizes):
 
 CLIENT_MESSAGE_TYPES = (rfb.SetPixelFormat, rfb.SetEncodings, rfb.FramebufferUpdateRequest,
                         rfb.KeyEvent, rfb.PointerEvent, rfb.ClientCutText, rfb.SetDesktopSize,
-                        rfb.ExtendedClipboard)
+                        rfb.ExtendedClipboard, rfb.QemuExtendedKeyEvent)
 
 
 def read_client(data, sizes, extended_clipboard=False):

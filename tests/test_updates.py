@@ -38,6 +38,9 @@ class Picture:
         self.bells = 0
         self.cut_text = (0, "")
         self.cursor = None
+        self.extended_keys = False
+        self.led_state = None
+        self.absolute_pointer = True
 
     def changes(self, token, copy_rect=True):
         return self.damage.changes(token, self.image, copy_rect)

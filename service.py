@@ -11,7 +11,7 @@ that works:
 2. once the ports are open: make the Xen source (`source`) with where vncterm listens, so it
    can publish the ports in xenstore, and with what to do when the domain is gone; let the
    guest's own addresses reach the reverse port (`reverse_allow`); dial the device model's
-   VNC display, an HVM guest's VGA screen, where xenstore says it is (`desktop_address`);
+   VNC display, an HVM guest's VGA screen, where xenstore says it is (`device_model`);
 3. once everything has started (`drop_root`): with --user, become that user;
 4. at exit (`close`): the helper (or we) remove the published keys and the pid file.
 
@@ -164,9 +164,10 @@ class DomainService:
             return guest_or(allow, source)
         return allow
 
-    def desktop_address(self, source):
-        """With --domain, where the domain's device model serves its display (for the dialler)."""
-        return source.desktop_address if isinstance(source, DomainSource) else None
+    def device_model(self, source):
+        """With --domain, the source that knows where the domain's device model serves its
+        display (for the dialler), else None."""
+        return source if isinstance(source, DomainSource) else None
 
 
 class Service(DomainService):

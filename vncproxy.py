@@ -440,6 +440,7 @@ class Desktops:
         self._stopping = threading.Event()
         self._no_desktop = threading.Event()
         self._no_desktop.set()
+        self._moved: list[threading.Event] = []
 
     def accept(self, listener: socket.socket) -> tuple[str, int]:
         """Accept reverse connections on a listening socket, ours to close now; its address."""
@@ -447,17 +448,23 @@ class Desktops:
         self._start(self._accept_loop, "reverse-listener")
         return listener.getsockname()[:2]
 
-    def dial(self, where: Callable[[], tuple[str, int] | None]) -> None:
+    def dial(self, where: Callable[[], tuple[str, int] | None], moved: threading.Event) -> None:
         """Keep a connection to a listening guest server, retrying until it answers.
 
         `where()` says where it listens now, or None while it listens nowhere: it is asked
-        again before each attempt, so the dialler follows a server that moves.
+        again before each attempt, so the dialler follows a server that moves.  `moved` is set
+        whenever `where()` may answer differently; while the server listens nowhere the
+        dialler sleeps on it instead of asking again on a timer, so an idle domain without a
+        device model costs no wake-ups.
         """
-        self._start(lambda: self._dial_loop(where), "desktop-dialer")
+        self._moved.append(moved)
+        self._start(lambda: self._dial_loop(where, moved), "desktop-dialer")
 
     def stop(self) -> None:
         self._stopping.set()
         self._no_desktop.set()
+        for moved in self._moved:
+            moved.set()
         if self._listener is not None:
             self._listener.shutdown(socket.SHUT_RDWR)
             self._listener.close()
@@ -490,13 +497,14 @@ class Desktops:
             if upstream is not None:
                 self._start(lambda upstream=upstream: self._run(upstream), f"upstream-{peer}")
 
-    def _dial_loop(self, where) -> None:
+    def _dial_loop(self, where, moved: threading.Event) -> None:
         """Dial while no other desktop is up; give up for good if the guest refuses us."""
         while not self._stopping.is_set():
             self._no_desktop.wait()
+            moved.clear()
             address = where()
             if address is None:
-                self._stopping.wait(RETRY_DELAY)
+                moved.wait()
                 continue
             try:
                 sock = socket.create_connection(address, timeout=HANDSHAKE_TIMEOUT)
@@ -603,15 +611,16 @@ def listen(args) -> socket.socket | None:
 
 
 def start(args, listener: socket.socket | None, password: bytes | None, on_change,
-          allow: Callable[[str], bool], where=None) -> Desktops:
+          allow: Callable[[str], bool], device_model=None) -> Desktops:
     """Accept guest desktops on `listener` (from listen()), and dial one: --desktop-connect's,
-    else wherever `where()` says (a Xen domain's device model), if given."""
+    else a Xen domain's device model (`device_model`: its `desktop_address()` and the
+    `desktop_moved` event set when that may have changed), if given."""
     desktops = Desktops(on_change, password, allow)
     if listener is not None:
         host, port = desktops.accept(listener)
         print(f"vncterm: guest desktops connect to {host}:{port}", flush=True)
     if args.desktop_connect:
-        desktops.dial(lambda: args.desktop_connect)
-    elif where is not None:
-        desktops.dial(where)
+        desktops.dial(lambda: args.desktop_connect, threading.Event())
+    elif device_model is not None:
+        desktops.dial(device_model.desktop_address, device_model.desktop_moved)
     return desktops

@@ -345,7 +345,7 @@ def start_console(args, font, dom0: service.DomainService,
     server = Server(viewers, console_display, name, security, max_viewers=args.max_viewers)
     stops.callback(server.server_close)
     desktops = vncproxy.start(args, guests, desktop_password, server.desktop_changed,
-                              dom0.reverse_allow(source), dom0.desktop_address(source))
+                              dom0.reverse_allow(source), dom0.device_model(source))
     stops.callback(desktops.stop)
     return server, term
 

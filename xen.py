@@ -446,6 +446,7 @@ class DomainSource:
         self.pty = sources.FdSource()
         self.path: str | None = None
         self.desktop: tuple[str, int] | None = None
+        self.desktop_moved = threading.Event()
         self.watch_fd: int | None = None
         self.waiting: OSError | None = None
         self.seen = False
@@ -511,7 +512,8 @@ class DomainSource:
         if address != self.desktop:
             log.info("domain %d: device model display %s", self.domain.number,
                      "gone" if address is None else host_port(*address))
-        self.desktop = address
+            self.desktop = address
+            self.desktop_moved.set()
 
     def read(self) -> bytes | None:
         """Bytes from the guest; b"" once the pty hung up or xenstore moved the console away."""

@@ -9,6 +9,7 @@ framebuffer, truncated and stalled streams, keys held across a switch.
 import select
 import socket
 import struct
+import threading
 
 import pytest
 
@@ -442,3 +443,24 @@ def test_hundreds_of_empty_rectangles_keep_the_guest(proxy):
                       guest.raw(0, 0, guest.width, guest.height, (200, 0, 200)))
     assert follow(client, shows((200, 0, 200)))
     assert p.server.desktop is not None
+
+
+def test_the_dialler_sleeps_while_no_device_model_listens(monkeypatch):
+    """No address: the dialler waits for `moved`, not for a timer (an idle domain costs no
+    wake-ups), and asks again as soon as `moved` is set."""
+    monkeypatch.setattr(vncproxy, "RETRY_DELAY", 0.0)
+    asked, moved = [], threading.Event()
+    desktops = vncproxy.Desktops(lambda: None)
+
+    def where():
+        asked.append(True)
+        return None
+
+    desktops.dial(where, moved)
+    try:
+        assert wait_for(lambda: len(asked) == 1)
+        assert not wait_for(lambda: len(asked) > 1, timeout=0.5)
+        moved.set()
+        assert wait_for(lambda: len(asked) == 2)
+    finally:
+        desktops.stop()

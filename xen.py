@@ -128,7 +128,6 @@ def check_domain(number: int) -> int:
     return number
 
 
-
 def check_pty_path(value: str) -> str:
     """The pty path from console/tty, or OSError: we open nothing but /dev/pts/N."""
     if not PTY_PATH.fullmatch(value):

@@ -37,7 +37,7 @@ log = logging.getLogger("vncterm.xen")
 ALL = "all"
 DOMAINS = "/local/domain"
 EVENT_WATCHES = ("@introduceDomain", "@releaseDomain", DOMAINS)
-# The domain itself, or WATCHED_KEYS under it: what each domain's own watch would report.
+# The domain itself, or xen.WATCHED_KEYS under it: what each domain's own watch would report.
 DOMAIN_LINE = re.compile(r"/local/domain/([0-9]{1,5})(/console(/.*)?|/serial/0/tty(/.*)?)?")
 
 
@@ -52,7 +52,6 @@ def domain_ids(names: list[str], warned: set[str]) -> set[int]:
             warned.add(name)
             log.warning("ignoring %s/%s: not a domain id", DOMAINS, repr(name)[:40])
     return found
-
 
 
 class Host:

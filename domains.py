@@ -7,8 +7,8 @@ gets exactly what `--domain N` gives it (vncterm.start_console with N's ports, b
 the host's own, and xenconsoled does not give it a pty.
 
 How.  The domains are the numbered children of /local/domain (`xenstore-list`).  The list is
-read at start, and again on every @introduceDomain and @releaseDomain (xen.Events, the three
-watches the whole host shares).  A new id gets a Slot at once; an id that has left the list
+read at start, and again on every @introduceDomain and @releaseDomain (xenhost.Events, the
+three watches the whole host shares).  A new id gets a Slot at once; an id that has left the list
 has its slot retired the way `--domain N` leaves: its viewers read "the domain is gone" on the
 status line, the port closes when they go (or after service.GONE_GRACE), and closing the
 console source removes its xenstore keys.  A domain usually notices first, through its own
@@ -31,7 +31,7 @@ import logging
 import threading
 
 import service
-import xen
+import xenhost
 
 log = logging.getLogger("vncterm.domains")
 
@@ -91,7 +91,7 @@ class Domains:
         self.stopping = False
         self.warned: set[str] = set()
         self.refused: set[int] = set()  # could not be served: waits to leave and come back
-        self.events = xen.Events(dom0.domain.watch_events(), self.wake.set)
+        self.events = xenhost.Events(dom0.domain.watch_events(), self.wake.set)
 
     def serve(self) -> None:
         """Serve every domain until stop(): look again at each wake-up."""
@@ -118,7 +118,7 @@ class Domains:
     def rescan(self) -> None:
         """Start a slot for each new domain; retire those whose domain has left the list."""
         try:
-            present = xen.domain_ids(self.dom0.domain.list_domains(), self.warned)
+            present = xenhost.domain_ids(self.dom0.domain.list_domains(), self.warned)
         except OSError as error:
             log.warning("cannot list the domains: %s", error)
             return

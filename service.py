@@ -7,7 +7,7 @@ syslog or a file with one line per viewer connect, disconnect and VT switch (`--
 that works:
 
 1. at start, before any thread: write the pid file and, with --user, fork the root helper
-   (xen.Helper) that keeps the steps needing root, xenstore and opening the guest's pty;
+   (roothelper.py) that keeps the steps needing root, xenstore and opening the guest's pty;
 2. once the ports are open: make the Xen source (`source`) with where vncterm listens, so it
    can publish the ports in xenstore, and with what to do when the domain is gone; let the
    guest's own addresses reach the reverse port (`reverse_allow`); dial the device model's
@@ -18,9 +18,9 @@ that works:
 The options also decide the default ports: 5900+N and 5500+N with --domain N.
 
 With `--domain all` the same steps serve the whole host: the pid file and the helper are the
-host's (the helper answers for every domain, see xen.py), and `for_domain(N)` gives each domain
-a `DomainService`, the source and reverse-port rule that `--domain N` would have. `--port`
-and `--reverse-port` are then bases: domain N gets base+N.
+host's (the helper answers for every domain, see roothelper.py), and `for_domain(N)` gives each
+domain a `DomainService`, the source and reverse-port rule that `--domain N` would have.
+`--port` and `--reverse-port` are then bases: domain N gets base+N.
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ from collections.abc import Callable
 
 import vncproxy
 import xen
-from xen import DEFAULT_PREFIX, PREFIX_VARIABLE, DomainSource, Helper, Pidfile, Xenstore
+import xenhost
+from roothelper import Helper
+from xen import DEFAULT_PREFIX, PREFIX_VARIABLE, DomainSource, Xenstore
 
 log = logging.getLogger("vncterm.service")
 
@@ -93,13 +95,13 @@ def setup_logging(verbose: bool = False, syslog: bool = False, path: str | None 
 
 def domain_option(text: str) -> int | str:
     """--domain's value: a domain id, or "all" for every domain of the host."""
-    if text == xen.ALL:
-        return xen.ALL
+    if text == xenhost.ALL:
+        return xenhost.ALL
     try:
         return xen.check_domain(int(text))
     except ValueError as error:
         reason = str(error) if text.isdigit() else "not a number"
-        raise argparse.ArgumentTypeError(f"{text[:20]!r}: {reason} (or {xen.ALL!r})") from None
+        raise argparse.ArgumentTypeError(f"{text[:20]!r}: {reason} (or {xenhost.ALL!r})") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -126,11 +128,11 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
             parser.error(f"xenstore tools not found: {' '.join(missing)} (--xenstore-prefix)")
     elif args.stay:
         parser.error("--stay goes with --domain")
-    if args.domain == xen.ALL and (args.port == 0 or args.reverse_port == 0):
+    if args.domain == xenhost.ALL and (args.port == 0 or args.reverse_port == 0):
         parser.error("with --domain all, --port and --reverse-port are bases (N is added): not 0")
-    if args.domain == xen.ALL and args.log:
+    if args.domain == xenhost.ALL and args.log:
         parser.error("--log takes one console's stream: not with --domain all")
-    if args.domain == xen.ALL and args.desktop_connect:
+    if args.domain == xenhost.ALL and args.desktop_connect:
         parser.error("--desktop-connect names one desktop: not with --domain all")
     viewer_port, reverse_port = xen.default_ports(args.domain if type(args.domain) is int else 0)
     args.port = viewer_port if args.port is None else args.port
@@ -144,6 +146,25 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
             pwd.getpwnam(args.user)
         except KeyError:
             parser.error(f"--user {args.user}: no such user")
+
+
+class Pidfile:
+    """Our pid in a file for service managers; removed only while it still names us."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.pid = os.getpid()
+        with open(path, "w") as file:
+            file.write(f"{self.pid}\n")
+
+    def remove(self) -> None:
+        try:
+            with open(self.path) as file:
+                if file.read().strip() != str(self.pid):
+                    return
+            os.unlink(self.path)
+        except OSError as error:
+            log.debug("pid file %s: %s", self.path, error)
 
 
 class DomainService:
@@ -177,17 +198,17 @@ class Service(DomainService):
         """Write the pid file and, with --user, fork the helper: call before any thread starts."""
         self.pidfile = Pidfile(args.pidfile) if args.pidfile else None
         domain = None
-        if args.domain == xen.ALL:
-            domain = xen.Host(Xenstore(args.xenstore_prefix))
+        if args.domain == xenhost.ALL:
+            domain = xenhost.Host(Xenstore(args.xenstore_prefix))
         elif args.domain is not None:
             domain = xen.Domain(args.domain, Xenstore(args.xenstore_prefix))
         self.helper = Helper.start(domain, self.pidfile) if args.user else None
         # With --user the domain's (or host's) privileged steps are requests to the root helper.
         super().__init__(args, self.helper if self.helper is not None and domain else domain)
 
-    def for_domain(self, number: int, events: xen.Events) -> DomainService:
+    def for_domain(self, number: int, events: xenhost.Events) -> DomainService:
         """With --domain all: what `--domain number` would have, through the host's events."""
-        return DomainService(self.args, xen.HostDomain(number, self.domain, events))
+        return DomainService(self.args, xenhost.HostDomain(number, self.domain, events))
 
     def drop_root(self) -> None:
         """The ports are open and everything started: drop root if asked."""
@@ -199,7 +220,7 @@ class Service(DomainService):
         if self.helper is not None:
             self.helper.close()
             return
-        if isinstance(self.domain, xen.Host):
+        if isinstance(self.domain, xenhost.Host):
             self.domain.retract()
         if self.pidfile is not None:
             self.pidfile.remove()

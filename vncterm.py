@@ -28,7 +28,8 @@ server send more than was asked.
 Where to read next: viewer.py (one viewer's session), display.py and damage.py (what it shows),
 encoders.py (how pixels go on the wire), rfb.py (every message parsed and built), console.py
 and render.py (the text console), vncproxy.py and rfbclient.py (the guest's desktop), auth.py
-(who may connect), web.py (browsers), service.py and xen.py (running in dom0).
+(who may connect), web.py (browsers), service.py, xen.py, roothelper.py, xenhost.py and
+domains.py (running in dom0).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ import vncproxy
 import vt
 import web
 import xen
+import xenhost
 
 log = logging.getLogger("vncterm")
 
@@ -253,7 +255,7 @@ def main(argv=None) -> int:
     log.info("font %s, cell %dx%d", font_name, *font.cell)
     dom0 = service.Service(args)
     try:
-        if args.domain == xen.ALL:
+        if args.domain == xenhost.ALL:
             return serve_host(args, font, dom0)
         return serve(args, font, dom0)
     finally:

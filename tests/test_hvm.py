@@ -30,6 +30,7 @@ import pytest
 
 import keymap
 import peers
+import roothelper
 import xen
 from fakexen import (
     DOMAIN,
@@ -181,7 +182,7 @@ def test_a_pv_domains_port_key_that_we_wrote_is_not_a_desktop(fake, guests):
 
 def test_the_helper_answers_where_the_display_is(fake):
     start_hvm_domain(fake, "/dev/pts/0", 5901)
-    helper = xen.Helper.start(xen.Domain(DOMAIN, fake.xenstore))
+    helper = roothelper.Helper.start(xen.Domain(DOMAIN, fake.xenstore))
     try:
         assert helper.desktop_address() == ("127.0.0.1", 5901)
         fake.store.rm(PORT_KEY)

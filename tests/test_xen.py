@@ -9,7 +9,8 @@ whole `vncterm.py` process seen by vncdotool.
 The stories are the ones a dom0 lives through. The domain starts after vncterm. The guest
 reboots, and its console moves to a new pty. The domain is destroyed. A hostile key names a file
 that is not a pty. The ports are published and removed again. vncterm runs as `nobody` with a
-root helper. The end-to-end tests at the bottom drive the `vncterm.py --domain` command line.
+root helper (roothelper.py). The end-to-end tests at the bottom drive the `vncterm.py --domain`
+command line.
 """
 
 import json
@@ -27,6 +28,7 @@ import console
 import fakexenstore
 import keymap
 import peers
+import roothelper
 import service
 import xen
 from fakexen import (
@@ -270,8 +272,8 @@ def test_only_known_keys_with_checked_values_are_published(fake):
 
 
 def test_the_helper_does_the_privileged_part_and_cleans_up(fake, guests, tmp_path):
-    pidfile = xen.Pidfile(str(tmp_path / "vncterm.pid"))
-    helper = xen.Helper.start(xen.Domain(DOMAIN, fake.xenstore), pidfile)
+    pidfile = service.Pidfile(str(tmp_path / "vncterm.pid"))
+    helper = roothelper.Helper.start(xen.Domain(DOMAIN, fake.xenstore), pidfile)
     source = xen.DomainSource(helper, adverts=xen.adverts(5907))
     assert source.domain is helper
     guest = guests()
@@ -299,8 +301,8 @@ def test_the_helper_does_the_privileged_part_and_cleans_up(fake, guests, tmp_pat
 
 USER_DRIVER = textwrap.dedent("""\
     import json, os, sys
-    import console, service, xen
-    helper = xen.Helper.start(xen.Domain(int(sys.argv[1]), xen.Xenstore(sys.argv[2])))
+    import console, roothelper, service, xen
+    helper = roothelper.Helper.start(xen.Domain(int(sys.argv[1]), xen.Xenstore(sys.argv[2])))
     source = xen.DomainSource(helper)
     service.drop_privileges("nobody")
     term = console.Console(source, 80, 25)
@@ -351,11 +353,11 @@ def test_as_nobody_the_console_survives_a_reboot(fake, guests, tmp_path):
 
 
 def test_pidfile_is_removed_only_while_it_names_us(tmp_path):
-    pidfile = xen.Pidfile(str(tmp_path / "a.pid"))
+    pidfile = service.Pidfile(str(tmp_path / "a.pid"))
     assert (tmp_path / "a.pid").read_text() == f"{os.getpid()}\n"
     pidfile.remove()
     assert not (tmp_path / "a.pid").exists()
-    other = xen.Pidfile(str(tmp_path / "b.pid"))
+    other = service.Pidfile(str(tmp_path / "b.pid"))
     (tmp_path / "b.pid").write_text("1\n")
     other.remove()
     assert (tmp_path / "b.pid").exists()

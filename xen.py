@@ -86,6 +86,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import threading
 
 import sources
 

@@ -9,7 +9,7 @@ pyte release that requirements.txt allows.
 Change tracking.  pyte keeps a set of dirty lines but marks every line dirty when the screen
 scrolls.  `Terminal.index` makes a scroll of the whole screen move the dirty set up instead,
 and counts the scroll, which the renderer turns into one CopyRect.  Lines that scroll off the
-top go into a bounded `history`, the scrollback.
+top go into a bounded `history`, the scrollback, which keeps them compact (scrollback.py).
 
 Speed.  Stock pyte parses about 1 MB/s: it makes a new `Char` for every character drawn and
 sends every byte of an escape sequence through a generator.  A guest that floods its console
@@ -42,7 +42,6 @@ pyte internals used: `Screen.buffer`, `dirty`, `cursor`, `mode`, `margins`, the 
 
 from __future__ import annotations
 
-import collections
 import functools
 import logging
 import math
@@ -54,6 +53,8 @@ import pyte
 from pyte import charsets
 from pyte import modes as pyte_modes
 from pyte.screens import StaticDefaultDict, wcwidth
+
+from scrollback import Scrollback
 
 log = logging.getLogger("vncterm.terminal")
 
@@ -70,7 +71,7 @@ class Terminal(pyte.Screen):
 
     def __init__(self, columns: int, lines: int, scrollback: int = SCROLLBACK_LINES) -> None:
         super().__init__(columns, lines)
-        self.history: collections.deque = collections.deque(maxlen=scrollback)
+        self.history = Scrollback(columns, scrollback)
         self.scrolled = 0
         self.bells = 0
         self.answer = None

@@ -76,7 +76,7 @@ def measure(count: int, viewer: bool) -> dict:
     font, _ = render.load_font(None)
     glyphs = render.Glyphs(font)
     masters, slaves, consoles, displays = [], [], [], []
-    for number in range(count):
+    for _ in range(count):
         master, slave = os.openpty()
         tty.setraw(slave)
         path = os.ttyname(slave)

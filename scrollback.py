@@ -1,0 +1,100 @@
+"""The scrollback: rows that scrolled off the top of the terminal, each kept compact.
+
+What.  `Scrollback` is the terminal's bounded history (terminal.py appends to it whenever a
+row leaves the top of the screen); console.py reads it back, a row at a time, when a viewer
+scrolls into it.  It answers `len`, indexing and iteration with rows as pyte makes them (a
+`StaticDefaultDict` of column to `Char`), so its readers cannot tell it from the plain deque
+of rows it replaces.
+
+Why.  A pyte row is a dict of up to one `Char` per column: about 2 KB for a line of log
+output.  A console keeps 1,000 of them, and a host serving fifty domains keeps fifty consoles,
+nearly all unwatched and nearly all of that history never looked at again.  So a row is
+stored as three things: its text (one string, one character per cell), its attributes as
+runs (a count of cells, then the attributes they share, alternating), and the attributes of
+the blank it is padded with.  Trailing blank cells are not stored.  A row whose cells are not
+one character each (the empty cell after a wide character, a cell with combining marks)
+keeps its text as a tuple of the cells' strings instead.  A line of coloured log output
+costs about 250 bytes, not 2 KB, and the attribute tuples are shared by every line and every
+console that uses them.
+
+Trade-off.  Compacting costs a few microseconds a row as it scrolls off, and reading a row
+back builds its `Char`s again: that happens only for the rows a viewer scrolls back to, a
+screenful at a time.  tests/test_fastpath.py compares the rows read back with plain pyte's,
+cell by cell and colours included.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import operator
+
+from pyte.screens import Char, StaticDefaultDict
+
+ATTRIBUTES = operator.itemgetter(*range(1, len(Char._fields)))  # every field but data
+SHARED_ATTRIBUTES_LIMIT = 4096
+
+
+class Scrollback:
+    """A bounded history of rows, the newest last, stored compactly."""
+
+    def __init__(self, columns: int, maxlen: int) -> None:
+        self.columns = columns
+        self.maxlen = maxlen
+        self._lines: collections.deque = collections.deque(maxlen=maxlen)
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+    def __getitem__(self, index: int) -> StaticDefaultDict:
+        return expand(self._lines[index])
+
+    def __iter__(self):
+        return map(expand, self._lines)
+
+    def append(self, row: StaticDefaultDict) -> None:
+        self._lines.append(compact(row, self.columns))
+
+    def extend(self, rows: list) -> None:
+        """Add rows in order; only the last `maxlen` can stay, so only those are compacted."""
+        self._lines.extend(compact(row, self.columns) for row in rows[-self.maxlen:])
+
+
+def compact(row: StaticDefaultDict, columns: int) -> tuple:
+    """The row's first `columns` cells as (text, runs, blank attributes)."""
+    blank = row.default
+    cells = [row[x] for x in range(columns)]
+    while cells and cells[-1] == blank:
+        cells.pop()
+    strings = [cell.data for cell in cells]
+    text = "".join(strings)
+    if len(text) != len(cells) or not all(strings):
+        text = tuple(strings)
+    runs = []
+    for attributes, group in itertools.groupby(cells, ATTRIBUTES):
+        runs += (sum(1 for _ in group), shared(attributes))
+    return text, tuple(runs), shared(ATTRIBUTES(blank))
+
+
+def expand(line: tuple) -> StaticDefaultDict:
+    """The row a compact line was made from, with a fresh Char in each stored cell."""
+    text, runs, blank = line
+    row = StaticDefaultDict(Char(" ", *blank))
+    x = 0
+    for index in range(0, len(runs), 2):
+        count, attributes = runs[index : index + 2]
+        for data in text[x : x + count]:
+            row[x] = Char(data, *attributes)
+            x += 1
+    return row
+
+
+_shared: dict = {}
+
+
+def shared(attributes: tuple) -> tuple:
+    """One tuple for equal attributes, across lines and consoles (up to a bound, since a
+    guest can make millions of truecolour pairs)."""
+    if len(_shared) >= SHARED_ATTRIBUTES_LIMIT:
+        return _shared.get(attributes, attributes)
+    return _shared.setdefault(attributes, attributes)

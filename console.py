@@ -361,6 +361,11 @@ class Console:
                 frame.rows[row] = self._cells(row)
             return frame
 
+    def repaint(self) -> None:
+        """Make the next frame hold every row: its display has dropped its picture."""
+        with self.lock:
+            self._full = True
+
     def _cursor_cell(self) -> tuple[int, int] | None:
         cursor = self.terminal.cursor
         row = cursor.y + self._view_offset

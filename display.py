@@ -94,19 +94,45 @@ class SharedPicture:
             listener()
 
 
+class Watchers(set):
+    """A display's listeners, one per viewer, that tell the display when the last has left.
+
+    Viewer sessions join with `add` and leave with `discard` (viewer.py).
+    """
+
+    def __init__(self, last_left: Callable[[], None]) -> None:
+        super().__init__()
+        self.last_left = last_left
+
+    def discard(self, listener) -> None:
+        super().discard(listener)
+        if not self:
+            self.last_left()
+
+
 class ConsoleDisplay(SharedPicture):
-    """The text console as a display: renders lazily, once for all viewers.
+    """The text console as a display: renders lazily, once for all viewers, and only while
+    someone watches.
 
     A frame is rendered when a viewer asks and the console has told of changes since the last
     one (console.Console.told), so a flood is rendered at the console's pace, not once per
     viewer request, and viewers asking in between share one frame and its encoding.  The
     console pokes the listeners itself, so they are the console's own set.
+
+    A host serves many consoles that nobody watches, so the picture is made when a viewer
+    first asks for it and dropped, with the damage log and the shared plans, when the last
+    viewer leaves (about 1 MB for 80x25 cells).  A viewer that comes back gets a picture
+    redrawn whole from the terminal.
     """
 
     def __init__(self, console, glyphs: render.Glyphs) -> None:
         self.console = console
-        self.renderer = render.Renderer(glyphs, console.columns, console.lines)
-        super().__init__(self.renderer.size, console.listeners)
+        self.glyphs = glyphs
+        self.renderer: render.Renderer | None = None
+        cell_width, cell_height = glyphs.cell
+        size = (console.columns * cell_width, console.lines * cell_height)
+        console.listeners = Watchers(self.release)
+        super().__init__(size, console.listeners)
         self._rendered = -1
 
     @property
@@ -118,6 +144,10 @@ class ConsoleDisplay(SharedPicture):
         return self.console.bells
 
     def catch_up(self) -> None:
+        if self.renderer is None:
+            self.renderer = render.Renderer(self.glyphs, self.console.columns, self.console.lines)
+            self.console.repaint()
+            self._rendered = -1
         if self.console.told != self._rendered:
             self._rendered = self.console.told
             frame = self.console.take_frame()
@@ -125,6 +155,15 @@ class ConsoleDisplay(SharedPicture):
                 scroll, rects = self.renderer.apply(frame)
                 if scroll or rects:
                     self.damage.record(scroll, rects)
+
+    def release(self) -> None:
+        """Drop the picture and all that was drawn for it, unless a viewer watches."""
+        with self.lock:
+            if self.listeners or self.renderer is None:
+                return
+            self.renderer = None
+            self.damage.reset(self.size)
+            self.plans = encoders.SharedPlans()
 
     def key(self, keysym: int, down: bool, modifiers: keymap.Modifiers) -> None:
         if down and keysym not in keymap.MODIFIER_KEYSYMS:

@@ -3,8 +3,8 @@
 A viewer proves itself in the security step of the handshake (RFC 6143 §7.1.2-7.2), which
 viewer.py runs as straight-line code, with rfb.py parsing each piece (VeNCrypt's messages and
 the DES response included); this module holds the policy that code asks about: which security
-types to offer, whether a response matches a password, and whether an address has failed too
-often.  Like rfb.py it never reads a socket itself.
+types to offer, whether a response matches a password, and when strangers are let in and
+checked.  Like rfb.py it never reads a socket itself.
 
 What is offered, best first (docs/protocol.md, "Security types and VeNCrypt"):
 
@@ -26,13 +26,34 @@ Responses are compared in constant time.  TLS is the standard library's ssl modu
 later, with the operator's certificate, and sends no session tickets: TigerVNC 1.12's viewer
 stalls when they arrive with the SecurityResult, and nothing here resumes sessions.
 
-Strangers are kept cheap.  Every failed attempt is logged with the viewer's address and
-answered only after `FAILURE_DELAY`, as TigerVNC does; after `BLACKLIST_THRESHOLD` failures an
-address is turned away before the security step for `BLACKLIST_TIMEOUT` seconds, twice as long
-each time it fails again (TigerVNC's Blacklist).  At most `MAX_UNAUTHENTICATED` connections,
-and `MAX_UNAUTHENTICATED_PER_ADDRESS` from one address, may be in the handshake at once; the
-server's handshake timeout bounds how long each may take.  A view-only viewer is let in, but
-viewer.py drops its keys, pointer and clipboard, and its request for exclusive access.
+Strangers are kept cheap, and none of them can lock the others out.
+
+Idle sockets.  At most `MAX_UNAUTHENTICATED` connections, and `MAX_UNAUTHENTICATED_PER_ADDRESS`
+from one address, hold a place in the handshake (`Waiting`).  A connection must send its
+version within `VERSION_TIMEOUT`, far sooner than the server's handshake deadline, because
+every viewer answers the server's version at once.  When a cap is full, a newcomer evicts the
+oldest place that has sent nothing for `EVICTION_GRACE`; if there is none it may still send
+its version, and having talked it evicts any silent place.  So a real viewer gets in past any
+number of silent sockets, and attackers that reconnect when closed cannot evict each other in
+a loop: the grace stops them.  Only when every place is held by a connection that talks is a
+newcomer refused, with the reason in the security step, which every RFB version can carry.
+Those refusals are capped in number too; past that a connection is closed without a word.
+
+Password guessing.  Every password check takes a turn (`Turns`): after a quiet spell
+`CHECK_BURST` may go at once, then one every `CHECK_INTERVAL`, across all sources together.
+The check waits for its turn, it is not refused, and the answer comes only after it, so an
+attacker learns nothing sooner by hanging up.  The queue is short because every check holds a
+place in the handshake while it waits, and the handshake's deadline is moved by the wait.  At
+one guess a second an 8-character VNC password cannot be searched online, whatever the number
+of addresses.  Nothing is remembered per address: TigerVNC's blacklist, which this replaces,
+let an attacker on a viewer's own address (every browser behind web.py shares one) keep the
+right password out, and let a viewer's success wipe out the attacker's record.  The price is
+that the attacker's guesses and the viewer's check share one queue: the viewer waits a turn for
+each guess ahead of it, and an attacker that keeps every place of the viewer's address, or
+every place of all, talking and waiting is a denial of service (never a way in) until it
+stops.  A failed answer also waits `FAILURE_DELAY`, as TigerVNC's does.  A view-only viewer is
+let in, but viewer.py drops its keys, pointer and clipboard, and its request for exclusive
+access.
 
 Defaults (see `start`): a viewer port that others can reach, bound to anything but loopback
 or relayed there by the browser console (web.py), needs --password-file, or --insecure to say
@@ -44,15 +65,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import enum
 import hmac
 import ipaddress
 import logging
+import math
 import os
 import secrets
 import ssl
 import threading
 import time
+from collections.abc import Callable
 
 import rfb
 from rfb import SecurityType, VeNCryptSubtype
@@ -61,16 +85,17 @@ log = logging.getLogger("vncterm.auth")
 
 PASSWORD_LENGTH = 8
 FAILURE_DELAY = 0.1
-BLACKLIST_THRESHOLD = 5
-BLACKLIST_TIMEOUT = 10.0
-BLACKLIST_SIZE = 4096
+CHECK_INTERVAL = 1.0
+CHECK_BURST = 3
+VERSION_TIMEOUT = 3.0
+EVICTION_GRACE = 1.0
 MAX_UNAUTHENTICATED = 16
 MAX_UNAUTHENTICATED_PER_ADDRESS = 4
 ONE_TIME_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"
 
 
 class Refused(Exception):
-    """We turned a viewer away (bad password, blacklisted, too many waiting): log and close."""
+    """We turned a viewer away (bad password, too many waiting): log and close."""
 
 
 class Access(enum.Enum):
@@ -100,63 +125,104 @@ def check_response(challenge: bytes, response: bytes, password: bytes | None,
 # --- Limits on strangers ----------------------------------------------------------------------
 
 
-class Blacklist:
-    """Addresses that failed authentication too often, and until when they are turned away."""
+class Turns:
+    """Password checks take turns: `burst` at once after a quiet spell, then one per `interval`."""
 
-    def __init__(self, threshold: int = BLACKLIST_THRESHOLD, timeout: float = BLACKLIST_TIMEOUT,
-                 size: int = BLACKLIST_SIZE, clock=time.monotonic) -> None:
-        self.threshold, self.timeout, self.size, self.clock = threshold, timeout, size, clock
-        self._entries: dict[str, list] = {}  # host: [failures, blocked until, next timeout]
+    def __init__(self, interval: float = CHECK_INTERVAL, burst: int = CHECK_BURST,
+                 clock=time.monotonic, sleep=time.sleep) -> None:
+        self.interval, self.burst, self.clock, self.sleep = interval, burst, clock, sleep
+        self._next = -math.inf
         self._lock = threading.Lock()
 
-    def blocked_for(self, host: str) -> float:
-        """Seconds until `host` may try again; 0 if it may now."""
+    def book(self) -> float:
+        """Book the next free turn; the seconds from now until it comes."""
         with self._lock:
-            entry = self._entries.get(host)
-            return max(0.0, entry[1] - self.clock()) if entry else 0.0
+            now = self.clock()
+            turn = max(self._next, now - (self.burst - 1) * self.interval)
+            self._next = turn + self.interval
+            return max(0.0, turn - now)
 
-    def failed(self, host: str) -> None:
-        with self._lock:
-            entry = self._entries.pop(host, None) or [0, 0.0, self.timeout]
-            entry[0] += 1
-            if entry[0] >= self.threshold:
-                entry[1] = self.clock() + entry[2]
-                entry[2] *= 2
-            self._entries[host] = entry
-            if len(self._entries) > self.size:
-                del self._entries[next(iter(self._entries))]
+    def wait(self) -> float:
+        """Book a turn and sleep until it comes; the seconds slept."""
+        delay = self.book()
+        if delay:
+            self.sleep(delay)
+        return delay
 
-    def succeeded(self, host: str) -> None:
-        with self._lock:
-            self._entries.pop(host, None)
+
+@dataclasses.dataclass(eq=False)
+class Place:
+    """One connection's place in the handshake; with a `refusal` it is only waiting to be told."""
+
+    host: str
+    evict: Callable[[], None]
+    since: float
+    refusal: str | None = None
+    talking: bool = False
 
 
 class Waiting:
-    """Connections still in the handshake, counted in all and per address, with caps on both."""
+    """Connections still in the handshake, oldest first, with caps on all and per address."""
 
     def __init__(self, limit: int = MAX_UNAUTHENTICATED,
-                 per_address: int = MAX_UNAUTHENTICATED_PER_ADDRESS) -> None:
-        self.limit, self.per_address = limit, per_address
-        self._counts: dict[str, int] = {}
+                 per_address: int = MAX_UNAUTHENTICATED_PER_ADDRESS,
+                 grace: float = EVICTION_GRACE, clock=time.monotonic) -> None:
+        self.limit, self.per_address, self.grace, self.clock = limit, per_address, grace, clock
+        self._places: list[Place] = []
+        self._refusing = 0
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
-    def admit(self, host: str):
-        """Hold a place for `host` while the block runs; Refused if there is none."""
+    def admit(self, host: str, evict: Callable[[], None]):
+        """Hold a Place for `host` while the block runs; Refused if not even a refusal fits."""
+        place = Place(host, evict, self.clock())
         with self._lock:
-            if sum(self._counts.values()) >= self.limit:
-                raise Refused(f"{self.limit} connections are already in the handshake")
-            if self._counts.get(host, 0) >= self.per_address:
-                raise Refused(f"{self.per_address} connections from {host} are already in "
-                              "the handshake")
-            self._counts[host] = self._counts.get(host, 0) + 1
+            place.refusal = self._make_room(host, place.since - self.grace)
+            if place.refusal is None:
+                self._places.append(place)
+            elif self._refusing < self.limit:
+                self._refusing += 1
+            else:
+                raise Refused(place.refusal)
         try:
-            yield
+            yield place
         finally:
             with self._lock:
-                self._counts[host] -= 1
-                if not self._counts[host]:
-                    del self._counts[host]
+                if place in self._places:
+                    self._places.remove(place)
+                elif place.refusal is not None:
+                    self._refusing -= 1
+
+    def talked(self, place: Place) -> None:
+        """The viewer sent its version: one still waiting may now evict any silent place."""
+        with self._lock:
+            place.talking = True
+            if place.refusal is None:
+                return
+            place.refusal = self._make_room(place.host, math.inf)
+            if place.refusal is None:
+                self._refusing -= 1
+                self._places.append(place)
+
+    def _make_room(self, host: str, born_by: float) -> str | None:
+        """Evict the oldest silent place opened by `born_by` in the cap `host` meets, or say why."""
+        same = [place for place in self._places if place.host == host]
+        if len(same) >= self.per_address:
+            scope = same
+            reason = f"{self.per_address} connections from {host} are already in the handshake"
+        elif len(self._places) >= self.limit:
+            scope = self._places
+            reason = f"{self.limit} connections are already in the handshake"
+        else:
+            return None
+        victim = next((place for place in scope
+                       if not place.talking and place.since <= born_by), None)
+        if victim is None:
+            return reason
+        log.info("a silent connection from %s made room for one from %s", victim.host, host)
+        self._places.remove(victim)
+        victim.evict()
+        return None
 
 
 # --- The policy --------------------------------------------------------------------------------
@@ -171,14 +237,11 @@ class Security:
         self.view_only_password = view_only_password
         self.tls = tls
         self.tls_only = tls_only
-        self.blacklist = Blacklist()
+        self.turns = Turns()
         self.waiting = Waiting()
 
-    def refusal(self, version: tuple[int, int], host: str) -> str | None:
+    def refusal(self, version: tuple[int, int]) -> str | None:
         """Why this viewer gets no security offer at all, or None."""
-        wait = self.blacklist.blocked_for(host)
-        if wait:
-            return f"too many authentication failures; try again in {wait:.0f} s"
         if self.tls_only and version == rfb.VERSION_3_3:
             return "this server requires TLS (VeNCrypt), which RFB 3.3 cannot negotiate"
         return None

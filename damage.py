@@ -17,6 +17,7 @@ behind than the log remembers, or just connected, simply gets the whole picture.
 from __future__ import annotations
 
 import collections
+import weakref
 from dataclasses import dataclass
 
 HISTORY = 256
@@ -67,6 +68,7 @@ class DamageLog:
         self.size = size
         self.generation = 0
         self._events = collections.deque(maxlen=HISTORY)
+        self._whole = (None, lambda: None)
 
     def record(self, scroll: int, rects: list) -> None:
         self.generation += 1
@@ -85,10 +87,20 @@ class DamageLog:
         since = self._since(token)
         width, height = self.size
         if since is None or (since[0] and not copy_rect):
-            return Changes(self.generation, 0, [(0, 0, image.copy())], True)
+            return Changes(self.generation, 0, [(0, 0, self._copy(image))], True)
         scroll, rects = since
         tiles = [(x, y, image.crop((x, y, x + w, y + h))) for x, y, w, h in merge(rects)]
         return Changes(self.generation, scroll, tiles, False)
+
+    def _copy(self, image):
+        """The whole picture of this generation: one copy for all the viewers that ask while
+        another still holds it (a 16 M pixel desktop is 64 MiB a copy; nobody writes to one)."""
+        generation, held = self._whole
+        copy = held()
+        if generation != self.generation or copy is None or copy.size != image.size:
+            copy = image.copy()
+            self._whole = (self.generation, weakref.ref(copy))
+        return copy
 
     def _since(self, token):
         """(scroll, rects) that bring a viewer from `token` to now, or None if unknown."""

@@ -337,6 +337,12 @@ class ViewerEncoder:
     def supports(self, encoding: int) -> bool:
         return encoding in self.encodings
 
+    @property
+    def one_rect_per_image(self) -> bool:
+        """Whether `encode` makes exactly one rectangle of an image (Tight makes as many as
+        the image's content needs)."""
+        return self.encoding != Encoding.TIGHT
+
     def encode(self, x: int, y: int, image: Image.Image, shared=None) -> list[bytes]:
         """The rectangles that paint `image` at (x, y) in the viewer's chosen encoding.
 

@@ -520,6 +520,17 @@ def framebuffer_update(rects: list[bytes]) -> bytes:
     return struct.pack(">BxH", ServerMsg.FRAMEBUFFER_UPDATE, len(rects)) + b"".join(rects)
 
 
+def framebuffer_update_header(count: int) -> bytes:
+    """A FramebufferUpdate's header alone, §7.6.1, for `count` rectangles sent after it
+    (0xFFFF: as many as come before a LastRect, for a viewer that listed LastRect)."""
+    return struct.pack(">BxH", ServerMsg.FRAMEBUFFER_UPDATE, count)
+
+
+def last_rect() -> bytes:
+    """The LastRect pseudo-rectangle (-224): the update that said 0xFFFF rectangles ends here."""
+    return rect_header(0, 0, 0, 0, Encoding.LAST_RECT)
+
+
 def rect_header(x: int, y: int, width: int, height: int, encoding: int) -> bytes:
     return RECT_HEADER.pack(x, y, width, height, encoding)
 

@@ -2,18 +2,19 @@
 
 `ViewerSession` is a socketserver request handler, so each viewer has a thread of its own.
 The handshake (RFC 6143 §7.1-7.3) is straight-line blocking code with one deadline for all of
-it, each step parsed by rfb.py and the security step decided by auth.py: the program counter
-is the state.  With VeNCrypt the socket is swapped for a TLS one half-way through, so the
+it (a shorter one for the viewer's version, and moved by a password check's wait for its
+turn), each step parsed by rfb.py and the security step decided by auth.py: the program
+counter is the state.  With VeNCrypt the socket is swapped for a TLS one half-way through, so the
 session reads and writes `self.sock` and treats TLS's "want read/write" like "would block".
 After ServerInit the session runs a small event loop on `selectors` over the viewer's socket
-and a wake-up socketpair.  Displays poke the socketpair when their picture changed, and the
-server posts desktop up/down events.
+and a `netio.Wakeup`.  Displays poke the wake-up when their picture changed, and the server
+posts desktop up/down events.
 
-Flow control.  Writes are non-blocking into an outbox.  RFB is pull-based: an update is built
-only when the viewer has asked for one, and only while less than `SOFT_OUTBOX` bytes wait to
-be read, so a slow viewer gets fewer, bigger updates and a stalled one gets none; one that has
-not read for `WRITE_STALL_TIMEOUT`, or lets `HARD_OUTBOX` pile up (bells and clipboard need no
-request), is dropped.  No viewer can hold up the console, the guest or another viewer.
+Updates.  What to send, and when, is updates.py's, which is sans-IO: an `updates.Updates` for
+the display the viewer sees (a new one on every VT switch) decides each frame, and the
+session's `updates.Outbox` takes it band by band while the queue is short and says when a
+viewer that does not read must go.  The session only moves the outbox's bytes into the
+non-blocking socket, so no viewer can hold up the console, the guest or another viewer.
 
 The VT switch.  A session shows one *display* at a time, the text console or the guest
 desktop (display.py states the interface), and its state follows the table in vt.py.
@@ -39,28 +40,20 @@ import socketserver
 import ssl
 import time
 
-from PIL import Image
-
 import auth
-import damage
 import encoders
 import keymap
+import netio
 import rfb
+import updates
 import vt
-from rfb import Encoding, SecurityType
+from rfb import SecurityType
+from updates import ViewerGone
 
 log = logging.getLogger("vncterm")
 
-SOFT_OUTBOX = 256 * 1024
-HARD_OUTBOX = 8 * 1024 * 1024
-WRITE_STALL_TIMEOUT = 30.0
 SEND_CHUNK = 64 * 1024
 WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
-DOT_CURSOR = (1, 1, 3, 3, b"\xff\xff\xff\x00" * 9, b"\xe0\xe0\xe0")
-
-
-class ViewerGone(Exception):
-    """The viewer closed its connection or stopped reading; nothing to report."""
 
 
 class ViewerSession(socketserver.BaseRequestHandler):
@@ -76,14 +69,12 @@ class ViewerSession(socketserver.BaseRequestHandler):
         self.encoder = encoders.ViewerEncoder()
         self.reader = rfb.ClientReader()
         self.modifiers = keymap.Modifiers()
-        self.outbox = bytearray()
+        self.outbox = updates.Outbox()
         self.events: collections.deque = collections.deque()
         self.held_keys: set[int] = set()
         self.pointer = (0, 0, 0)
         self.closing = False
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_w.setblocking(False)
-        self._poked = False
+        self.wakeup = netio.Wakeup()
         self.server.add_session(self)
         desktop = self.server.desktop
         self.state = vt.DESKTOP if desktop else vt.NO_DESKTOP
@@ -98,17 +89,16 @@ class ViewerSession(socketserver.BaseRequestHandler):
             log.warning("viewer %s: protocol error: %s", self.peer, error)
         except auth.Refused as error:
             log.warning("viewer %s: refused: %s", self.peer, error)
-        except (ViewerGone, OSError) as error:
+        except (ViewerGone, netio.PeerGone, OSError) as error:
             log.info("viewer %s: gone (%s)", self.peer, error or "closed")
         except Exception:
             log.exception("viewer %s: internal error", self.peer)
 
     def finish(self) -> None:
         self.release_input()
-        self.display.listeners.discard(self.poke)
+        self.display.listeners.discard(self.wakeup.poke)
         self.server.remove_session(self)
-        self._wake_r.close()
-        self._wake_w.close()
+        self.wakeup.close()
         if self.sock is not self.request:
             self.sock.close()  # the TLS socket; socketserver closes only the one it accepted
         log.info("viewer %s disconnected; rects sent: %s", self.peer,
@@ -122,33 +112,30 @@ class ViewerSession(socketserver.BaseRequestHandler):
         except OSError:
             pass
 
-    def poke(self) -> None:
-        """Something changed (called from other threads)."""
-        if not self._poked:
-            self._poked = True
-            try:
-                self._wake_w.send(b"!")
-            except OSError:
-                pass
-
     def post(self, event: str, display) -> None:
         """A desktop came or went (called from other threads)."""
         self.events.append((event, display))
-        self.poke()
+        self.wakeup.poke()
 
     # The handshake, RFC 6143 §7.1-7.3: the program counter is the state.
 
     def handshake(self) -> None:
-        with self.security.waiting.admit(self.host):
-            self.deadline = time.monotonic() + self.server.handshake_timeout
+        with self.security.waiting.admit(self.host, self.close) as place:
+            started = time.monotonic()
+            self.deadline = started + min(auth.VERSION_TIMEOUT, self.server.handshake_timeout)
             self.sock.settimeout(self.server.handshake_timeout)
             self.sock.sendall(rfb.SERVER_VERSION)
             version = rfb.parse_client_version(self.recv_exactly(rfb.VERSION_LENGTH))
+            self.security.waiting.talked(place)
+            if place.refusal:
+                self.turn_away(rfb.security_refusal(version, place.refusal), place.refusal)
+            self.deadline = started + self.server.handshake_timeout
             self.authenticate(version)
             shared = rfb.parse_client_init(self.recv_exactly(1))
         if not shared and not self.view_only:
             self.server.disconnect_others(self)
-        self.size = width, height = self.display.size
+        self.updates = updates.Updates(self.display, self.encoder, self.display.size)
+        width, height = self.updates.size
         pixel_format = rfb.DEFAULT_PIXEL_FORMAT
         self.sock.sendall(rfb.server_init(width, height, pixel_format, self.server.name))
 
@@ -156,7 +143,7 @@ class ViewerSession(socketserver.BaseRequestHandler):
         """Offer security types and run the chosen one up to its SecurityResult, §7.1.2-7.1.3."""
         if self.server.too_many(self):
             self.turn_away(rfb.security_refusal(version, "too many viewers"), "too many viewers")
-        reason = self.security.refusal(version, self.host)
+        reason = self.security.refusal(version)
         if reason:
             self.turn_away(rfb.security_refusal(version, reason), reason)
         types = self.security.types(version)
@@ -191,16 +178,16 @@ class ViewerSession(socketserver.BaseRequestHandler):
         return chosen
 
     def vnc_authentication(self, version: tuple[int, int]) -> None:
-        """VNC authentication, §7.2.2, and its SecurityResult; failures wait and are counted."""
+        """VNC authentication, §7.2.2, and its SecurityResult; the check waits for its turn."""
         challenge = auth.new_challenge()
         self.sock.sendall(challenge)
-        access = self.security.check(challenge, self.recv_exactly(rfb.CHALLENGE_LENGTH))
+        response = self.recv_exactly(rfb.CHALLENGE_LENGTH)
+        self.deadline += self.security.turns.wait()
+        access = self.security.check(challenge, response)
         if access is None:
-            self.security.blacklist.failed(self.host)
             time.sleep(auth.FAILURE_DELAY)
             failed = rfb.security_result(version, False, "authentication failed")
             self.turn_away(failed, "VNC authentication failed")
-        self.security.blacklist.succeeded(self.host)
         self.view_only = access is auth.Access.VIEW_ONLY
         self.sock.sendall(rfb.security_result(version, True))
 
@@ -211,55 +198,37 @@ class ViewerSession(socketserver.BaseRequestHandler):
         raise auth.Refused(reason)
 
     def recv_exactly(self, size: int) -> bytes:
-        data = bytearray()
-        while len(data) < size:
-            self.sock.settimeout(self.time_left())
-            chunk = self.sock.recv(size - len(data))
-            if not chunk:
-                raise ViewerGone("closed during the handshake")
-            data += chunk
-        return bytes(data)
+        return netio.recv_exactly(self.sock, size, self.deadline)
 
     def time_left(self) -> float:
         """Seconds until the handshake's deadline; past it the viewer is gone."""
         left = self.deadline - time.monotonic()
         if left <= 0:
-            raise ViewerGone(f"no handshake within {self.server.handshake_timeout:g} s")
+            raise netio.PeerGone("no answer before the handshake's deadline")
         return left
 
     # The session loop.
 
     def serve(self) -> None:
         self.sock.setblocking(False)
-        self.token = None
-        self.update_requested = False
-        self.full_request = False
-        self.announced = False
-        self.desktop_size_reply = None
-        self.cursor_sent = None
-        self.seen_bells = self.display.bells
-        self.seen_cut_text = self.display.cut_text[0]
-        self.last_write = time.monotonic()
-        self.display.listeners.add(self.poke)
+        self.display.listeners.add(self.wakeup.poke)
         with selectors.DefaultSelector() as selector:
             selector.register(self.sock, selectors.EVENT_READ)
-            selector.register(self._wake_r, selectors.EVENT_READ)
+            selector.register(self.wakeup, selectors.EVENT_READ)
             while not self.closing:
                 events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.outbox else 0)
                 selector.modify(self.sock, events)
-                timeout = WRITE_STALL_TIMEOUT / 4 if self.outbox else None
+                timeout = updates.WRITE_STALL_TIMEOUT / 4 if self.outbox else None
                 for key, mask in selector.select(timeout):
-                    if key.fileobj is self._wake_r:
-                        # Drain first, then re-arm: a poke that lands in between finds
-                        # _poked still set, but the change it announces is read below.
-                        self._wake_r.recv(4096)
-                        self._poked = False
+                    if key.fileobj is self.wakeup:
+                        # Drain first, then look: a poke that lands in between wakes the
+                        # selector once more, but the change it announces is read below.
+                        self.wakeup.drain()
                     elif mask & selectors.EVENT_READ:
                         self.receive()
                 while self.events:
                     self.switch(*self.events.popleft())
-                self.send_notifications()
-                self.send_update()
+                self.outbox.add(self.updates.notifications())
                 self.flush()
 
     def receive(self) -> None:
@@ -278,31 +247,26 @@ class ViewerSession(socketserver.BaseRequestHandler):
             more = isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()
 
     def flush(self) -> None:
-        """Write what the socket takes, a chunk at a time.
+        """Write what the socket takes, a chunk at a time, topping the outbox up with the
+        update in progress as it drains; drop a viewer that does not read.
 
         A TLS write that would block must be retried with the same bytes; the outbox only
-        grows at its end, so its first chunk stays the same until it has gone.
+        grows at its end, so its head stays the same until it has gone.
         """
-        while self.outbox:
+        while True:
+            self.outbox.fill(self.updates)
+            if not self.outbox:
+                break
             try:
-                sent = self.sock.send(self.outbox[:SEND_CHUNK])
+                sent = self.sock.send(self.outbox.head(SEND_CHUNK))
             except WOULD_BLOCK:
                 sent = 0
             if not sent:
                 break
-            del self.outbox[:sent]
-            self.last_write = time.monotonic()
-        if self.outbox and time.monotonic() - self.last_write > WRITE_STALL_TIMEOUT:
-            raise ViewerGone(f"not reading for {WRITE_STALL_TIMEOUT:.0f} s")
-        if len(self.outbox) > HARD_OUTBOX:
-            raise ViewerGone(f"{len(self.outbox)} bytes queued and not read")
+            self.outbox.sent(sent)
+        self.outbox.check()
 
     # The VT switch.
-
-    @property
-    def can_resize(self) -> bool:
-        return self.encoder.supports(Encoding.EXTENDED_DESKTOP_SIZE) or self.encoder.supports(
-            Encoding.DESKTOP_SIZE)
 
     def switch(self, event: str, desktop=None) -> None:
         """Move through the VT-switch table; show the display the new state names."""
@@ -318,17 +282,15 @@ class ViewerSession(socketserver.BaseRequestHandler):
             self.show(target)
 
     def can_show(self, desktop) -> bool:
-        return desktop is not None and (self.can_resize or desktop.size == self.size)
+        return desktop is not None and (self.updates.can_resize
+                                        or desktop.size == self.updates.size)
 
     def show(self, display) -> None:
         self.release_input()
-        self.display.listeners.discard(self.poke)
+        self.display.listeners.discard(self.wakeup.poke)
         self.display = display
-        display.listeners.add(self.poke)
-        self.token = None
-        self.cursor_sent = None
-        self.seen_bells = display.bells
-        self.seen_cut_text = display.cut_text[0]
+        display.listeners.add(self.wakeup.poke)
+        self.updates = self.updates.switched(display)
 
     def release_input(self) -> None:
         """Let go of every key and button held on the current display."""
@@ -349,8 +311,7 @@ class ViewerSession(socketserver.BaseRequestHandler):
         self.encoder.set_encodings(message.encodings)
 
     def on_FramebufferUpdateRequest(self, message: rfb.FramebufferUpdateRequest) -> None:
-        self.update_requested = True
-        self.full_request = self.full_request or not message.incremental
+        self.updates.request(message.incremental)
 
     def on_KeyEvent(self, message: rfb.KeyEvent) -> None:
         keysym, down = message.keysym, message.down
@@ -372,7 +333,7 @@ class ViewerSession(socketserver.BaseRequestHandler):
     def on_PointerEvent(self, message: rfb.PointerEvent) -> None:
         if self.view_only:
             return
-        width, height = self.size
+        width, height = self.updates.size
         x, y = min(message.x, width - 1), min(message.y, height - 1)
         self.pointer = (message.button_mask, x, y)
         self.display.pointer(message.button_mask, x, y)
@@ -382,103 +343,4 @@ class ViewerSession(socketserver.BaseRequestHandler):
             self.display.paste(message.text)
 
     def on_SetDesktopSize(self, message: rfb.SetDesktopSize) -> None:
-        self.desktop_size_reply = rfb.ExtendedDesktopSizeStatus.PROHIBITED
-
-    # Server messages, RFC 6143 §7.6.
-
-    def send_notifications(self) -> None:
-        """Bell and clipboard from the display: they need no update request."""
-        if self.display.bells != self.seen_bells:
-            self.seen_bells = self.display.bells
-            self.outbox += rfb.bell()
-        serial, text = self.display.cut_text
-        if serial != self.seen_cut_text:
-            self.seen_cut_text = serial
-            self.outbox += rfb.server_cut_text(text)
-
-    def send_update(self) -> None:
-        """Answer the pending update request, if there is one and something to send."""
-        if not self.update_requested or len(self.outbox) > SOFT_OUTBOX:
-            return
-        pseudo = self.size_rects()
-        if pseudo:
-            self.outbox += rfb.framebuffer_update(pseudo)
-        token = None if self.full_request else self.token
-        same_size = self.display.size == self.size
-        copy_rect = same_size and self.encoder.supports(Encoding.COPY_RECT)
-        changes = self.display.changes(token, copy_rect)
-        cursor = self.cursor_rect()
-        if changes is None and not cursor:
-            return
-        rects = cursor
-        if changes is not None:
-            self.token = changes.token
-            rects += self.encode(changes)
-        self.outbox += rfb.framebuffer_update(rects)
-        self.update_requested = False
-        self.full_request = False
-
-    def size_rects(self) -> list[bytes]:
-        """Size announcements, which go in an update of their own (rfbproto §7.1)."""
-        width, height = self.display.size
-        extended = self.encoder.supports(Encoding.EXTENDED_DESKTOP_SIZE)
-        if self.size != (width, height) and self.can_resize:
-            self.size = (width, height)
-            self.full_request = True
-            self.announced = True
-            if extended:
-                return [rfb.extended_desktop_size(width, height, 0, 0)]
-            return [rfb.desktop_size(width, height)]
-        width, height = self.size
-        if extended and not self.announced:
-            self.announced = True
-            return [rfb.extended_desktop_size(width, height, 0, 0)]
-        if extended and self.desktop_size_reply is not None:
-            status, self.desktop_size_reply = self.desktop_size_reply, None
-            return [rfb.extended_desktop_size(width, height, 1, status)]
-        return []
-
-    def cursor_rect(self) -> list[bytes]:
-        """The display's pointer shape, for a viewer that draws it itself (Cursor, -239)."""
-        cursor = self.display.cursor
-        if not self.encoder.supports(Encoding.CURSOR) or self.cursor_sent is (cursor or DOT_CURSOR):
-            return []
-        self.cursor_sent = cursor or DOT_CURSOR
-        hot_x, hot_y, width, height, pixels, mask = (
-            (cursor.hotspot_x, cursor.hotspot_y, cursor.width, cursor.height, cursor.pixels,
-             cursor.mask) if cursor else DOT_CURSOR)
-        image = Image.frombytes("RGB", (width, height), pixels, "raw", "BGRX")
-        header = rfb.rect_header(hot_x, hot_y, width, height, Encoding.CURSOR)
-        return [header + self.encoder.converter.convert(image) + mask]
-
-    def encode(self, changes: damage.Changes) -> list[bytes]:
-        """The update's rectangles in the viewer's encoding, fitted to its framebuffer."""
-        width, height = self.size
-        rects = []
-        if changes.scroll:
-            rects.append(self.encoder.copy_rect(
-                0, 0, width, height - changes.scroll, 0, changes.scroll))
-        tiles = changes.tiles
-        if self.display.size != self.size:
-            tiles = self.fit(tiles, changes.full)
-        shared = (self.display.plans, changes.token)
-        for x, y, tile in tiles:
-            rects += self.encoder.encode(x, y, tile, shared)
-        return rects
-
-    def fit(self, tiles, full: bool):
-        """Crop tiles to a viewer that could not follow a resize; black where nothing is."""
-        width, height = self.size
-        fitted = []
-        for x, y, tile in tiles:
-            area = damage.clip((x, y, *tile.size), width, height)
-            if area:
-                fitted.append((x, y, tile.crop((0, 0, area[2], area[3]))))
-        if full:
-            shown_width, shown_height = self.display.size
-            for area in ((shown_width, 0, width - shown_width, height),
-                         (0, shown_height, min(shown_width, width), height - shown_height)):
-                area = damage.clip(area, width, height)
-                if area:
-                    fitted.append((area[0], area[1], Image.new("RGB", area[2:])))
-        return fitted
+        self.updates.refuse_resize()

@@ -66,6 +66,7 @@ DESKTOP_NOTICE = "guest desktop up: Ctrl-Alt-F7 or Ctrl-Alt-7 shows it (viewers 
 class Server(socketserver.ThreadingTCPServer):
     """Accepts viewers, one thread each, and knows them all and the displays they can show."""
 
+    request_queue_size = 1024  # socketserver's 5 overflowed in a connection flood
     daemon_threads = False
     block_on_close = True
 

@@ -1,6 +1,6 @@
 """auth.py and the viewer handshake around it: passwords, VeNCrypt TLS, the limits on strangers.
 
-The policy pieces (offers, blacklist, caps, option checks) are tested as data.  Everything else
+The policy pieces (offers, turns, caps, option checks) are tested as data.  Everything else
 runs against a real server on loopback (test_server's Harness) with `SecureClient`, rawviewer's
 client taught the security step: VNC authentication with its own DES key schedule and
 VeNCrypt with the standard library's TLS, so it shares no code with auth.py.  Certificates are
@@ -173,8 +173,8 @@ def test_offers(password, tls, tls_only, version, types, subtypes):
 
 def test_tls_only_refuses_rfb_3_3():
     security = auth.Security(tls=ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), tls_only=True)
-    assert "TLS" in security.refusal(V33, "127.0.0.1")
-    assert security.refusal(V37, "127.0.0.1") is None
+    assert "TLS" in security.refusal(V33)
+    assert security.refusal(V37) is None
 
 
 def test_responses_are_checked_against_both_passwords():
@@ -188,52 +188,125 @@ def test_responses_are_checked_against_both_passwords():
 
 
 class Clock:
+    """A clock the test moves by hand; as `sleep` it moves itself, so nothing really sleeps."""
+
     def __init__(self):
         self.now = 1000.0
 
     def __call__(self):
         return self.now
 
+    def sleep(self, seconds):
+        self.now += seconds
 
-def test_blacklist_blocks_after_the_threshold_and_doubles():
+
+def test_checks_take_turns_after_a_burst():
     clock = Clock()
-    blacklist = auth.Blacklist(threshold=3, timeout=10, clock=clock)
-    for _ in range(2):
-        blacklist.failed("10.0.0.1")
-    assert blacklist.blocked_for("10.0.0.1") == 0
-    blacklist.failed("10.0.0.1")
-    assert blacklist.blocked_for("10.0.0.1") == 10
-    assert blacklist.blocked_for("10.0.0.2") == 0
-    clock.now += 10
-    assert blacklist.blocked_for("10.0.0.1") == 0
-    blacklist.failed("10.0.0.1")
-    assert blacklist.blocked_for("10.0.0.1") == 20
-    blacklist.succeeded("10.0.0.1")
-    assert blacklist.blocked_for("10.0.0.1") == 0
+    turns = auth.Turns(interval=1.0, burst=3, clock=clock, sleep=clock.sleep)
+    assert [turns.book() for _ in range(5)] == [0, 0, 0, 1, 2]
+    clock.now += 2
+    assert turns.book() == 1, "the queue ahead is served first"
+    clock.now += 100
+    assert [turns.book() for _ in range(4)] == [0, 0, 0, 1], "a quiet spell earns the burst"
 
 
-def test_blacklist_remembers_a_bounded_number_of_addresses():
-    blacklist = auth.Blacklist(threshold=1, size=100, clock=Clock())
-    for n in range(1000):
-        blacklist.failed(str(ipaddress.ip_address(n)))
-    assert len(blacklist._entries) == 100
-    assert blacklist.blocked_for(str(ipaddress.ip_address(999)))
+def test_checks_are_one_a_second_sustained_whatever_the_sources():
+    clock = Clock()
+    turns = auth.Turns(interval=1.0, burst=3, clock=clock, sleep=clock.sleep)
+    started = clock.now
+    for _ in range(1000):
+        turns.wait()
+    assert clock.now - started == 1000 - 3
 
 
-def test_waiting_caps_all_and_per_address():
-    waiting = auth.Waiting(limit=3, per_address=2)
-    with waiting.admit("a"), waiting.admit("a"):
-        with pytest.raises(auth.Refused, match="from a"):
-            with waiting.admit("a"):
-                pass
-        with waiting.admit("b"):
-            with pytest.raises(auth.Refused, match="3 connections"):
-                with waiting.admit("c"):
+def test_a_waiting_turn_sleeps_on_the_given_clock():
+    clock = Clock()
+    turns = auth.Turns(interval=1.0, burst=1, clock=clock, sleep=clock.sleep)
+    assert turns.wait() == 0
+    assert turns.wait() == 1 and clock.now == 1001
+
+
+class Evictable:
+    """The part of a viewer session that Waiting sees: how to close it."""
+
+    def __init__(self):
+        self.evicted = False
+
+    def __call__(self):
+        self.evicted = True
+
+
+def test_a_full_cap_evicts_its_oldest_silent_place_past_the_grace():
+    clock = Clock()
+    waiting = auth.Waiting(limit=3, per_address=2, grace=1.0, clock=clock)
+    first, second, third = Evictable(), Evictable(), Evictable()
+    with waiting.admit("a", first), waiting.admit("a", second) as talking:
+        waiting.talked(talking)
+        with waiting.admit("a", third) as place:
+            assert place.refusal and not first.evicted, "the silent one is still in its grace"
+        clock.now += 1
+        with waiting.admit("a", third) as place:
+            assert place.refusal is None and first.evicted and not second.evicted
+            with waiting.admit("a", Evictable()) as place:
+                assert place.refusal, "the third is in its grace and the second talks"
+    assert waiting._places == [] and waiting._refusing == 0
+
+
+def test_a_newcomer_that_talks_evicts_any_silent_place():
+    clock = Clock()
+    waiting = auth.Waiting(limit=3, per_address=2, grace=1.0, clock=clock)
+    silent = Evictable()
+    with waiting.admit("a", silent), waiting.admit("a", Evictable()) as talking:
+        waiting.talked(talking)
+        with waiting.admit("a", Evictable()) as place:
+            assert place.refusal
+            waiting.talked(place)
+            assert place.refusal is None and silent.evicted
+            assert waiting._places == [talking, place] and waiting._refusing == 0
+    assert waiting._places == [] and waiting._refusing == 0
+
+
+def test_a_full_global_cap_evicts_across_addresses():
+    clock = Clock()
+    waiting = auth.Waiting(limit=3, per_address=2, grace=1.0, clock=clock)
+    silent = [Evictable() for _ in range(3)]
+    with waiting.admit("a", silent[0]), waiting.admit("b", silent[1]), \
+            waiting.admit("c", silent[2]):
+        clock.now += 1
+        with waiting.admit("d", Evictable()) as place:
+            assert place.refusal is None
+            assert [evict.evicted for evict in silent] == [True, False, False]
+
+
+def test_a_cap_full_of_talking_places_refuses_with_a_reason():
+    waiting = auth.Waiting(limit=3, per_address=2, clock=Clock())
+    with waiting.admit("a", Evictable()) as one, waiting.admit("a", Evictable()) as two:
+        waiting.talked(one)
+        waiting.talked(two)
+        with waiting.admit("a", Evictable()) as place:
+            waiting.talked(place)
+            assert place.refusal == "2 connections from a are already in the handshake"
+        with waiting.admit("b", Evictable()) as three:
+            waiting.talked(three)
+            with waiting.admit("c", Evictable()) as place:
+                waiting.talked(place)
+                assert place.refusal == "3 connections are already in the handshake"
+    assert waiting._places == [] and waiting._refusing == 0
+
+
+def test_refusals_are_capped_too():
+    waiting = auth.Waiting(limit=1, per_address=1, clock=Clock())
+    with waiting.admit("a", Evictable()) as talking:
+        waiting.talked(talking)
+        with waiting.admit("b", Evictable()) as place:
+            assert place.refusal
+            with pytest.raises(auth.Refused, match="1 connections are already"):
+                with waiting.admit("c", Evictable()):
                     pass
     with pytest.raises(RuntimeError):
-        with waiting.admit("a"):
+        with waiting.admit("a", Evictable()):
             raise RuntimeError("the handshake failed")
-    assert waiting._counts == {}
+    assert waiting._places == [] and waiting._refusing == 0
 
 
 def test_password_files(tmp_path, caplog):
@@ -332,21 +405,32 @@ def test_wrong_password_is_refused_slowly_and_logged(secured, caplog):
                                 in r.getMessage() for r in caplog.records))
 
 
-def test_repeated_failures_blacklist_the_address(secured, monkeypatch):
+def test_password_checks_take_turns_across_addresses(secured, monkeypatch):
     monkeypatch.setattr(auth, "FAILURE_DELAY", 0)
+    clock = Clock()
     security = auth.Security(PASSWORD)
-    security.blacklist = auth.Blacklist(threshold=3, timeout=0.5)
+    security.turns = auth.Turns(interval=1.0, burst=1, clock=clock, sleep=clock.sleep)
     h = secured(security)
-    for _ in range(3):
+    for n in range(2, 6):
         with pytest.raises(PermissionError):
-            SecureClient(h.port, b"guess")
-    with pytest.raises(ConnectionRefusedError, match="too many authentication failures"):
-        SecureClient(h.port, PASSWORD)
-    time.sleep(0.6)
+            guess_from(f"127.0.0.{n}", h.port)
     good = SecureClient(h.port, PASSWORD)
     assert first_update(good)
     good.close()
-    assert security.blacklist.blocked_for("127.0.0.1") == 0
+    assert clock.now == 1000 + 4, "five checks from five addresses took four turns of a second"
+
+
+def guess_from(host, port):
+    """One wrong password from a loopback address of our choosing."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(host, 0))
+    with sock:
+        assert sock.recv(12) == b"RFB 003.008\n"
+        sock.sendall(b"RFB 003.008\n")
+        assert sock.recv(2) == b"\x01\x02"
+        sock.sendall(b"\x02")
+        sock.sendall(vnc_response(peers.recv_exactly(sock, 16, "server"), b"guess"))
+        if sock.recv(4) != b"\0\0\0\0":
+            raise PermissionError("authentication failed")
 
 
 def test_view_only_viewer_watches_but_its_input_goes_nowhere(secured):
@@ -379,19 +463,30 @@ def test_handshake_deadline_covers_a_trickling_viewer(secured):
     sock.close()
 
 
-def test_unauthenticated_connections_are_capped(secured):
+def test_a_silent_connection_has_a_shorter_deadline(secured, monkeypatch):
+    monkeypatch.setattr(auth, "VERSION_TIMEOUT", 0.2)
+    h = secured(auth.Security(), handshake_timeout=30)
+    sock = socket.create_connection(("127.0.0.1", h.port), timeout=10)
+    assert sock.recv(12) == b"RFB 003.008\n"
+    assert sock.recv(100) == b"", "closed long before the handshake's 30 s"
+    sock.close()
+
+
+@pytest.mark.parametrize("version", [b"RFB 003.003\n", b"RFB 003.008\n"])
+def test_unauthenticated_connections_are_capped(secured, version):
     security = auth.Security(PASSWORD)
     security.waiting = auth.Waiting(limit=3, per_address=2)
     h = secured(security)
-    idle = [socket.create_connection(("127.0.0.1", h.port), timeout=5) for _ in range(2)]
-    for sock in idle:
+    talking = [socket.create_connection(("127.0.0.1", h.port), timeout=5) for _ in range(2)]
+    for sock in talking:
         assert sock.recv(12) == b"RFB 003.008\n"
-    extra = socket.create_connection(("127.0.0.1", h.port), timeout=5)
-    assert extra.recv(12) == b"", "a third from one address is closed before a byte"
-    extra.close()
-    for sock in idle:
+        sock.sendall(b"RFB 003.008\n")
+        assert sock.recv(2) == b"\x01\x02"
+    with pytest.raises(ConnectionRefusedError, match="2 connections from 127.0.0.1"):
+        SecureClient(h.port, PASSWORD, version=version)
+    for sock in talking:
         sock.close()
-    assert wait_until(lambda: not security.waiting._counts)
+    assert wait_until(lambda: not security.waiting._places)
     good = SecureClient(h.port, PASSWORD)
     assert first_update(good)
     good.close()

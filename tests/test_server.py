@@ -18,7 +18,7 @@ import pytest
 import console
 import render
 import sources
-import viewer
+import updates
 import vncterm
 from display import ConsoleDisplay
 from peers import wait_until as wait_for
@@ -312,7 +312,7 @@ def test_huge_cut_text_is_streamed_and_capped(harness):
 
 
 def test_a_viewer_that_never_reads_is_dropped_and_harms_nobody(harness, monkeypatch):
-    monkeypatch.setattr(viewer, "WRITE_STALL_TIMEOUT", 1.0)
+    monkeypatch.setattr(updates, "WRITE_STALL_TIMEOUT", 1.0)
     h = harness()
     stalled = socket.create_connection(("127.0.0.1", h.port))
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)

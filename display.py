@@ -26,6 +26,7 @@ own zlib streams (encoders.py).
 Trade-off: the console renders lazily, when a viewer asks (`SharedPicture.catch_up`), while the
 desktop draws eagerly, as the guest's updates arrive.  The console's changes are cheap to note
 and dear to draw, and a flood is drawn at the viewers' pace; the guest's are already pixels.
+For the same reason the console keeps no picture at all while nobody watches it.
 """
 
 from __future__ import annotations

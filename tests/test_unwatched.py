@@ -1,0 +1,123 @@
+"""A console nobody watches keeps nothing rendered and never wakes.
+
+A host serves a console per domain and nearly nobody looks at them, so an unwatched console
+must cost neither memory nor CPU.  Its picture goes when the last viewer leaves and comes back
+right, compared with a display that never dropped its own (the view scrolled into the compact
+scrollback, colours included) and seen by a real viewer, vncdotool, before and after.  Its
+reader, once the output has been taken and told, waits with no timeout: a counting selector
+records every timeout the reader asks for.
+"""
+
+import os
+import selectors
+import subprocess
+import tty
+from types import SimpleNamespace
+
+import pytest
+
+import console
+import display
+import peers
+import render
+import sources
+from peers import Block
+from peers import wait_until as wait_for
+from test_console import FakeSource
+from test_server import Harness, leak_checked
+
+GLYPHS = render.Glyphs(render.load_font(None)[0])
+FIRST = (Block("red", 2, 1), Block("green", 72, 1), Block("blue", 2, 22))
+SECOND = (Block("red", 40, 10), Block("green", 2, 22), Block("blue", 72, 1))
+
+
+def log_lines(first, count):
+    colours = ["\x1b[0;32m", "\x1b[1;31m", "\x1b[7m", "\x1b[0;1;44m"]
+    return "".join(f"{colours[number % 4]}line {number}\x1b[0m of the log\r\n"
+                   for number in range(first, first + count)).encode()
+
+
+def picture(changes):
+    (x, y, image), = changes.tiles
+    return image.tobytes()
+
+
+def ignore():
+    pass
+
+
+def test_the_last_viewer_to_leave_takes_the_picture_and_a_new_one_sees_it_redrawn():
+    watched = display.ConsoleDisplay(console.Console(FakeSource(), 30, 8), GLYPHS)
+    reference = display.ConsoleDisplay(console.Console(FakeSource(), 30, 8), GLYPHS)
+    shown = [watched.console, reference.console]
+    for term in shown:
+        term.feed(log_lines(0, 20))
+    watched.listeners.add(ignore)
+    watched.listeners.add(print)
+    first = watched.changes(None)
+    reference.changes(None)  # a view into the scrollback follows the lines seen last
+    watched.listeners.discard(print)
+    assert watched.renderer is not None
+    watched.listeners.discard(ignore)
+    assert watched.renderer is None
+    for term in shown:
+        term.feed(log_lines(20, 30))
+        term.scroll_view(11)
+    watched.listeners.add(ignore)
+    again = watched.changes(first.token)
+    assert again.full
+    assert picture(again) == picture(reference.changes(None))
+
+
+@pytest.fixture
+def harness():
+    yield from leak_checked(Harness)
+
+
+def paint(harness, blocks):
+    subprocess.run(["sh", "-c", peers.paint_command(blocks)], stdout=harness.master, check=True)
+
+
+def test_vncdotool_sees_the_console_before_and_after_its_picture_was_dropped(harness, tmp_path):
+    peers.require("vncdotool")
+    shown = harness()
+    server = SimpleNamespace(address=f"127.0.0.1::{shown.port}")
+    capture = tmp_path / "capture.png"
+    for blocks in (FIRST, SECOND):
+        paint(shown, blocks)
+        errors = peers.until_no_errors(lambda blocks=blocks: peers.framebuffer_errors(
+            peers.vncdo_capture(server, capture), blocks))
+        assert not errors, "\n".join(errors)
+        assert wait_for(lambda: shown.display.renderer is None)
+
+
+class CountingSelector(selectors.DefaultSelector):
+    """A selector that records the timeout of every select()."""
+
+    timeouts: list = []
+
+    def select(self, timeout=None):
+        self.timeouts.append(timeout)
+        return super().select(timeout)
+
+
+def test_an_idle_reader_waits_without_a_timeout(monkeypatch):
+    monkeypatch.setattr(CountingSelector, "timeouts", [])
+    monkeypatch.setattr(console.selectors, "DefaultSelector", CountingSelector)
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    term = console.Console(sources.PtySource(os.ttyname(slave)), 80, 25)
+    term.start()
+    try:
+        assert wait_for(lambda: term.status == "")
+        flood = log_lines(0, 2000)
+        assert len(flood) > 16 * console.FLOOD_BYTES
+        os.write(master, flood)
+        told = term.told
+        shown = "line 1999 of the log"
+        assert wait_for(lambda: term.told != told and CountingSelector.timeouts[-1] is None
+                        and any(shown in line for line in term.terminal.display))
+    finally:
+        term.stop()
+        os.close(master)
+        os.close(slave)

@@ -203,13 +203,23 @@ class Console:
                 if any(key.fileobj is self._wakeup for key, _ in ready):
                     self._wakeup.drain()
                 self._flush()
-                data = self.source.read()
-                if data == b"":
+                if not self._take_input(pacer):
                     return
-                if data:
-                    self._parse(data, pacer)
-                elif pacer.tell_now(0):
-                    self._notify()
+
+    def _take_input(self, pacer: Pacer) -> bool:
+        """Parse what the source has, if anything; False once it hung up.
+
+        A method of its own so that the read (up to sources.READ_LIMIT) is freed before the
+        reader waits again, not held by a local for as long as the console stays quiet.
+        """
+        data = self.source.read()
+        if data == b"":
+            return False
+        if data:
+            self._parse(data, pacer)
+        elif pacer.tell_now(0):
+            self._notify()
+        return True
 
     def _sleep(self, seconds: float) -> None:
         """Wait `seconds`, or less if stop() is called or the source's watch fires."""

@@ -121,3 +121,44 @@ def test_an_idle_reader_waits_without_a_timeout(monkeypatch):
         term.stop()
         os.close(master)
         os.close(slave)
+
+
+class Chunk(bytes):
+    """A read that says when it is freed."""
+
+    freed = 0
+
+    def __del__(self):
+        Chunk.freed += 1
+
+
+class PipeSource(sources.FdSource):
+    """The read end of a pipe, each read handed over as a Chunk."""
+
+    name = "pipe"
+
+    def __init__(self, fd):
+        self.pipe = fd
+
+    def open(self):
+        self.fd = self.pipe
+
+    def read(self):
+        data = super().read()
+        return Chunk(data) if data else data
+
+
+def test_an_idle_reader_holds_no_read(monkeypatch):
+    monkeypatch.setattr(CountingSelector, "timeouts", [])
+    monkeypatch.setattr(console.selectors, "DefaultSelector", CountingSelector)
+    monkeypatch.setattr(Chunk, "freed", 0)
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    term = console.Console(PipeSource(read_end), 80, 25)
+    term.start()
+    try:
+        os.write(write_end, b"hello\r\n")
+        assert wait_for(lambda: Chunk.freed == 1 and CountingSelector.timeouts[-1] is None)
+    finally:
+        term.stop()
+        os.close(write_end)

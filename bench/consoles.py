@@ -141,7 +141,7 @@ def main() -> int:
     if args.one is not None:
         print(json.dumps(measure(args.one, args.viewer)))
         return 0
-    results = [_run(count, args.viewer) for count in args.counts]
+    results = [measure_in_process(count, args.viewer) for count in args.counts]
     few, many = results
     per_console = (many["rss_kib"] - few["rss_kib"]) / (many["consoles"] - few["consoles"])
     for result in results:
@@ -151,7 +151,7 @@ def main() -> int:
     return 0
 
 
-def _run(count: int, viewer: bool) -> dict:
+def measure_in_process(count: int, viewer: bool) -> dict:
     command = [sys.executable, __file__, "--one", str(count)] + (["--viewer"] if viewer else [])
     output = subprocess.run(command, capture_output=True, text=True, check=True,
                             timeout=TIMEOUT * 2).stdout

@@ -9,13 +9,15 @@ of rows it replaces.
 Why.  A pyte row is a dict of up to one `Char` per column: about 2 KB for a line of log
 output.  A console keeps 1,000 of them, and a host serving fifty domains keeps fifty consoles,
 nearly all unwatched and nearly all of that history never looked at again.  So a row is
-stored as three things: its text (one string, one character per cell), its attributes as
-runs (a count of cells, then the attributes they share, alternating), and the attributes of
-the blank it is padded with.  Trailing blank cells are not stored.  A row whose cells are not
-one character each (the empty cell after a wide character, a cell with combining marks)
-keeps its text as a tuple of the cells' strings instead.  A line of coloured log output
-costs about 250 bytes, not 2 KB, and the attribute tuples are shared by every line and every
-console that uses them.
+stored as three things: its text (one string, one character per cell), its runs of
+attributes (the attributes, then the column where they stop, alternating; the last run stops
+where the text does, so its end is left out), and the attributes of the blank it is padded
+with.  Trailing blank cells are not stored.  A row whose cells are not one character each
+(the empty cell after a wide character, a cell with combining marks) keeps its text as a
+tuple of the cells' strings instead.  Attribute tuples and runs are shared by every line and
+every console that uses them, and lines styled alike have equal runs (every plain line, every
+"[  OK  ]" line of a boot log), so a line of coloured log output costs about 170 bytes, not
+2 KB.
 
 Trade-off.  Compacting costs a few microseconds a row as it scrolls off, and reading a row
 back builds its `Char`s again: that happens only for the rows a viewer scrolls back to, a
@@ -32,7 +34,7 @@ import operator
 from pyte.screens import Char, StaticDefaultDict
 
 ATTRIBUTES = operator.itemgetter(*range(1, len(Char._fields)))  # every field but data
-SHARED_ATTRIBUTES_LIMIT = 4096
+SHARED_LIMIT = 4096
 
 
 class Scrollback:
@@ -61,7 +63,7 @@ class Scrollback:
 
 
 def compact(row: StaticDefaultDict, columns: int) -> tuple:
-    """The row's first `columns` cells as (text, runs, blank attributes)."""
+    """The row's first `columns` cells as (text, runs of attributes, blank's attributes)."""
     blank = row.default
     cells = [row[x] for x in range(columns)]
     while cells and cells[-1] == blank:
@@ -70,10 +72,11 @@ def compact(row: StaticDefaultDict, columns: int) -> tuple:
     text = "".join(strings)
     if len(text) != len(cells) or not all(strings):
         text = tuple(strings)
-    runs = []
+    runs, end = [], 0
     for attributes, group in itertools.groupby(cells, ATTRIBUTES):
-        runs += (sum(1 for _ in group), shared(attributes))
-    return text, tuple(runs), shared(ATTRIBUTES(blank))
+        end += sum(1 for _ in group)
+        runs += (shared(attributes), end)
+    return text, shared(tuple(runs[:-1])), shared(ATTRIBUTES(blank))
 
 
 def expand(line: tuple) -> StaticDefaultDict:
@@ -82,8 +85,9 @@ def expand(line: tuple) -> StaticDefaultDict:
     row = StaticDefaultDict(Char(" ", *blank))
     x = 0
     for index in range(0, len(runs), 2):
-        count, attributes = runs[index : index + 2]
-        for data in text[x : x + count]:
+        attributes = runs[index]
+        end = runs[index + 1] if index + 1 < len(runs) else len(text)
+        for data in text[x:end]:
             row[x] = Char(data, *attributes)
             x += 1
     return row
@@ -92,9 +96,9 @@ def expand(line: tuple) -> StaticDefaultDict:
 _shared: dict = {}
 
 
-def shared(attributes: tuple) -> tuple:
-    """One tuple for equal attributes, across lines and consoles (up to a bound, since a
-    guest can make millions of truecolour pairs)."""
-    if len(_shared) >= SHARED_ATTRIBUTES_LIMIT:
-        return _shared.get(attributes, attributes)
-    return _shared.setdefault(attributes, attributes)
+def shared(value: tuple) -> tuple:
+    """One tuple for equal attributes or runs, across lines and consoles (up to a bound,
+    since a guest can make millions of truecolour pairs)."""
+    if len(_shared) >= SHARED_LIMIT:
+        return _shared.get(value, value)
+    return _shared.setdefault(value, value)

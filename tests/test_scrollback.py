@@ -87,4 +87,4 @@ def test_a_full_scrollback_of_coloured_log_lines_is_small():
     term = terminal.Terminal(80, 25)
     terminal.Stream(term).feed(boot_log(1200))
     assert len(term.history) == terminal.SCROLLBACK_LINES
-    assert deep_size(term.history) < 400 * terminal.SCROLLBACK_LINES  # pyte rows: 2,300
+    assert deep_size(term.history) < 250 * terminal.SCROLLBACK_LINES  # pyte rows: 2,305

@@ -7,6 +7,7 @@ identical pixel for pixel.
 """
 
 import gzip
+import os
 import struct
 from pathlib import Path
 
@@ -248,3 +249,18 @@ def test_truetype_font_is_monospaced_cells():
     assert 0.5 < width / height < 0.7
     assert drawn(font.glyph("W", 1)) > 10 and font.glyph("W", 1).size == (width, height)
     assert font.glyph("中", 2) is None
+
+
+def test_fallback_fonts_load_only_when_the_font_lacks_a_character(tmp_path, monkeypatch):
+    loaded = []
+    truetype = render._truetype
+    monkeypatch.setattr(render, "_truetype", lambda *args, **kw: loaded.append(args) or
+                        truetype(*args, **kw))
+    path = tmp_path / "font.psf"
+    path.write_bytes(psf2([GLYPH_A], [["A"]]))
+    glyphs = render.Glyphs(render.PsfFont(str(path)))
+    glyphs.cell_image(("A", (255, 255, 255), (0, 0, 0), False, False, 1))
+    assert loaded == []
+    glyphs.cell_image(("中", (255, 255, 255), (0, 0, 0), False, False, 2))
+    glyphs.cell_image(("文", (255, 255, 255), (0, 0, 0), False, False, 2))
+    assert len(loaded) == sum(map(os.path.exists, render.FALLBACK_FONTS))

@@ -6,8 +6,8 @@ Pillow cannot read PSF.  X bitmap fonts (.pcf, .bdf, gzipped or not) go through 
 converters, which keep Latin-1 only, and TrueType fonts through `ImageFont.truetype`.
 Characters the primary font lacks (CJK, symbols outside a 512-glyph console font) fall back to
 DejaVu Sans Mono and then Droid Sans Fallback (CJK), scaled to the cell and loaded the first
-time one is needed (2.4 MB resident); a character no font has is drawn as a hollow box.  Bold is drawn by overstriking one pixel to the right, as the
-VGA console did.
+time one is needed (2.4 MB resident); a character no font has is drawn as a hollow box.
+Bold is drawn by overstriking one pixel to the right, as the VGA console did.
 
 Colours follow pyte's names: the 16 ANSI colours in the Linux console's palette (bold turns the
 8 normal ones bright), and 256-colour or truecolour cells as hex strings.
@@ -213,7 +213,7 @@ class Glyphs:
     """Cell images by key, from a primary font with fallbacks for missing characters.
 
     One Glyphs serves every console of the process (their displays draw from their own
-    threads, so drawing takes a lock), and the fallback fonts, about 0.6 MB, are loaded
+    threads, so drawing takes a lock), and the fallback fonts, 2.4 MB once used, are loaded
     only when the primary font first lacks a character.
     """
 

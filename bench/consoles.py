@@ -27,6 +27,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 import time
 import tty
 from pathlib import Path
@@ -35,6 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 LOG_LINES = 1200
 COLUMNS, LINES = 80, 25
 TIMEOUT = 120.0
+IDLE_SECONDS = 3.0
 END = "end of the log"
 
 COLOURS = ["\x1b[0;32m", "\x1b[0;31m", "\x1b[1;33m", "\x1b[0;1;39m", "\x1b[0;36m"]
@@ -101,6 +103,7 @@ def measure(count: int, viewer: bool) -> dict:
             picture.listeners.discard(_ignore)
     gc.collect()
     result = {"consoles": count, "rss_kib": rss_kib(), "threads": _threads()}
+    result.update(idle(IDLE_SECONDS))
     for term in consoles:
         term.stop()
     for fd in masters + slaves:
@@ -131,6 +134,30 @@ def _threads() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
+def idle(seconds: float) -> dict:
+    """What the other threads do in `seconds` of quiet: wake-ups (context switches) and CPU."""
+    before, cpu = _switches(), _cpu_seconds()
+    time.sleep(seconds)
+    return {"idle_wakeups": _switches() - before, "idle_cpu_seconds": _cpu_seconds() - cpu}
+
+
+def _switches() -> int:
+    """Context switches of every thread but this one, which sleeps and wakes to measure."""
+    me, total = str(threading.get_native_id()), 0
+    for task in os.listdir("/proc/self/task"):
+        if task != me:
+            with open(f"/proc/self/task/{task}/status") as status:
+                total += sum(int(line.split()[1]) for line in status
+                             if "ctxt_switches:" in line)
+    return total
+
+
+def _cpu_seconds() -> float:
+    """CPU time of the whole process."""
+    times = os.times()
+    return times.user + times.system
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--counts", type=int, nargs=2, default=(1, 30), metavar=("FEW", "MANY"))
@@ -146,7 +173,8 @@ def main() -> int:
     per_console = (many["rss_kib"] - few["rss_kib"]) / (many["consoles"] - few["consoles"])
     for result in results:
         print(f"{result['consoles']:4d} consoles: RSS {result['rss_kib'] / 1024:7.1f} MiB, "
-              f"{result['threads']} threads")
+              f"{result['threads']} threads; idle {IDLE_SECONDS:.0f} s: "
+              f"{result['idle_wakeups']} wake-ups, {result['idle_cpu_seconds']:.2f} s CPU")
     print(f"per extra console: {per_console / 1024:.2f} MiB")
     return 0
 

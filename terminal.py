@@ -19,7 +19,8 @@ desktop, so three shortcuts sit in front of pyte:
 * `Stream` finds, with one regular expression, the runs that floods are made of: whole lines
   of printable ASCII ending in CR LF, other text, CSI sequences (`ESC [ ... m`) and single
   control characters, and calls the terminal directly; anything else goes to pyte's parser.
-* `Terminal.draw` writes printable ASCII a line-piece at a time from a cache of `Char`s.
+* `Terminal.draw` writes printable ASCII a line-piece at a time from a cache of `Char`s that
+  every terminal of the process shares.
 * `Terminal.print_lines` takes a run of whole lines.  Once the cursor sits on the bottom row of
   a full-screen scroll region, each line is drawn into a fresh bottom row and scrolled up, so
   the whole run is one shift of the screen and the scrollback.  Only the last screenful plus
@@ -62,6 +63,9 @@ SCROLLBACK_LINES = 1000
 DECAWM, DECSCNM, IRM = pyte_modes.DECAWM, pyte_modes.DECSCNM, pyte_modes.IRM
 PARSER_RUN_LIMIT = 64 * 1024  # characters of one escape sequence (an OSC title, say) we keep
 STYLE_CACHE_LIMIT = 256
+# Shared by every terminal of the process: the Chars of a style, and what an SGR does to a style.
+STYLES: dict = {}
+RENDITIONS: dict = {}
 MARKS_PER_CELL = 5  # xterm's combiningChars: 2 by default, 5 at most
 
 
@@ -75,8 +79,6 @@ class Terminal(pyte.Screen):
         self.scrolled = 0
         self.bells = 0
         self.answer = None
-        self._styles: dict = {}
-        self._renditions: dict = {}
 
     def index(self) -> None:
         top, bottom = self.margins or (0, self.lines - 1)
@@ -154,12 +156,12 @@ class Terminal(pyte.Screen):
     def select_graphic_rendition(self, *attrs: int) -> None:
         """pyte's SGR, remembered: the result depends only on these arguments."""
         key = (self.cursor.attrs, attrs, DECSCNM in self.mode)
-        result = self._renditions.get(key)
+        result = RENDITIONS.get(key)
         if result is None:
             super().select_graphic_rendition(*attrs)
-            if len(self._renditions) >= STYLE_CACHE_LIMIT:
-                self._renditions.clear()
-            result = self._renditions[key] = self.cursor.attrs
+            if len(RENDITIONS) >= STYLE_CACHE_LIMIT:
+                RENDITIONS.clear()
+            result = RENDITIONS[key] = self.cursor.attrs
         self.cursor.attrs = result
 
     def print_lines(self, lines: list[str]) -> None:
@@ -247,11 +249,11 @@ class Terminal(pyte.Screen):
     def _chars(self) -> StyledChars:
         """The cursor's attributes applied to characters, each made once."""
         attrs = self.cursor.attrs
-        chars = self._styles.get(attrs)
+        chars = STYLES.get(attrs)
         if chars is None:
-            if len(self._styles) >= STYLE_CACHE_LIMIT:
-                self._styles.clear()
-            chars = self._styles[attrs] = StyledChars(attrs)
+            if len(STYLES) >= STYLE_CACHE_LIMIT:
+                STYLES.clear()
+            chars = STYLES[attrs] = StyledChars(attrs)
         return chars
 
     def bell(self, *args) -> None:

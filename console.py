@@ -34,9 +34,11 @@ the source's status, or a notice, while there is one.
 
 Memory.  A host runs a console per domain, nearly all of them quiet and unwatched, so a quiet
 console holds only its terminal: the reader frees each read before it waits again, the
-threads share malloc's arenas (`share_malloc_arenas`), the scrollback is compact
-(scrollback.py) and the display drops its picture when its last viewer leaves (display.py).
-A quiet reader waits on its selector with no timeout, so it never wakes.
+threads share malloc's arenas (`share_malloc_arenas`), and the display drops its picture when
+its last viewer leaves (display.py).  Rows that scrolled off are compacted (scrollback.py)
+when a wait for output ends in a timeout: `COMPACT_DELAY` after output stops, or in a gap of
+the pacer's, never while a flood keeps the reader busy, and `COMPACT_ROWS` at a time under
+the lock.  Then a quiet reader waits on its selector with no timeout: it never wakes.
 
 Writes to the source (keys, paste, the terminal's answers to queries) never block a viewer
 thread: what the source cannot take at once waits in a bounded outbox that the reader thread
@@ -73,6 +75,9 @@ DECCKM = 1 << 5  # pyte keeps private mode n as n << 5 but names no constant for
 FRAME_INTERVAL = 1 / 60
 FLOOD_BYTES = 1024
 SLICE_SECONDS = 0.01
+POLL_INTERVAL = 0.1
+COMPACT_DELAY = 0.5
+COMPACT_ROWS = 100  # about 1.5 ms under the lock
 M_ARENA_MAX = -8  # glibc's mallopt() parameter number
 MALLOC_ARENAS = 2
 
@@ -130,11 +135,27 @@ def share_malloc_arenas() -> None:
     behind per console.  Python allocates under the GIL, so threads seldom wait for a shared
     arena (zlib and Pillow allocate outside it, briefly).  Without glibc this does nothing.
     """
+    if GLIBC is not None:
+        GLIBC.mallopt(M_ARENA_MAX, MALLOC_ARENAS)
+
+
+def return_free_memory() -> None:
+    """Give what malloc holds free back to the system (glibc keeps it for reuse otherwise):
+    called once a burst of output has been compacted, so a quiet console's peak does not
+    stay resident."""
+    if GLIBC is not None:
+        GLIBC.malloc_trim(0)
+
+
+def _glibc() -> ctypes.CDLL | None:
     try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt(M_ARENA_MAX, MALLOC_ARENAS)
+        libc = ctypes.CDLL(None)
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+GLIBC = _glibc()
 
 
 class Console:
@@ -225,13 +246,30 @@ class Console:
                 if fd is not None:
                     events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self._outbox else 0)
                     selector.modify(fd, events)
-                timeout = pacer.timeout(None if fd is not None else 0.1)
-                ready = selector.select(timeout)
+                quiet = not pacer.untold
+                ready = selector.select(pacer.timeout(self._quiet_timeout(fd is None)))
                 if any(key.fileobj is self._wakeup for key, _ in ready):
                     self._wakeup.drain()
                 self._flush()
                 if not self._take_input(pacer):
                     return
+                if quiet and not ready:
+                    self._compact_scrollback()
+
+    def _quiet_timeout(self, polled: bool) -> float | None:
+        """How long the reader waits while there is nothing to tell: for ever, unless the
+        source has no fd to wait on or the scrollback has rows to compact."""
+        if polled:
+            return POLL_INTERVAL
+        return COMPACT_DELAY if self.terminal.history.pending else None
+
+    def _compact_scrollback(self) -> None:
+        """Compact the rows that scrolled off since the last quiet moment, a slice at a time."""
+        history = self.terminal.history
+        while history.pending and not self._stopping:
+            with self.lock:
+                history.compact_pending(COMPACT_ROWS)
+        return_free_memory()
 
     def _take_input(self, pacer: Pacer) -> bool:
         """Parse what the source has, if anything; False once it hung up.

@@ -3,7 +3,7 @@
 The figure issue 13 sets is at most 2 MB per extra console, 1 MB excellent.  This runs the
 benchmark's own measurement (fresh processes with 1 and 11 consoles, each fed a 1,200-line
 coloured log through a pty) and holds it to 1 MiB; it measured 3.5 MiB before the scrollback
-was compact, the picture lazy and malloc's arenas shared, and 0.5 MiB after.
+was compact, the picture lazy and malloc's memory shared and returned, and 0.7 MiB after.
 """
 
 import sys

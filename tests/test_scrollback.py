@@ -40,17 +40,22 @@ def test_a_row_reads_back_cell_for_cell(blank_and_cells):
     assert cells_of(scrollback.expand(scrollback.compact(row, COLUMNS))) == cells_of(row)
 
 
-@given(st.lists(ROWS, max_size=12), st.integers(1, 5))
-def test_the_scrollback_keeps_the_newest_rows_in_order(rows, maxlen):
+@given(st.lists(ROWS, max_size=12), st.integers(1, 5), st.sampled_from([0, 1, None]))
+def test_the_scrollback_keeps_the_newest_rows_in_order(rows, maxlen, compacted):
     rows = [make_row(*row) for row in rows]
     history = scrollback.Scrollback(COLUMNS, maxlen)
     history.extend(rows[: len(rows) // 2])
+    history.compact_pending(1)
     for row in rows[len(rows) // 2 :]:
         history.append(row)
+        history.compact_pending(compacted)
     kept = [cells_of(row) for row in rows[-maxlen:]] if rows else []
     assert len(history) == len(kept)
     assert [cells_of(row) for row in history] == kept
     assert [cells_of(history[index]) for index in range(-len(kept), 0)] == kept
+    history.compact_pending()
+    assert history.pending == 0
+    assert [cells_of(row) for row in history] == kept
 
 
 def boot_log(count):
@@ -86,5 +91,6 @@ def deep_size(root):
 def test_a_full_scrollback_of_coloured_log_lines_is_small():
     term = terminal.Terminal(80, 25)
     terminal.Stream(term).feed(boot_log(1200))
+    term.history.compact_pending()
     assert len(term.history) == terminal.SCROLLBACK_LINES
     assert deep_size(term.history) < 250 * terminal.SCROLLBACK_LINES  # pyte rows: 2,305

@@ -4,8 +4,8 @@ A host serves a console per domain and nearly nobody looks at them, so an unwatc
 must cost neither memory nor CPU.  Its picture goes when the last viewer leaves and comes back
 right, compared with a display that never dropped its own (the view scrolled into the compact
 scrollback, colours included) and seen by a real viewer, vncdotool, before and after.  Its
-reader, once the output has been taken and told, waits with no timeout: a counting selector
-records every timeout the reader asks for.
+reader, once the output has been taken and told and the scrollback compacted, waits with no
+timeout: a counting selector records every timeout the reader asks for.
 """
 
 import os
@@ -101,7 +101,7 @@ class CountingSelector(selectors.DefaultSelector):
         return super().select(timeout)
 
 
-def test_an_idle_reader_waits_without_a_timeout(monkeypatch):
+def test_an_idle_reader_compacts_its_scrollback_then_waits_without_a_timeout(monkeypatch):
     monkeypatch.setattr(CountingSelector, "timeouts", [])
     monkeypatch.setattr(console.selectors, "DefaultSelector", CountingSelector)
     master, slave = os.openpty()
@@ -117,6 +117,8 @@ def test_an_idle_reader_waits_without_a_timeout(monkeypatch):
         shown = "line 1999 of the log"
         assert wait_for(lambda: term.told != told and CountingSelector.timeouts[-1] is None
                         and any(shown in line for line in term.terminal.display))
+        assert len(term.terminal.history) == 1000
+        assert term.terminal.history.pending == 0
     finally:
         term.stop()
         os.close(master)

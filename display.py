@@ -157,6 +157,14 @@ class ConsoleDisplay(SharedPicture):
                 if scroll or rects:
                     self.damage.record(scroll, rects)
 
+    def snapshot(self):
+        """A copy of the picture now (for a thumbnail), kept only while a viewer watches."""
+        with self.lock:
+            self.catch_up()
+            image = self.image.copy()
+        self.release()
+        return image
+
     def release(self) -> None:
         """Drop the picture and all that was drawn for it, unless a viewer watches."""
         with self.lock:

@@ -69,6 +69,18 @@ def test_the_last_viewer_to_leave_takes_the_picture_and_a_new_one_sees_it_redraw
     assert picture(again) == picture(reference.changes(None))
 
 
+def test_a_snapshot_of_an_unwatched_console_leaves_nothing_rendered():
+    shown = display.ConsoleDisplay(console.Console(FakeSource(), 30, 8), GLYPHS)
+    reference = display.ConsoleDisplay(console.Console(FakeSource(), 30, 8), GLYPHS)
+    for term in (shown.console, reference.console):
+        term.feed(log_lines(0, 20))
+    assert shown.snapshot().tobytes() == picture(reference.changes(None))
+    assert shown.renderer is None
+    shown.listeners.add(ignore)
+    shown.snapshot()
+    assert shown.renderer is not None
+
+
 @pytest.fixture
 def harness():
     yield from leak_checked(Harness)

@@ -35,10 +35,11 @@ the source's status, or a notice, while there is one.
 Memory.  A host runs a console per domain, nearly all of them quiet and unwatched, so a quiet
 console holds only its terminal: the reader frees each read before it waits again, the
 threads share malloc's arenas (`share_malloc_arenas`), and the display drops its picture when
-its last viewer leaves (display.py).  Rows that scrolled off are compacted (scrollback.py)
-when a wait for output ends in a timeout: `COMPACT_DELAY` after output stops, or in a gap of
-the pacer's, never while a flood keeps the reader busy, and `COMPACT_ROWS` at a time under
-the lock.  Then a quiet reader waits on its selector with no timeout: it never wakes.
+its last viewer leaves (display.py).  Rows that scrolled off are compacted (scrollback.py) at
+most every `COMPACT_INTERVAL`, `COMPACT_ROWS` at a time under the lock: a flood pushes most
+rows out of the scrollback before their turn comes, so it costs a few percent of the parse,
+and a console that falls quiet is compacted within the interval.  Then a quiet reader waits
+on its selector with no timeout: it never wakes.
 
 Writes to the source (keys, paste, the terminal's answers to queries) never block a viewer
 thread: what the source cannot take at once waits in a bounded outbox that the reader thread
@@ -76,7 +77,7 @@ FRAME_INTERVAL = 1 / 60
 FLOOD_BYTES = 1024
 SLICE_SECONDS = 0.01
 POLL_INTERVAL = 0.1
-COMPACT_DELAY = 0.5
+COMPACT_INTERVAL = 0.5
 COMPACT_ROWS = 100  # about 1.5 ms under the lock
 M_ARENA_MAX = -8  # glibc's mallopt() parameter number
 MALLOC_ARENAS = 2
@@ -183,6 +184,7 @@ class Console:
         self._dropped = lograte.RateLimitedLog(
             log, logging.WARNING, "console is not reading its input: %d bytes dropped")
         self._stopping = False
+        self._compacted = float("-inf")
         self._wakeup: netio.Wakeup | None = None
         self._thread = threading.Thread(target=self._run, name="console-reader", daemon=True)
 
@@ -246,26 +248,30 @@ class Console:
                 if fd is not None:
                     events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self._outbox else 0)
                     selector.modify(fd, events)
-                quiet = not pacer.untold
                 ready = selector.select(pacer.timeout(self._quiet_timeout(fd is None)))
                 if any(key.fileobj is self._wakeup for key, _ in ready):
                     self._wakeup.drain()
                 self._flush()
                 if not self._take_input(pacer):
                     return
-                if quiet and not ready:
-                    self._compact_scrollback()
+                self._compact_scrollback()
 
     def _quiet_timeout(self, polled: bool) -> float | None:
         """How long the reader waits while there is nothing to tell: for ever, unless the
         source has no fd to wait on or the scrollback has rows to compact."""
         if polled:
             return POLL_INTERVAL
-        return COMPACT_DELAY if self.terminal.history.pending else None
+        if self.terminal.history.pending:
+            return max(0.0, self._compacted + COMPACT_INTERVAL - time.monotonic())
+        return None
 
     def _compact_scrollback(self) -> None:
-        """Compact the rows that scrolled off since the last quiet moment, a slice at a time."""
-        history = self.terminal.history
+        """Compact the rows that scrolled off, if COMPACT_INTERVAL has passed since the last
+        time, a slice at a time; then give the memory they took back."""
+        history, now = self.terminal.history, time.monotonic()
+        if not history.pending or now < self._compacted + COMPACT_INTERVAL:
+            return
+        self._compacted = now
         while history.pending and not self._stopping:
             with self.lock:
                 history.compact_pending(COMPACT_ROWS)

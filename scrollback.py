@@ -22,8 +22,8 @@ every console that uses them, and lines styled alike have equal runs (every plai
 When.  A flood pushes thousands of rows a second through the scrollback, nearly all of them
 out again soon, and compacting each as it arrived (a few microseconds a row) took the parse of
 `seq 1 200000` from 5 to 0.3 MB/s.  So rows go in as pyte made them and stay `pending` until
-the console's reader calls `compact_pending`, which it does once its source has been quiet for
-a moment (console.py): a busy console holds at most `maxlen` pending rows, a quiet one none.
+the console's reader calls `compact_pending`, which it does twice a second at most
+(console.py): a busy console holds at most `maxlen` pending rows, a quiet one none.
 Reading a row back builds its `Char`s again, only for the rows a viewer scrolls back to, a
 screenful at a time.  tests/test_fastpath.py compares the rows read back with plain pyte's,
 cell by cell and colours included.

@@ -5,7 +5,8 @@ must cost neither memory nor CPU.  Its picture goes when the last viewer leaves 
 right, compared with a display that never dropped its own (the view scrolled into the compact
 scrollback, colours included) and seen by a real viewer, vncdotool, before and after.  Its
 reader, once the output has been taken and told and the scrollback compacted, waits with no
-timeout: a counting selector records every timeout the reader asks for.
+timeout: a counting selector records every timeout the reader asks for.  A console that never
+falls quiet is still compacted, once an interval has passed (an injected clock).
 """
 
 import os
@@ -176,3 +177,23 @@ def test_an_idle_reader_holds_no_read(monkeypatch):
     finally:
         term.stop()
         os.close(write_end)
+
+
+def test_a_console_that_keeps_printing_is_compacted_every_interval(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(console.time, "monotonic", lambda: now[0])
+    term = console.Console(FakeSource(), 20, 5)
+    history = term.terminal.history
+    term.feed(log_lines(0, 30))
+    term._compact_scrollback()
+    assert history.pending == 0
+    term.feed(log_lines(30, 3))
+    assert history.pending == 3
+    now[0] += console.COMPACT_INTERVAL / 4
+    term._compact_scrollback()
+    assert history.pending == 3
+    assert term._quiet_timeout(polled=False) == 3 * console.COMPACT_INTERVAL / 4
+    now[0] += console.COMPACT_INTERVAL
+    term._compact_scrollback()
+    assert history.pending == 0
+    assert term._quiet_timeout(polled=False) is None

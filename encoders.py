@@ -52,6 +52,7 @@ too; we never compress twice to pick the smaller.
 
 from __future__ import annotations
 
+import copy
 import re
 import struct
 import threading
@@ -336,6 +337,12 @@ class ViewerEncoder:
 
     def supports(self, encoding: int) -> bool:
         return encoding in self.encodings
+
+    def pinned(self) -> ViewerEncoder:
+        """This encoder as it is now, for the rest of one update: SetPixelFormat and
+        SetEncodings that come meanwhile apply from the next update, while the zlib streams
+        and the counts stay the connection's."""
+        return copy.copy(self)
 
     @property
     def one_rect_per_image(self) -> bool:

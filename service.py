@@ -10,7 +10,8 @@ that works:
    (xen.Helper) that keeps the steps needing root, xenstore and opening the guest's pty;
 2. once the ports are open: make the Xen source (`source`) with where vncterm listens, so it
    can publish the ports in xenstore, and with what to do when the domain is gone; let the
-   guest's own addresses reach the reverse port (`reverse_allow`);
+   guest's own addresses reach the reverse port (`reverse_allow`); dial the device model's
+   VNC display, an HVM guest's VGA screen, where xenstore says it is (`desktop_address`);
 3. once everything has started (`drop_root`): with --user, become that user;
 4. at exit (`close`): the helper (or we) remove the published keys and the pid file.
 
@@ -20,6 +21,7 @@ The options also decide the default ports: 5900+N and 5500+N with --domain N.
 from __future__ import annotations
 
 import argparse
+import encodings.idna  # noqa: F401  (see drop_privileges)
 import errno
 import logging
 import logging.handlers
@@ -39,7 +41,13 @@ SYSLOG_ADDRESS = "/dev/log"
 
 
 def drop_privileges(user: str) -> None:
-    """Become user for good: its uid, its gid and its groups, with no way back to root."""
+    """Become user for good: its uid, its gid and its groups, with no way back to root.
+
+    Python imports some modules on first use; after this, the interpreter's own files may be
+    unreadable (an interpreter installed under /root). So what is needed later is imported
+    first: the idna codec, which socket.getaddrinfo uses for every host it is given, such as
+    the desktop dialler's.
+    """
     try:
         account = pwd.getpwnam(user)
     except KeyError:
@@ -144,6 +152,10 @@ class Service:
         if isinstance(source, DomainSource) and self.args.reverse_allow is None:
             return guest_or(allow, source)
         return allow
+
+    def desktop_address(self, source):
+        """With --domain, where the domain's device model serves its display (for the dialler)."""
+        return source.desktop_address if isinstance(source, DomainSource) else None
 
     def drop_root(self) -> None:
         """The ports are open and everything started: drop root if asked."""

@@ -98,9 +98,9 @@ class Outbox:
             else:
                 self._append(chunk)
 
-    def head(self, size: int) -> bytes:
+    def head(self, size: int) -> bytearray:
         """The first `size` bytes waiting; the same until `sent` says they have gone."""
-        return bytes(self.data[:size])
+        return self.data[:size]
 
     def sent(self, count: int) -> None:
         """The socket took `count` bytes from the head."""
@@ -190,32 +190,27 @@ class Updates:
 
     def _frame(self, announcement: bytes, rects: list[bytes], changes):
         """The header and the rectangles known up front, then each band as it is encoded."""
+        encoder = self.encoder.pinned()
         bands = []
         if changes is not None:
             width, height = self.size
             if changes.scroll:
-                rects.append(self.encoder.copy_rect(
+                rects.append(encoder.copy_rect(
                     0, 0, width, height - changes.scroll, 0, changes.scroll))
             bands = [(x, y, image, box) for x, y, image in self.fitted(changes)
                      for box in band_boxes(*image.size)]
         shared = (self.display.plans, changes.token if changes else None)
-        counted = self.encoder.one_rect_per_image
-        last_rect = not counted and len(bands) > 1 and self.encoder.supports(Encoding.LAST_RECT)
+        counted = encoder.one_rect_per_image
+        last_rect = not counted and len(bands) > 1 and encoder.supports(Encoding.LAST_RECT)
         if not counted and not last_rect:
-            rects += [rect for band in bands for rect in self._encode(band, shared)]
+            rects += [rect for band in bands for rect in encode(encoder, band, shared)]
             bands = []
         count = UNCOUNTED if last_rect else len(rects) + len(bands)
         yield announcement + rfb.framebuffer_update_header(count) + b"".join(rects)
         for band in bands:
-            yield b"".join(self._encode(band, shared))
+            yield b"".join(encode(encoder, band, shared))
         if last_rect:
             yield rfb.last_rect()
-
-    def _encode(self, band, shared) -> list[bytes]:
-        x, y, image, (left, top, right, bottom) = band
-        if (right - left, bottom - top) != image.size:
-            image = image.crop((left, top, right, bottom))
-        return self.encoder.encode(x + left, y + top, image, shared)
 
     def size_rects(self) -> list[bytes]:
         """Size announcements, which go in an update of their own (rfbproto §7.1)."""
@@ -269,6 +264,14 @@ class Updates:
                 if area:
                     fitted.append((area[0], area[1], Image.new("RGB", area[2:])))
         return fitted
+
+
+def encode(encoder, band, shared) -> list[bytes]:
+    """One band's rectangles: (x, y, image, box) is the box of an image placed at (x, y)."""
+    x, y, image, (left, top, right, bottom) = band
+    if (right - left, bottom - top) != image.size:
+        image = image.crop((left, top, right, bottom))
+    return encoder.encode(x + left, y + top, image, shared)
 
 
 def band_boxes(width: int, height: int) -> list[tuple[int, int, int, int]]:

@@ -1,12 +1,13 @@
 """The guest's desktop: a VNC proxy that viewers VT-switch to and from the text console.
 
 The guest's X server is Xvnc (or x11vnc, or an installer) and connects *to us* on the reverse
-port, the way `vncconfig -connect` and `x11vnc -connect` reach a listening viewer; or, with
-`--desktop-connect`, we dial a guest server that only listens.  Who opens the socket is the only
-difference: both end up in one `Upstream` thread that speaks RFB as the client (rfbclient.py),
-asks the guest for Raw, CopyRect, the resize pseudo-encodings and Cursor in our own pixel
-format, and decodes every update into a *shadow framebuffer*, the picture of a
-`DesktopDisplay`.
+port, the way `vncconfig -connect` and `x11vnc -connect` reach a listening viewer; or we dial a
+guest server that only listens: `--desktop-connect`'s, or with `--domain` the VNC server of the
+domain's device model (QEMU's VGA screen), wherever xenstore says it is now (xen.py).  Who
+opens the socket is the only difference: both end up in one `Upstream` thread that speaks RFB
+as the client (rfbclient.py), asks the guest for Raw, CopyRect, the resize pseudo-encodings and
+Cursor in our own pixel format, and decodes every update into a *shadow framebuffer*, the
+picture of a `DesktopDisplay`.
 
 Viewers never see a byte of the guest's stream.  They get pixels re-encoded from the shadow
 with their own encoders and zlib state, exactly as for the console, because a viewer's inflater
@@ -318,9 +319,13 @@ class Desktops:
         self._start(self._accept_loop, "reverse-listener")
         return listener.getsockname()[:2]
 
-    def dial(self, address: tuple[str, int]) -> None:
-        """Keep a connection to a listening guest server, retrying until it answers."""
-        self._start(lambda: self._dial_loop(address), "desktop-dialer")
+    def dial(self, where: Callable[[], tuple[str, int] | None]) -> None:
+        """Keep a connection to a listening guest server, retrying until it answers.
+
+        `where()` says where it listens now, or None while it listens nowhere: it is asked
+        again before each attempt, so the dialler follows a server that moves.
+        """
+        self._start(lambda: self._dial_loop(where), "desktop-dialer")
 
     def stop(self) -> None:
         self._stopping.set()
@@ -357,10 +362,14 @@ class Desktops:
             if upstream is not None:
                 self._start(lambda upstream=upstream: self._run(upstream), f"upstream-{peer}")
 
-    def _dial_loop(self, address) -> None:
+    def _dial_loop(self, where) -> None:
         """Dial while no other desktop is up; give up for good if the guest refuses us."""
         while not self._stopping.is_set():
             self._no_desktop.wait()
+            address = where()
+            if address is None:
+                self._stopping.wait(RETRY_DELAY)
+                continue
             try:
                 sock = socket.create_connection(address, timeout=HANDSHAKE_TIMEOUT)
             except OSError as error:
@@ -466,12 +475,15 @@ def listen(args) -> socket.socket | None:
 
 
 def start(args, listener: socket.socket | None, password: bytes | None, on_change,
-          allow: Callable[[str], bool]) -> Desktops:
-    """Accept guest desktops on `listener` (from listen()), and dial one if the options say so."""
+          allow: Callable[[str], bool], where=None) -> Desktops:
+    """Accept guest desktops on `listener` (from listen()), and dial one: --desktop-connect's,
+    else wherever `where()` says (a Xen domain's device model), if given."""
     desktops = Desktops(on_change, password, allow)
     if listener is not None:
         host, port = desktops.accept(listener)
         print(f"vncterm: guest desktops connect to {host}:{port}", flush=True)
     if args.desktop_connect:
-        desktops.dial(args.desktop_connect)
+        desktops.dial(lambda: args.desktop_connect)
+    elif where is not None:
+        desktops.dial(where)
     return desktops

@@ -284,7 +284,7 @@ def start(args, font, dom0: service.Service,
     server = Server(viewers, console_display, name, security, max_viewers=args.max_viewers)
     stops.callback(server.server_close)
     desktops = vncproxy.start(args, guests, desktop_password, server.desktop_changed,
-                              dom0.reverse_allow(source))
+                              dom0.reverse_allow(source), dom0.desktop_address(source))
     stops.callback(desktops.stop)
     relay = web.start(args, server.server_address)
     if relay is not None:

@@ -1,24 +1,37 @@
 """Xen glue: domain N's console found through xenstore, and where vncterm listens published back.
 
 What.  In a Xen dom0, `vncterm.py --domain N` serves domain N's text console. xenconsoled gives
-the guest's console (hvc0 inside the guest) a pty and writes the pty's path to
-`/local/domain/N/console/tty`. (An HVM guest's emulated serial port is another pty, which qemu
-names under `serial/0/tty`; we do not follow that one.) `DomainSource` is a console source that
-speaks sources.py's protocol (`open`, `fileno`, `read`, `write`, `close`). It finds the pty under
-that key, opens it the way `sources.PtySource` does, and follows the key while the guest starts,
-reboots and dies. Each time it attaches, it publishes where vncterm listens: `console/vnc-port`,
-the key that qemu-dm and XenServer's vncterm write for toolstacks, and `console/vnc-reverse`,
-ADDR:PORT for the guest's own VNC server to connect back to. It removes both when it lets go.
+a PV guest's console (hvc0 inside the guest) a pty and writes the pty's path to
+`/local/domain/N/console/tty`. An HVM guest has no such key: its console is the first serial
+port its device model (QEMU) emulates, a pty that QEMU names at `serial/0/tty`, which is what
+`xl console` opens for an HVM guest too. `DomainSource` is a console source that speaks
+sources.py's protocol (`open`, `fileno`, `read`, `write`, `close`). It finds the pty under the
+first of those keys present, opens it the way `sources.PtySource` does, and follows the keys
+while the guest starts, reboots and dies. Each time it attaches, it publishes where vncterm
+listens: `console/vnc-reverse`, ADDR:PORT for the guest's own VNC server to connect back to,
+and the viewer port as `console/vnc-port`, the key qemu-dm and XenServer's vncterm write for
+toolstacks. That key is also where a device model publishes its own VNC server (the VGA screen
+of an HVM guest, a PV guest's vfb), and `xl vncviewer` reads it. So we never overwrite it: for
+an HVM guest, or where the key already holds a port that is not ours, ours goes to
+`console/vncterm-port`. We remove our keys when we let go, but only those still holding what
+we wrote: a device model that wrote after us keeps its key.
+
+The device model's VNC server is the domain's desktop. `desktop_address()` is where it listens
+(`console/vnc-port`, and `console/vnc-listen`, read as `xl vncviewer` reads them), which
+vncproxy's dialler asks before each attempt. It follows the device model across reboots and
+restarts, because every change of those keys fires our watch and we read them again.
 
 How.  We reach xenstore through its command-line tools (`xenstore-read`, `-write`, `-rm`,
 `-watch`; see `Xenstore`), not through libxenstore. They are installed wherever Xen is, they need
 no binding, and tests can put fakes of them on PATH (tests/fakexenstore.py). Each question costs
-a process, a few milliseconds, so we ask only when something has changed. `xenstore-watch KEY`
-runs for as long as we wait. It prints one line straight away, then one line per write to the
-key, and one when the key goes with the domain's directory (a removal fires the watches on every
-key under it). We never parse those lines: any line means "look again". We watch the tty key and
-not the domain directory, because the guest may write under its own directory as fast as it
-likes, and each event costs us a process.
+a process, a few milliseconds, so we ask only when something has changed. One
+`xenstore-watch console serial/0/tty` (the tool takes several paths) runs for as long as we
+wait. It prints a line per path straight away, then one line per write at or under them, and
+one when they go with the domain's directory (a removal fires the watches on every key under
+it). We never parse those lines: any line means "look again". We watch these two and not the
+domain directory, because the guest may write under its own directory as fast as it likes,
+and each event costs us a process. `console/` holds our own keys too, so each publish costs
+one more look, and nothing more: looking never writes.
 
 The source moves between three states, driven by the Console's reader thread:
 - Waiting: there is no domain yet, or no key, or a refused key, or a pty that will not open.
@@ -49,7 +62,12 @@ a FIFO, vncterm would become a confused deputy: it would show a disk on screen, 
 or hang on the FIFO. So we accept only `/dev/pts/<number>`, and the file we open must be a tty.
 Anything else is refused, the refusal goes on the status line, and the file is not opened. The
 values we write are port numbers and addresses, checked against a strict pattern, because
-xenstore-write reads backslash escapes in them.
+xenstore-write reads backslash escapes in them. The device model's address is dialled from dom0
+with --desktop-password-file's password, so it must be a port number and an IP address (a
+wildcard or a missing vnc-listen means loopback, as for `xl vncviewer`); a name is refused
+rather than resolved, and our own viewer port is never dialled. Stock toolstacks let the guest
+only read `console/`; where a guest could write it, it could point us at another address, and
+every limit on a hostile guest server still holds there (vncproxy.py).
 
 Privileges (--user).  Two things need root: reading and writing xenstore (xenstored's socket and
 /dev/xen/xenbus belong to root alone), and opening the pty. xenconsoled creates each pty owned by
@@ -57,13 +75,13 @@ root with mode 0620, so group tty may write to it but not read it. Both are need
 reboot. Dropping root for good would lose the console at the first reboot. Keeping root as the
 saved uid would make dropping pointless, because any code that runs could take root back. So with
 --user, vncterm splits in two, as OpenSSH's privilege separation does. Before any thread starts,
-it forks a `Helper` that stays root and serves eight requests, all about domain N only: exists,
+it forks a `Helper` that stays root and serves nine requests, all about domain N only: exists,
 console_path, open_console, watch, unwatch, publish (keys and values checked against a fixed
-list), retract, and guest_addresses. No request takes a path, so the unprivileged half, which
-parses everything viewers and the guest send, cannot ask for any other file or key. The opened
-pty and the watch's pipe come back as file descriptors over the socket (SCM_RIGHTS). However
-vncterm ends, even by SIGKILL, the helper sees its socket close. It then removes the published
-keys and the pid file, and exits.
+list), retract, guest_addresses and desktop_address. No request takes a path, so the
+unprivileged half, which parses everything viewers and the guest send, cannot ask for any
+other file or key. The opened pty and the watch's pipe come back as file descriptors over the
+socket (SCM_RIGHTS). However vncterm ends, even by SIGKILL, the helper sees its socket close.
+It then removes the published keys and the pid file, and exits.
 
 The dom0 service's plumbing (options, logging, dropping root, the order of it all) is in
 service.py.
@@ -97,16 +115,21 @@ MAX_DOMAIN = 0x7FEF  # DOMID_FIRST_RESERVED - 1: the ids above it are Xen's own
 VIEWER_PORT_BASE, REVERSE_PORT_BASE = 5900, 5500
 PTY_PATH = re.compile(r"/dev/pts/[0-9]{1,7}")
 VNC_PORT_KEY, VNC_REVERSE_KEY = "console/vnc-port", "console/vnc-reverse"
+VNCTERM_PORT_KEY, VNC_LISTEN_KEY = "console/vncterm-port", "console/vnc-listen"
+CONSOLE_KEYS = ("console/tty", "serial/0/tty")  # a PV console first, else an HVM serial port
+WATCHED_KEYS = ("console", "serial/0/tty")
 ADVERT_VALUES = {
     VNC_PORT_KEY: re.compile(r"[0-9]{1,5}"),
+    VNCTERM_PORT_KEY: re.compile(r"[0-9]{1,5}"),
     VNC_REVERSE_KEY: re.compile(r"[0-9A-Za-z.:%\[\]-]{1,80}:[0-9]{1,5}"),
 }
 # Errors that persist until xenstore changes; any other failure is retried on the Console's timer.
 UNTIL_CHANGED = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EIO, errno.ENXIO, errno.ENOTTY}
 HELPER_REQUESTS = ("exists", "console_path", "open_console", "watch", "unwatch", "publish",
-                   "retract", "guest_addresses")
+                   "retract", "guest_addresses", "desktop_address")
 MAX_VIFS = 4
 WILDCARDS = ("", "0.0.0.0", "::")
+LOOPBACK_FOR = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "localhost": "127.0.0.1", "::": "::1"}
 
 
 def default_ports(number: int) -> tuple[int, int]:
@@ -125,6 +148,23 @@ def check_pty_path(value: str) -> str:
     if not PTY_PATH.fullmatch(value):
         raise OSError(errno.EPERM, f"refused tty {value[:24]!r}: not /dev/pts/N")
     return value
+
+
+def vnc_address(listen: str | None, port: str | None) -> tuple[str, int] | None:
+    """Where a device model's VNC server listens, from console/vnc-listen and -port, or None.
+
+    Like `xl vncviewer`, a missing vnc-listen means this host, and so does a wildcard. Only an
+    IP address is accepted: the address is dialled from dom0, with --desktop-password-file.
+    """
+    if port is None or not ADVERT_VALUES[VNC_PORT_KEY].fullmatch(port) \
+            or not 0 < int(port) < 65536:
+        return None
+    host = LOOPBACK_FOR.get(listen or "", listen)
+    try:
+        return str(ipaddress.ip_address(host)), int(port)
+    except ValueError:
+        log.warning("refused console/vnc-listen %r: not an IP address", host[:40])
+        return None
 
 
 def host_port(host: str, port: int) -> str:
@@ -192,9 +232,9 @@ class Xenstore:
         if result.returncode != 0:
             raise self._failure("rm", path, result)
 
-    def watch(self, path: str) -> subprocess.Popen:
-        """Start `xenstore-watch PATH`; its stdout has a line per event."""
-        return subprocess.Popen([*self.command("watch"), path], stdin=subprocess.DEVNULL,
+    def watch(self, *paths: str) -> subprocess.Popen:
+        """Start `xenstore-watch PATH...`; its stdout has a line per event on any of them."""
+        return subprocess.Popen([*self.command("watch"), *paths], stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE)
 
     def _run(self, verb: str, *arguments: str) -> subprocess.CompletedProcess:
@@ -220,17 +260,32 @@ class Domain:
         self.number = check_domain(number)
         self.xenstore = xenstore
         self.path = f"/local/domain/{number}"
-        self.tty_key = f"{self.path}/console/tty"
-        self.published: set[str] = set()
+        self.console_key: str | None = None
+        self.published: dict[str, str] = {}
         self.watcher: subprocess.Popen | None = None
 
     def exists(self) -> bool:
         return self.xenstore.read(self.path) is not None
 
     def console_path(self) -> str | None:
-        """The pty console/tty names, None if there is none; OSError if it names anything else."""
-        value = self.xenstore.read(self.tty_key)
-        return check_pty_path(value) if value else None
+        """The pty console/tty names, else serial/0/tty (an HVM guest's first serial port).
+
+        None if neither is there; OSError if the key names anything but a pty.
+        """
+        for key in CONSOLE_KEYS:
+            value = self.xenstore.read(f"{self.path}/{key}")
+            if value:
+                self.console_key = key
+                return check_pty_path(value)
+        self.console_key = None
+        return None
+
+    def desktop_address(self) -> tuple[str, int] | None:
+        """The device model's VNC server (console/vnc-port and -listen), unless that key is ours."""
+        port = self.xenstore.read(f"{self.path}/{VNC_PORT_KEY}")
+        if port is None or self.published.get(VNC_PORT_KEY) == port:
+            return None
+        return vnc_address(self.xenstore.read(f"{self.path}/{VNC_LISTEN_KEY}"), port)
 
     def guest_addresses(self) -> list[str]:
         """The addresses the toolstack gave the domain's network interfaces (xl's vif `ip=`).
@@ -249,10 +304,10 @@ class Domain:
         return found
 
     def open_console(self) -> tuple[str, int]:
-        """Open the pty console/tty names: its path, and a raw non-blocking fd the caller owns."""
+        """Open the console's pty (console_path): its path, and a raw non-blocking fd, ours."""
         path = self.console_path()
         if path is None:
-            raise OSError(errno.ENOENT, "no console/tty in xenstore yet")
+            raise OSError(errno.ENOENT, "no console/tty or serial/0/tty in xenstore yet")
         pty = sources.PtySource(path)
         pty.open()
         fd, pty.fd = pty.fd, None
@@ -262,9 +317,9 @@ class Domain:
         return path, fd
 
     def watch(self) -> int:
-        """Start watching console/tty (and so the domain); an fd of its lines the caller owns."""
+        """Start watching the console keys (and so the domain); an fd of its lines, ours."""
         self.unwatch()
-        self.watcher = self.xenstore.watch(self.tty_key)
+        self.watcher = self.xenstore.watch(*(f"{self.path}/{key}" for key in WATCHED_KEYS))
         return os.dup(self.watcher.stdout.fileno())
 
     def unwatch(self) -> None:
@@ -275,29 +330,47 @@ class Domain:
             self.watcher = None
 
     def publish(self, keys: dict[str, str]) -> None:
-        """Write our keys under the domain (only the known keys, with checked values)."""
+        """Write our keys under the domain (only the known keys, with checked values).
+
+        console/vnc-port may belong to a device model (QEMU writes it for an HVM guest's VGA
+        display): we never overwrite it, and publish our port as console/vncterm-port instead.
+        """
         for key, value in keys.items():
             pattern = ADVERT_VALUES.get(key)
             if pattern is None or not pattern.fullmatch(value):
                 raise OSError(errno.EPERM, f"refused to publish {key}={value[:40]!r}")
+        if VNC_PORT_KEY in keys and not self._vnc_port_is_ours():
+            keys = {VNCTERM_PORT_KEY if key == VNC_PORT_KEY else key: value
+                    for key, value in keys.items()}
         for key, value in keys.items():
-            self.published.add(key)
+            self.published[key] = value
             self.xenstore.write(f"{self.path}/{key}", value)
-        if self.xenstore.read(self.tty_key) is None:
+        if self.console_path() is None:
             self.retract()
+
+    def _vnc_port_is_ours(self) -> bool:
+        """True if console/vnc-port is ours to write: a PV console, and the key absent or ours."""
+        if self.console_key != CONSOLE_KEYS[0]:
+            return False
+        value = self.xenstore.read(f"{self.path}/{VNC_PORT_KEY}")
+        return value is None or value == self.published.get(VNC_PORT_KEY)
 
     def retract(self) -> None:
         """Remove the keys we published, and any directory our writes re-created.
 
-        A write under a directory that was just removed creates it again. If the domain was
-        destroyed while we published, the tidy removal takes those ghost directories away.
+        A key that holds another value now is someone else's (a device model that started
+        after us) and stays. A write under a directory that was just removed creates it
+        again. If the domain was destroyed while we published, the tidy removal takes those
+        ghost directories away.
         """
-        for key in sorted(self.published):
+        for key, value in sorted(self.published.items()):
+            path = f"{self.path}/{key}"
             try:
-                self.xenstore.rm(f"{self.path}/{key}", tidy=True)
+                if self.xenstore.read(path) in (value, None):
+                    self.xenstore.rm(path, tidy=True)
             except OSError as error:
                 log.debug("domain %d: %s", self.number, error)
-        self.published = set()
+        self.published = {}
 
 
 # --- The console source --------------------------------------------------------------------------
@@ -317,6 +390,7 @@ class DomainSource:
         self.adverts = adverts or {}
         self.pty = sources.FdSource()
         self.path: str | None = None
+        self.desktop: tuple[str, int] | None = None
         self.watch_fd: int | None = None
         self.waiting: OSError | None = None
         self.seen = False
@@ -335,6 +409,8 @@ class DomainSource:
             self.watch_fd = self.domain.watch()
             os.set_blocking(self.watch_fd, False)
         changed = self._watch_fired()
+        if changed:
+            self._look_for_desktop()
         if self.waiting is not None and not changed:
             raise OSError(self.waiting.errno, self.waiting.strerror)
         try:
@@ -360,11 +436,33 @@ class DomainSource:
                 self.domain.publish(self.adverts)
             except OSError as error:
                 log.warning("domain %d: cannot publish the ports: %s", self.domain.number, error)
+        self._look_for_desktop()
+
+    def desktop_address(self) -> tuple[str, int] | None:
+        """Where the domain's device model serves its VNC display, as last seen; None if nowhere.
+
+        Called from the desktop dialler's thread; the Console's reader thread keeps it current.
+        """
+        return self.desktop
+
+    def _look_for_desktop(self) -> None:
+        try:
+            address = self.domain.desktop_address()
+        except OSError as error:
+            log.debug("domain %d: %s", self.domain.number, error)
+            address = None
+        if address is not None and str(address[1]) == self.adverts.get(VNC_PORT_KEY):
+            address = None  # our own port, left behind by an earlier vncterm: never dial it
+        if address != self.desktop:
+            log.info("domain %d: device model display %s", self.domain.number,
+                     "gone" if address is None else host_port(*address))
+        self.desktop = address
 
     def read(self) -> bytes | None:
         """Bytes from the guest; b"" once the pty hung up or xenstore moved the console away."""
-        if not self.moved and self._watch_fired():
-            self.moved = self.watch_fd is None or not self._still_current()
+        if self.watch_fd is not None and self._watch_fired():
+            self._look_for_desktop()
+            self.moved = self.moved or self.watch_fd is None or not self._still_current()
         data = self.pty.read()
         if data is None and self.moved:
             return b""
@@ -440,6 +538,10 @@ class Helper:
 
     def console_path(self) -> str | None:
         return self._ask("console_path")[0]
+
+    def desktop_address(self) -> tuple[str, int] | None:
+        address = self._ask("desktop_address")[0]
+        return None if address is None else (address[0], address[1])
 
     def guest_addresses(self) -> list[str]:
         return self._ask("guest_addresses")[0]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -124,13 +123,6 @@ def memory_mb(pids, field: str = "VmRSS") -> float:
     return total / 1024
 
 
-def free_port() -> int:
-    """A TCP port on loopback that nobody listens on just now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def wait_for(predicate, timeout: float, what: str):
     """Poll `predicate` until it returns something true, and return that; raise on timeout."""
     result = peers.wait_until(predicate, timeout, interval=0.02)
@@ -169,7 +161,7 @@ class Xvnc(peers.Xvnc):
     without authentication; .pids are the processes whose CPU and memory count as the peer's."""
 
     def __init__(self, size=(COLUMNS * 8, ROWS * 16)) -> None:
-        self.port = free_port()
+        self.port = peers.free_port()
         super().__init__(OUT, size, options=("-rfbport", str(self.port), "-localhost",
                                              "-SecurityTypes", "None"))
         self.pids = [self.proc.pid]

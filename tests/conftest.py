@@ -12,14 +12,28 @@ an error in whichever test started it.
 A peer that is missing skips its tests on a developer's machine (and fails them under CI=true, see
 peers.require). The terminal summary then names the missing peers and the one command that
 installs them, so a skipped run is never mistaken for a passing one.
+
+The session's TLS certificates (`certificates`) are made here once, with the openssl command,
+for every test of VeNCrypt, in-process or with a real viewer.  The other shared fixtures hand
+out what the helper modules make and clean up after it: `harness` (harness.py's server, leak
+checked), `guest` (guestdesktop.py's Xvnc), `vncdo_viewers` (peers.VncdoViewer), `fake`, `guests`
+and `run_console` (fakexen.py's store, guest consoles and console readers), and `initrd` and
+`boot` (qemuguest.py's initramfs and QEMU guests).
 """
 
+import gzip
 import re
 import shutil
+import subprocess
 
 import pytest
 
+import console
+import guestdesktop
 import peers
+import qemuguest
+from fakexen import FakeXen, Guest
+from harness import Harness, leak_checked
 
 
 @pytest.fixture
@@ -47,6 +61,21 @@ def start_vncterm(artifacts):
 
 
 @pytest.fixture
+def harness():
+    """harness(**server options) -> a harness.Harness; closed and leak-checked at teardown."""
+    yield from leak_checked(Harness)
+
+
+@pytest.fixture
+def guest(artifacts):
+    """Xvnc 1024x768 with no TCP listener and no authentication, for the test to paint."""
+    guestdesktop.guest_peers()
+    server = guestdesktop.Xvnc(artifacts, options=("-rfbport", "-1", "-SecurityTypes", "None"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def xvfb(artifacts):
     """A virtual X screen (peers.Xvfb) for viewers and screenshots."""
     peers.require("Xvfb")
@@ -54,6 +83,121 @@ def xvfb(artifacts):
     screen = peers.Xvfb(artifacts)
     yield screen
     screen.stop()
+
+
+@pytest.fixture
+def vncdo_viewers(artifacts):
+    """vncdo_viewers(server, name) -> a connected VncdoViewer; all are stopped at teardown."""
+    started = []
+
+    def connect(server, name="vncdo-viewer"):
+        viewer = peers.VncdoViewer(server, artifacts, name)
+        started.append(viewer)
+        return viewer
+
+    yield connect
+    for viewer in started:
+        viewer.stop()
+
+
+@pytest.fixture
+def fake(tmp_path):
+    return FakeXen(tmp_path)
+
+
+@pytest.fixture
+def guests():
+    """guests() -> a new Guest; all are hung up at teardown."""
+    made = []
+
+    def make():
+        made.append(Guest())
+        return made[-1]
+
+    yield make
+    for guest in made:
+        guest.hang_up()
+
+
+@pytest.fixture
+def run_console():
+    """run_console(source) -> a started console.Console; stopped (and source closed) at teardown."""
+    started = []
+
+    def run(source):
+        term = console.Console(source, 80, 25)
+        term.start()
+        started.append(term)
+        return term
+
+    yield run
+    for term in started:
+        term.stop()
+        term.source.close()
+
+
+@pytest.fixture(scope="module")
+def initrd(tmp_path_factory):
+    """A gzipped cpio initramfs holding busybox and INIT."""
+    for program in ("qemu-system-x86_64", "busybox", "cpio"):
+        peers.require(program)
+    root = tmp_path_factory.mktemp("initramfs")
+    (root / "bin").mkdir()
+    shutil.copy(shutil.which("busybox"), root / "bin" / "busybox")
+    (root / "init").write_text(qemuguest.INIT)
+    (root / "init").chmod(0o755)
+    names = subprocess.run(["find", "."], cwd=root, capture_output=True, check=True).stdout
+    archive = subprocess.run(["cpio", "-o", "-H", "newc"], cwd=root, input=names,
+                             capture_output=True, check=True).stdout
+    path = root.parent / f"{root.name}.cpio.gz"
+    path.write_bytes(gzip.compress(archive))
+    return path
+
+
+@pytest.fixture
+def boot(initrd, artifacts):
+    """boot() -> a paused QemuGuest; every guest is killed at teardown."""
+    kernel = qemuguest.require_kernel()
+    guests = []
+
+    def start():
+        guests.append(qemuguest.QemuGuest(kernel, initrd, artifacts / f"qemu{len(guests)}.log"))
+        return guests[-1]
+
+    yield start
+    for guest in guests:
+        guest.stop()
+
+
+def openssl(*argv, cwd):
+    subprocess.run(["openssl", *argv], cwd=cwd, check=True, capture_output=True)
+
+
+def make_ca(folder, name):
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2",
+            "-subj", f"/CN=vncterm test {name}", "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=folder)
+    return folder / f"{name}.pem"
+
+
+@pytest.fixture(scope="session")
+def certificates(tmp_path_factory):
+    """{"ca", "cert", "key", "other_ca"}: paths to PEM files made with openssl for this run."""
+    peers.require("openssl")
+    folder = tmp_path_factory.mktemp("certificates")
+    ca = make_ca(folder, "ca")
+    other_ca = make_ca(folder, "other")
+    (folder / "server.ext").write_text(
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n")
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost", cwd=folder)
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "server.ext",
+            cwd=folder)
+    return {"ca": ca, "cert": folder / "server.pem", "key": folder / "server.key",
+            "other_ca": other_ca}
 
 
 def pytest_terminal_summary(terminalreporter):

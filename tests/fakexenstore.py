@@ -14,10 +14,10 @@ and xenstored's fire_watches):
 - `xenstore-write PATH VALUE` creates the missing parents, with "" as their values.
 - `xenstore-rm PATH` removes the key and everything under it; a missing key is fine as long as
   its parent exists. With `-t` it then removes each parent left empty with an empty value.
-- `xenstore-watch PATH` prints PATH once straight away (xenstored fires every new watch once),
-  then one line per change: the path that changed, at or under PATH, or PATH itself when a
-  parent was removed. It prints only the path, never the watch token. A write that stores the
-  value already there is a change too.
+- `xenstore-watch PATH...` prints each PATH once straight away (xenstored fires every new watch
+  once), then one line per change: the path that changed, at or under a PATH, or that PATH
+  itself when a parent was removed. It prints only the path, never the watch token. A write
+  that stores the value already there is a change too.
 
 The store is a JSON file, replaced atomically on every write and guarded by a lock file, so a
 reader never sees half of it. It holds each path's value and how many times it was written: that
@@ -133,25 +133,28 @@ def install(folder, store_path):
     return f"{folder}/xenstore-"
 
 
-def watch(store, key):
-    """Print key, then every path under it that changes, until stdout closes or the parent dies.
+def watch(store, keys):
+    """Print each key, then every path under one that changes, until stdout closes or the
+    parent dies.
 
     The real tool outlives a parent killed by SIGKILL until its next event; a test store may
     never change again, so the fake also leaves when it is orphaned.
     """
     parent = os.getppid()
-    before = store.snapshot(key)
-    print(key, flush=True)
+    before = {key: store.snapshot(key) for key in keys}
+    for key in keys:
+        print(key, flush=True)
     while os.getppid() == parent:
         time.sleep(WATCH_INTERVAL)
-        after = store.snapshot(key)
-        changed = sorted(path for path in before.keys() | after.keys()
-                         if before.get(path) != after.get(path))
-        if before and not after:
-            changed = [key]
-        for path in changed:
-            print(path, flush=True)
-        before = after
+        for key in keys:
+            after = store.snapshot(key)
+            changed = sorted(path for path in before[key].keys() | after.keys()
+                             if before[key].get(path) != after.get(path))
+            if before[key] and not after:
+                changed = [key]
+            for path in changed:
+                print(path, flush=True)
+            before[key] = after
 
 
 def remove(store, key, tidy=False):
@@ -177,14 +180,14 @@ def main(argv):
         return remove(store, arguments[1], tidy=True)
     elif verb == "rm" and len(arguments) == 1:
         return remove(store, arguments[0])
-    elif verb == "watch" and len(arguments) == 1:
+    elif verb == "watch" and arguments:
         try:
-            watch(store, arguments[0])
+            watch(store, arguments)
         except (BrokenPipeError, KeyboardInterrupt):
             return 0
     else:
-        print(f"Usage: xenstore-{verb} (fake: one key{', one value' if verb == 'write' else ''})",
-              file=sys.stderr)
+        wanted = {"write": "one key, one value", "watch": "keys"}.get(verb, "one key")
+        print(f"Usage: xenstore-{verb} (fake: {wanted})", file=sys.stderr)
         return 1
     return 0
 

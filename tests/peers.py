@@ -13,7 +13,10 @@ Processes. `VncTerm` starts `vncterm.py --port 0` and reads the port from its on
 line; `stop()` sends SIGTERM and insists on exit status 0. `Xvfb` starts a virtual X screen with
 `-displayfd`, so the X server itself picks a free display number (safe when test runs overlap),
 starts viewers on it and takes screenshots with ImageMagick's `import`. Every process logs to a
-file in the test's artifacts folder, so a failure leaves its evidence behind.
+file in the test's artifacts folder, so a failure leaves its evidence behind. `VncdoViewer` keeps
+vncdotool's Python API connected in a child process, for a viewer that must already be there when
+something changes, and `TigerViewer` is TigerVNC's vncviewer on an Xvfb screen; `free_port`
+names a loopback port for a peer that cannot be told to pick one.
 
 Pictures. The tests paint a pattern of coloured blocks with their own `printf` and look for it in
 what a viewer shows. A capture straight from a viewer (vncdotool, vncsnapshot) is the framebuffer
@@ -31,10 +34,12 @@ end-to-end waits are real; the tests never assert how long anything took.
 import contextlib
 import importlib.util
 import os
+import queue
 import re
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -83,6 +88,13 @@ def recv_exactly(sock, size, peer):
             raise ConnectionError(f"{peer} closed the connection")
         data += chunk
     return bytes(data)
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def wait_until(predicate, timeout=15.0, interval=0.1):
@@ -251,6 +263,102 @@ class Xvnc(XServer):
     def __init__(self, folder, size, name="Xvnc", options=()):
         super().__init__(folder, ["Xvnc", "-geometry", "%dx%d" % size, "-depth", "24",
                                   "-nolisten", "tcp", "-noreset", *options], name)
+
+
+VNCDO_DRIVER = r"""
+import sys
+from vncdotool import api
+
+client = api.connect(sys.argv[1], timeout=30)
+client.refreshScreen()
+print("connected", flush=True)
+for line in sys.stdin:
+    verb, *args = line.split()
+    getattr(client, verb)(*(int(a) if a.isdigit() else a for a in args))
+    print("done", flush=True)
+client.disconnect()
+api.shutdown()
+"""
+
+
+class VncdoViewer:
+    """vncdotool's API kept connected in a child process, driven one method call per line."""
+
+    def __init__(self, server, folder, name="vncdo-viewer"):
+        self.folder = folder
+        self.name = name
+        self.replies = queue.Queue()
+        with open(folder / f"{name}.log", "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", VNCDO_DRIVER, server.address], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1)
+        threading.Thread(target=self._read_replies, daemon=True).start()
+        self._expect("connected")
+
+    def _read_replies(self):
+        for line in self.proc.stdout:
+            self.replies.put(line.strip())
+        self.replies.put("exited")
+
+    def _expect(self, reply, timeout=30.0):
+        try:
+            got = self.replies.get(timeout=timeout)
+        except queue.Empty:
+            got = "nothing"
+        if got != reply:
+            log = read_text(self.folder / f"{self.name}.log")[-3000:]
+            raise AssertionError(f"vncdotool viewer answered {got!r}, not {reply!r}\n{log}")
+
+    def do(self, *calls):
+        """Call vncdotool client methods in order, e.g. do('keyPress ctrl-alt-f1')."""
+        for call in calls:
+            try:
+                self.proc.stdin.write(call + "\n")
+                self.proc.stdin.flush()
+            except BrokenPipeError:
+                pass  # it exited; _expect says so, with its log
+            self._expect("done")
+
+    def capture(self, name):
+        """A capture of the whole framebuffer as this viewer has it now."""
+        path = self.folder / f"{name}.png"
+        # The first capture after a resize may be answered by an update already on its way.
+        self.do(f"captureScreen {path}", f"captureScreen {path}")
+        return load_rgb(path)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class TigerViewer:
+    """TigerVNC's vncviewer on an Xvfb screen, read back by screenshot, driven by xdotool."""
+
+    def __init__(self, xvfb, server, name="vncviewer", encoding="Tight"):
+        require("vncviewer")
+        require("xdotool")
+        self.xvfb = xvfb
+        self.name = name
+        self.shots = 0
+        xvfb.start(["vncviewer", "Shared=1", f"PreferredEncoding={encoding}", "AutoSelect=0",
+                    server.address], name)
+
+    def screenshot(self):
+        self.shots += 1
+        return self.xvfb.screenshot(f"{self.name}-{self.shots}")
+
+    def hotkey(self, key):
+        """Press Ctrl-Alt-KEY in the viewer's window (focused and clicked first: no WM here)."""
+        window = self.xvfb.run("xdotool", "search", "--sync", "--onlyvisible", "--class",
+                               "TigerVNC").split()[0]
+        self.xvfb.run("xdotool", "windowfocus", "--sync", window)
+        self.xvfb.run("xdotool", "mousemove", "--window", window, "5", "5", "click", "1")
+        self.xvfb.run("xdotool", "key", f"ctrl+alt+{key}")
 
 
 def stop_process(process, timeout=5, group=False):

@@ -4,16 +4,22 @@ It is written from RFC 6143 with `struct`, not with rfb.py, so it does not share
 mistakes.  It decodes Raw (32-bit little-endian 888, the server's default format) and
 CopyRect into a Pillow image, follows DesktopSize and ExtendedDesktopSize, and counts bells.
 Real viewers prove the features; this client probes the corners they never visit.
+
+`SecureClient` adds the security step: VNC authentication with its own DES key schedule and
+VeNCrypt with the standard library's TLS, so it shares no code with auth.py either.
 """
 
 import socket
+import ssl
 import struct
 
+from Crypto.Cipher import DES
 from PIL import Image
 
 import peers
 
 RAW, COPY_RECT, DESKTOP_SIZE, EXTENDED_DESKTOP_SIZE = 0, 1, -223, -308
+VENCRYPT, X509_NONE, X509_VNC = 19, 260, 261
 
 
 class Client:
@@ -138,3 +144,46 @@ class Client:
 
     def close(self):
         self.sock.close()
+
+
+def vnc_response(challenge, password):
+    """DES of the challenge, keyed by the password with each byte's bits mirrored (RFC 6143)."""
+    key = bytes(sum(((byte >> bit) & 1) << (7 - bit) for bit in range(8))
+                for byte in password[:8].ljust(8, b"\0"))
+    return DES.new(key, DES.MODE_ECB).encrypt(challenge)
+
+
+class SecureClient(Client):
+    """rawviewer.Client with the security step: None, VNC authentication, VeNCrypt X509*."""
+
+    def __init__(self, port, password=None, tls=None, version=b"RFB 003.008\n", shared=True,
+                 subtype=None, timeout=10.0):
+        self.password, self.tls, self.subtype = password, tls, subtype
+        super().__init__(port, version, shared, timeout)
+
+    def choose(self, types):
+        return VENCRYPT if self.tls and VENCRYPT in types else types[-1]
+
+    def authenticate(self, chosen):
+        method = self.vencrypt() if chosen == VENCRYPT else chosen
+        if method in (2, X509_VNC):
+            self.sock.sendall(vnc_response(self.recv(16), self.password or b""))
+        return method
+
+    def vencrypt(self):
+        """VeNCrypt 0.2 up to a finished TLS handshake; return the subtype chosen."""
+        assert self.recv(2) == b"\x00\x02"
+        self.sock.sendall(b"\x00\x02")
+        assert self.recv(1) == b"\x00"
+        count = self.recv(1)[0]
+        self.subtypes = list(struct.unpack(f">{count}I", self.recv(4 * count)))
+        chosen = self.subtype or self.subtypes[0]
+        self.sock.sendall(struct.pack(">I", chosen))
+        assert self.recv(1) == b"\x01"
+        self.sock = self.tls.wrap_socket(self.sock, server_hostname="127.0.0.1")
+        return chosen
+
+
+def client_tls(ca):
+    """A viewer's TLS context that trusts the CA in the PEM file `ca`."""
+    return ssl.create_default_context(cafile=str(ca))

@@ -1,12 +1,12 @@
 """auth.py and the viewer handshake around it: passwords, VeNCrypt TLS, the limits on strangers.
 
 The policy pieces (offers, turns, caps, option checks) are tested as data.  Everything else
-runs against a real server on loopback (test_server's Harness) with `SecureClient`, rawviewer's
+runs against a real server on loopback (harness.py's Harness) with `SecureClient`, rawviewer's
 client taught the security step: VNC authentication with its own DES key schedule and
 VeNCrypt with the standard library's TLS, so it shares no code with auth.py.  Certificates are
-made for the session with the openssl command (a CA, a server certificate for 127.0.0.1 and
-localhost, and a second CA that signed nothing of ours).  The command line is tested as a
-subprocess, judged only by its exit status, its output and what a viewer then meets.
+made for the session by conftest.py with the openssl command (a CA, a server certificate for
+127.0.0.1 and localhost, and a second CA that signed nothing of ours).  The command line is
+tested as a subprocess, judged only by its exit status, its output and what a viewer then meets.
 """
 
 import ipaddress
@@ -21,102 +21,25 @@ import threading
 import time
 
 import pytest
-from Crypto.Cipher import DES
 
 import auth
 import peers
 import viewer
 import vncproxy
 import vncterm
+from harness import Harness, open_fds, server_image, server_tls, settle
 from peers import wait_until
-from rawviewer import RAW, Client
-from test_server import Harness, open_fds, server_image, settle
+from rawviewer import (
+    RAW,
+    VENCRYPT,
+    X509_NONE,
+    X509_VNC,
+    SecureClient,
+    client_tls,
+    vnc_response,
+)
 
 PASSWORD, VIEW_ONLY_PASSWORD = b"s3cret!x", b"look0nly"
-VENCRYPT, X509_NONE, X509_VNC = 19, 260, 261
-
-
-# --- A viewer that can authenticate ----------------------------------------------------------
-
-
-def vnc_response(challenge, password):
-    """DES of the challenge, keyed by the password with each byte's bits mirrored (RFC 6143)."""
-    key = bytes(sum(((byte >> bit) & 1) << (7 - bit) for bit in range(8))
-                for byte in password[:8].ljust(8, b"\0"))
-    return DES.new(key, DES.MODE_ECB).encrypt(challenge)
-
-
-class SecureClient(Client):
-    """rawviewer.Client with the security step: None, VNC authentication, VeNCrypt X509*."""
-
-    def __init__(self, port, password=None, tls=None, version=b"RFB 003.008\n", shared=True,
-                 subtype=None, timeout=10.0):
-        self.password, self.tls, self.subtype = password, tls, subtype
-        super().__init__(port, version, shared, timeout)
-
-    def choose(self, types):
-        return VENCRYPT if self.tls and VENCRYPT in types else types[-1]
-
-    def authenticate(self, chosen):
-        method = self.vencrypt() if chosen == VENCRYPT else chosen
-        if method in (2, X509_VNC):
-            self.sock.sendall(vnc_response(self.recv(16), self.password or b""))
-        return method
-
-    def vencrypt(self):
-        """VeNCrypt 0.2 up to a finished TLS handshake; return the subtype chosen."""
-        assert self.recv(2) == b"\x00\x02"
-        self.sock.sendall(b"\x00\x02")
-        assert self.recv(1) == b"\x00"
-        count = self.recv(1)[0]
-        self.subtypes = list(struct.unpack(f">{count}I", self.recv(4 * count)))
-        chosen = self.subtype or self.subtypes[0]
-        self.sock.sendall(struct.pack(">I", chosen))
-        assert self.recv(1) == b"\x01"
-        self.sock = self.tls.wrap_socket(self.sock, server_hostname="127.0.0.1")
-        return chosen
-
-
-# --- Certificates -----------------------------------------------------------------------------
-
-
-def openssl(*argv, cwd):
-    subprocess.run(["openssl", *argv], cwd=cwd, check=True, capture_output=True)
-
-
-def make_ca(folder, name):
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2",
-            "-subj", f"/CN=vncterm test {name}", "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=folder)
-    return folder / f"{name}.pem"
-
-
-@pytest.fixture(scope="session")
-def certificates(tmp_path_factory):
-    """{"ca", "cert", "key", "other_ca"}: paths to PEM files made with openssl for this run."""
-    peers.require("openssl")
-    folder = tmp_path_factory.mktemp("certificates")
-    ca = make_ca(folder, "ca")
-    other_ca = make_ca(folder, "other")
-    (folder / "server.ext").write_text(
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
-        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n")
-    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost", cwd=folder)
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "server.ext",
-            cwd=folder)
-    return {"ca": ca, "cert": folder / "server.pem", "key": folder / "server.key",
-            "other_ca": other_ca}
-
-
-def client_tls(ca):
-    return ssl.create_default_context(cafile=str(ca))
-
-
-def server_tls(certificates):
-    return auth.tls_context(str(certificates["cert"]), str(certificates["key"]))
 
 
 # --- The server ---------------------------------------------------------------------------------

@@ -20,28 +20,10 @@ import console
 import keymap
 import sources
 import terminal
+from harness import PIECES, FakeSource, assert_frames_keep_a_viewer_exact, screen_text, text_of
 from peers import wait_until as wait_for
 
 COLUMNS, LINES = 20, 6
-
-PIECES = st.sampled_from([
-    "abc", "hello world", "\r\n", "\n", "\r", "\x1b[2J", "\x1b[H", "\x1b[3;4H", "\x1b[K",
-    "\x1b[1;31mred\x1b[0m", "\x1b[2;4r", "\x1b[r", "\x1bM", "\x1b[2L", "\x1b[3M", "\x1b[5P",
-    "\x1b[?25l", "\x1b[?25h", "中文", "\t", "\x08", "x" * 25, "\x1b[?7l", "\x1b[?7h",
-    "\x1b[10B", "\x1b[4@", "\x1bD", "\x1bE", "\x1b[S",
-])
-
-
-class FakeSource:
-    name = "fake"
-    restarts = True
-
-    def __init__(self):
-        self.written = bytearray()
-
-    def write(self, data):
-        self.written += data
-        return len(data)
 
 
 def cells_of(screen):
@@ -50,10 +32,6 @@ def cells_of(screen):
 
 def new_console(columns=COLUMNS, lines=LINES):
     return console.Console(FakeSource(), columns, lines)
-
-
-def text_of(cells):
-    return "".join(cell.data for cell in cells)
 
 
 @settings(max_examples=200, deadline=None)
@@ -73,31 +51,6 @@ def test_terminal_shows_what_plain_pyte_shows(pieces):
 @given(st.lists(PIECES, max_size=40), st.integers(min_value=1, max_value=5))
 def test_frames_keep_a_viewer_exact(pieces, every):
     assert_frames_keep_a_viewer_exact(new_console(), pieces, every)
-
-
-def assert_frames_keep_a_viewer_exact(term, pieces, every):
-    """Feed the pieces, handing a viewer the frame after every `every`-th piece and at the end:
-    the viewer's rows must then be the screen's, and the cursor where the terminal has it."""
-    term.set_status("")
-    viewer = [None] * term.lines
-    for index, piece in enumerate(pieces):
-        term.feed(piece.encode())
-        if index % every == 0:
-            apply_frame(viewer, term.take_frame())
-    apply_frame(viewer, term.take_frame())
-    screen = term.terminal
-    assert viewer == [[screen.buffer[y][x] for x in range(term.columns)]
-                      for y in range(term.lines)]
-    cursor = screen.cursor
-    assert term._cursor == (None if cursor.hidden
-                            else (min(cursor.x, term.columns - 1), cursor.y))
-
-
-def apply_frame(viewer, frame):
-    if frame.scroll:
-        viewer[:] = viewer[frame.scroll :] + [None] * frame.scroll
-    for row, cells in frame.rows.items():
-        viewer[row] = cells
 
 
 def test_full_screen_scroll_is_counted_not_redrawn():
@@ -177,11 +130,6 @@ def test_outbox_is_bounded():
 
 
 # --- Real sources, with the reader thread --------------------------------------------------
-
-
-def screen_text(term):
-    with term.lock:
-        return "\n".join(term.terminal.display)
 
 
 def guest_pty():

@@ -42,7 +42,7 @@ import peers
 import rfb
 import rfbdecode
 from chromium import Chromium
-from peers import Block
+from peers import Block, free_port
 
 PATTERN = (Block("red", 2, 1), Block("green", 72, 1), Block("blue", 2, 22))
 REPAINTED = (Block("red", 40, 10), Block("green", 2, 22), Block("blue", 72, 1))
@@ -187,12 +187,6 @@ def test_gvncviewer_decodes_tight(console, xvfb):
     viewer = xvfb.start(["gvncviewer", f"127.0.0.1:{console.port - 5900}"], "gvncviewer")
     watch_updates(xvfb, console, viewer, "gvncviewer")
     assert_sent_only(console, "tight")
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextlib.contextmanager

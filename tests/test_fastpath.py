@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 import console
 import sources
 import terminal
-from test_console import FakeSource, assert_frames_keep_a_viewer_exact, screen_text
+from harness import FakeSource, assert_frames_keep_a_viewer_exact, screen_text
 
 COLUMNS, LINES, SCROLLBACK = 20, 6, 5
 PRINTABLE = "".join(chr(code) for code in range(0x20, 0x7F))

@@ -63,11 +63,9 @@ import rfbclient
 import terminal
 import updates
 import vncproxy
+from harness import Harness, Proxy, follow, open_fds, server_image, server_tls, settle
 from peers import ARTIFACTS, require, wait_until
-from rawviewer import RAW, Client
-from test_auth import SecureClient, certificates, client_tls, server_tls  # noqa: F401
-from test_server import Harness, open_fds, server_image, settle
-from test_vncproxy import Proxy, follow
+from rawviewer import RAW, Client, SecureClient, client_tls
 
 SCALE = int(os.environ.get("FUZZ_SCALE", "1"))
 CYCLES = 100 * SCALE
@@ -427,7 +425,7 @@ def open_server():
 
 
 @pytest.fixture(scope="module")
-def locked_server(certificates):  # noqa: F811
+def locked_server(certificates):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(auth, "FAILURE_DELAY", 0)
         security = lenient(auth.Security(PASSWORD, tls=server_tls(certificates)))
@@ -664,7 +662,7 @@ def vanish(sock):
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
-def test_viewer_vanishes_mid_update(counted, certificates, tls):  # noqa: F811
+def test_viewer_vanishes_mid_update(counted, certificates, tls):
     security = auth.Security(tls=server_tls(certificates) if tls else None, tls_only=tls)
     with live_server(security) as h:
         good = SecureClient(h.port, tls=client_tls(certificates["ca"]) if tls else None)

@@ -17,127 +17,16 @@ paints coloured blocks and checks their pixels. Then it reboots the guest, with 
 new pty under the same key, and checks the blocks again. A boot takes about three seconds here.
 """
 
-import glob
-import gzip
-import os
-import re
-import shutil
-import subprocess
-import threading
-
-import pytest
-
 import console
 import keymap
 import peers
 import xen
+from fakexen import DOMAIN, PORT_KEY, TTY_KEY, FakeXen, VncTermDomain
 from peers import Block
-from test_xen import DOMAIN, PORT_KEY, TTY_KEY, FakeXen, VncTermDomain
+from qemuguest import BOOT_TIMEOUT, PROMPT, booted
 
-BOOT_TIMEOUT = 60
-PROMPT = "guest# "
-PTY_LINE = re.compile(r"char device redirected to (/dev/pts/\d+)")
-INIT = """#!/bin/busybox sh
-/bin/busybox mkdir -p /proc /sys /dev /sbin /usr/bin /usr/sbin
-/bin/busybox mount -t proc proc /proc
-/bin/busybox mount -t sysfs sys /sys
-/bin/busybox mount -t devtmpfs dev /dev
-/bin/busybox --install -s
-dmesg -n 1
-export PS1='guest# '
-exec setsid cttyhack sh
-"""
 PATTERN = (Block("red", 2, 1), Block("green", 72, 1), Block("blue", 2, 22))
 REBOOTED = (Block("red", 40, 3), Block("green", 2, 22), Block("blue", 72, 1))
-
-
-def require_kernel():
-    """The cloud kernel's path; skipped (failed under CI=true) without one, as peers.require."""
-    kernels = sorted(glob.glob("/boot/vmlinuz-*-cloud-amd64"))
-    peers.require("linux-image-cloud-amd64", kernels and os.access(kernels[-1], os.R_OK))
-    return kernels[-1]
-
-
-@pytest.fixture(scope="module")
-def initrd(tmp_path_factory):
-    """A gzipped cpio initramfs holding busybox and INIT."""
-    for program in ("qemu-system-x86_64", "busybox", "cpio"):
-        peers.require(program)
-    root = tmp_path_factory.mktemp("initramfs")
-    (root / "bin").mkdir()
-    shutil.copy(shutil.which("busybox"), root / "bin" / "busybox")
-    (root / "init").write_text(INIT)
-    (root / "init").chmod(0o755)
-    names = subprocess.run(["find", "."], cwd=root, capture_output=True, check=True).stdout
-    archive = subprocess.run(["cpio", "-o", "-H", "newc"], cwd=root, input=names,
-                             capture_output=True, check=True).stdout
-    path = root.parent / f"{root.name}.cpio.gz"
-    path.write_bytes(gzip.compress(archive))
-    return path
-
-
-class QemuGuest:
-    """A paused QEMU with its serial console on a new pty (.path); cont() lets it boot."""
-
-    def __init__(self, kernel, initrd, log_path):
-        self.lines = []
-        self.named = threading.Event()
-        self.log_path = log_path
-        self.proc = subprocess.Popen(
-            ["qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-no-reboot", "-nodefaults",
-             "-kernel", kernel, "-initrd", str(initrd),
-             "-append", "console=ttyS0 panic=-1", "-display", "none", "-S",
-             "-monitor", "stdio", "-chardev", "pty,id=c0", "-serial", "chardev:c0"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.reader = threading.Thread(target=self._read_output, daemon=True)
-        self.reader.start()
-        if not self.named.wait(30):
-            self.stop()
-            raise AssertionError(f"qemu named no pty:\n{''.join(self.lines)}")
-        self.path = PTY_LINE.search("".join(self.lines))[1]
-
-    def _read_output(self):
-        """QEMU's monitor and messages; the pty's name comes through the monitor."""
-        with open(self.log_path, "w") as log:
-            for line in self.proc.stdout:
-                self.lines.append(line)
-                log.write(line)
-                log.flush()
-                if PTY_LINE.search(line):
-                    self.named.set()
-
-    def cont(self):
-        self.proc.stdin.write("cont\n")
-        self.proc.stdin.flush()
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        self.reader.join(5)
-        self.proc.stdin.close()
-        self.proc.stdout.close()
-
-
-@pytest.fixture
-def boot(initrd, artifacts):
-    """boot() -> a paused QemuGuest; every guest is killed at teardown."""
-    kernel = require_kernel()
-    guests = []
-
-    def start():
-        guests.append(QemuGuest(kernel, initrd, artifacts / f"qemu{len(guests)}.log"))
-        return guests[-1]
-
-    yield start
-    for guest in guests:
-        guest.stop()
-
-
-def booted(raw, boots):
-    """True once the raw console stream shows boot number `boots` reaching its prompt."""
-    parts = peers.read_text(raw).split("Linux version")
-    return len(parts) > boots and PROMPT in parts[boots]
 
 
 def screen_lines(term):

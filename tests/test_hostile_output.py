@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import console
 import peers
 import terminal
-from test_console import PIECES, FakeSource, screen_text
+from harness import PIECES, FakeSource, screen_text
 
 
 class FullSource(FakeSource):

@@ -2,7 +2,9 @@
 
 Read from the source with `ast`, so nothing is imported: the graph has no cycle, the viewer
 session needs neither the proxy nor the console to run (both are displays it is handed), the
-browser relay needs nothing of the proxy, and nothing imports the program.
+browser relay needs nothing of the proxy, and nothing imports the program.  The tests keep a
+rule of their own: a test module imports helper modules, never another test module, so each
+test file can be read, run and changed alone.
 """
 
 import ast
@@ -10,22 +12,23 @@ import pathlib
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+TESTS = pathlib.Path(__file__).resolve().parent
+ROOT = TESTS.parent
 MODULES = {path.stem: path for path in ROOT.glob("*.py")}
 
 
-def imports(name):
-    """The top-level modules of ours that module `name` imports."""
+def imports(path):
+    """The top-level names of the modules that the file at `path` imports."""
     found = set()
-    for node in ast.walk(ast.parse(MODULES[name].read_text())):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             found.add(node.module.split(".")[0])
-    return found & set(MODULES)
+    return found
 
 
-GRAPH = {name: imports(name) for name in MODULES}
+GRAPH = {name: imports(path) & set(MODULES) for name, path in MODULES.items()}
 
 
 def test_no_module_imports_itself_through_others():
@@ -57,3 +60,10 @@ def test_a_module_needs_nothing_above_it(module, forbidden):
 
 def test_nothing_imports_the_program():
     assert not [name for name, imported in GRAPH.items() if "vncterm" in imported]
+
+
+def test_no_test_module_imports_another():
+    test_modules = {path.stem: path for path in TESTS.glob("test_*.py")}
+    found = {name: sorted(imports(path) & set(test_modules))
+             for name, path in test_modules.items()}
+    assert not {name: imported for name, imported in found.items() if imported}

@@ -24,9 +24,9 @@ it shows the desktop's top-left 640x400.  xtightvncviewer lists no DesktopSize a
 resize, so vncterm switches it only to a desktop of the console's own size: its guest is given
 exactly that size.
 
-The expected pictures come from the tests alone, as in test_proxy_viewers.py (whose helpers are
-reused): the console's coloured blocks, the guest's root colour and its xterm.  Screens are
-polled, not slept on, and every process is stopped by its own handle.
+The expected pictures come from the tests alone, as in test_proxy_viewers.py (both use
+guestdesktop.py's helpers): the console's coloured blocks, the guest's root colour and its
+xterm.  Screens are polled, not slept on, and every process is stopped by its own handle.
 """
 
 import functools
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import pytest
 
 import peers
-from test_proxy_viewers import (
+from guestdesktop import (
     DESKTOP_SIZE,
     LEFT,
     ROOT_RGB,
@@ -170,7 +170,7 @@ def still_running(window):
 
 
 class Guest(Xvnc):
-    """Xvnc as the guest, painting and connecting as test_proxy_viewers' does, but of any size
+    """Xvnc as the guest, painting and connecting as guestdesktop's does, but of any size
     (that one's constructor fixes 1024x768, so this calls peers.Xvnc's itself)."""
 
     def __init__(self, folder, size):

@@ -16,52 +16,53 @@ vncterm except its --verbose log, which is used only to know when to look (a gue
 guest left), never as the evidence.
 
 Viewers: vncdotool's command line (one session per call: a hotkey, then captures in the same
-session), vncdotool's Python API kept connected in a child process (`VncdoViewer`, Raw), because
-some checks need a viewer that was already there when the desktop came or went, vncsnapshot
-(Raw, RFB 3.3) and TigerVNC's vncviewer under Xvfb (Tight, continuous updates) read back by
-screenshot.  Under Xvfb, Ctrl-Alt-F1 never reaches vncviewer (the X server's keymap turns it into
-a VT-switch action and swallows it), so vncviewer switches with the Ctrl-Alt-1 / Ctrl-Alt-7
-alternates, which is what those alternates are for.
+session), vncdotool's Python API kept connected in a child process (`peers.VncdoViewer`, Raw),
+because some checks need a viewer that was already there when the desktop came or went,
+vncsnapshot (Raw, RFB 3.3) and TigerVNC's vncviewer under Xvfb (Tight, continuous updates) read
+back by screenshot.  Under Xvfb, Ctrl-Alt-F1 never reaches vncviewer (the X server's keymap turns
+it into a VT-switch action and swallows it), so vncviewer switches with the Ctrl-Alt-1 /
+Ctrl-Alt-7 alternates, which is what those alternates are for.
 
 Screens are polled, not slept on: a capture is retaken until it is right or a timeout passes,
 and the failure then lists what was wrong.  Every process a test starts is stopped by its own
 handle at teardown (fixtures, or try/finally), never by name.
 """
 
-import queue
 import re
 import socket
 import struct
 import subprocess
-import sys
-import threading
 
 import pytest
-from PIL import ImageChops
 
 import peers
-from peers import Block
+from guestdesktop import (
+    ARRIVED,
+    DESKTOP_SIZE,
+    LEFT,
+    ROOT,
+    XTERM_INSIDE,
+    Xvnc,
+    console_errors,
+    desktop_errors,
+    expect_text,
+    guest_peers,
+    hotkey,
+    log_count,
+    reverse_port,
+    screenshot_console_errors,
+    screenshot_desktop_errors,
+    settle,
+    start_proxy,
+    vncdo_capture,
+    wait_for_log,
+)
+from peers import free_port
 
-PATTERN = (Block("red", 2, 1), Block("green", 72, 1), Block("blue", 2, 19))
-DESKTOP_SIZE = (1024, 768)
 SMALLER_SIZE = (800, 600)
-ROOT = "#ff8000"
-ROOT_RGB = (255, 128, 0)
 OTHER_ROOT = "#00c0c0"
 OTHER_ROOT_RGB = (0, 192, 192)
-XTERM_GEOMETRY = "80x10+100+100"
-XTERM_INSIDE = (300, 150)
-COLOUR_TOLERANCE = 40
 PASSWORD = "s3cret!-longer-than-8"  # VNC authentication uses the first 8 characters
-
-REVERSE = re.compile(r"vncterm: guest desktops connect to 127\.0\.0\.1:(\d+)")
-ARRIVED = re.compile(r"guest desktop \S+ connected, (\d+)x(\d+)")
-LEFT = re.compile(r"guest desktop \S+ disconnected")
-
-
-def hotkey(key):
-    """vncdo actions for Ctrl-Alt-KEY, pressed and released the way a person does."""
-    return ("keydown", "ctrl", "keydown", "alt", "key", key, "keyup", "alt", "keyup", "ctrl")
 
 
 def hotkeys_switch(server, artifacts, to_console, to_desktop, **desktop_checks):
@@ -74,285 +75,10 @@ def hotkeys_switch(server, artifacts, to_console, to_desktop, **desktop_checks):
                       *hotkey(to_console), *hotkey(to_desktop)), **desktop_checks))
 
 
-# --- vncterm and its log -----------------------------------------------------------------------
-
-
-def start_proxy(start_vncterm, folder, options=()):
-    """vncterm --verbose with a reverse port of its own, on a console that paints PATTERN."""
-    script = folder / "console.sh"
-    script.write_text(f"{peers.paint_command(PATTERN)}\nexec cat > {folder / 'typed.txt'}\n")
-    return start_vncterm(f"sh {script}", options=("--verbose", "--reverse-port", "0", *options))
-
-
-def reverse_port(server):
-    """The reverse port vncterm printed (its stdout line comes before the listening line)."""
-    for line in server.output:
-        if match := REVERSE.fullmatch(line):
-            return int(match[1])
-    raise AssertionError(f"vncterm never said where guests connect\n{server.report()}")
-
-
-def log_count(server, pattern):
-    """How many lines of vncterm's stderr log match pattern."""
-    return len(pattern.findall(peers.read_text(server.log_path)))
-
-
-def wait_for_log(server, pattern, count=1, timeout=20.0):
-    """Wait until the log holds `count` matches of pattern; fail with the log if it never does."""
-    if not peers.wait_until(lambda: log_count(server, pattern) >= count, timeout):
-        raise AssertionError(
-            f"no {count}th log line matching {pattern.pattern!r}\n{server.report()}")
-
-
-# --- Guest X servers ---------------------------------------------------------------------------
-
-
-class Xvnc(peers.Xvnc):
-    """TigerVNC's Xvnc as the guest's X server, which paints and connects on request."""
-
-    def __init__(self, folder, name="Xvnc", options=()):
-        super().__init__(folder, DESKTOP_SIZE, name, options)
-
-    def paint(self, colour=ROOT, xterm_command=None):
-        """Paint the root; with xterm_command, start an xterm running it and wait for its window."""
-        self.run("xsetroot", "-solid", colour)
-        if xterm_command:
-            self.start(["xterm", "-geometry", XTERM_GEOMETRY, "-e", "sh", "-c", xterm_command],
-                       "xterm")
-            self.run("xdotool", "search", "--sync", "--onlyvisible", "--class", "XTerm")
-
-    def connect(self, server):
-        """vncconfig -connect to vncterm's reverse port; wait until vncterm has the desktop."""
-        before = log_count(server, ARRIVED)
-        # vncconfig exits 0 whether or not the connection worked: only vncterm's log can say.
-        self.run("vncconfig", "-display", self.display, "-connect",
-                 f"127.0.0.1:{reverse_port(server)}")
-        wait_for_log(server, ARRIVED, before + 1)
-
-
-def guest_peers():
-    for peer in ("Xvnc", "vncconfig", "xsetroot", "xterm", "xdotool", "vncdotool", "vncsnapshot"):
-        peers.require(peer)
-
-
-@pytest.fixture
-def guest(artifacts):
-    """Xvnc 1024x768 with no TCP listener and no authentication, for the test to paint."""
-    guest_peers()
-    server = Xvnc(artifacts, options=("-rfbport", "-1", "-SecurityTypes", "None"))
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def proxy(start_vncterm, tmp_path):
     """vncterm --verbose --reverse-port 0 showing PATTERN on its console."""
     return start_proxy(start_vncterm, tmp_path)
-
-
-def free_port():
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-# --- Viewers -----------------------------------------------------------------------------------
-
-DRIVER = r"""
-import sys
-from vncdotool import api
-
-client = api.connect(sys.argv[1], timeout=30)
-client.refreshScreen()
-print("connected", flush=True)
-for line in sys.stdin:
-    verb, *args = line.split()
-    getattr(client, verb)(*(int(a) if a.isdigit() else a for a in args))
-    print("done", flush=True)
-client.disconnect()
-api.shutdown()
-"""
-
-
-class VncdoViewer:
-    """vncdotool's API kept connected in a child process, driven one method call per line."""
-
-    def __init__(self, server, folder, name="vncdo-viewer"):
-        self.folder = folder
-        self.name = name
-        self.replies = queue.Queue()
-        with open(folder / f"{name}.log", "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", DRIVER, server.address], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1)
-        threading.Thread(target=self._read_replies, daemon=True).start()
-        self._expect("connected")
-
-    def _read_replies(self):
-        for line in self.proc.stdout:
-            self.replies.put(line.strip())
-        self.replies.put("exited")
-
-    def _expect(self, reply, timeout=30.0):
-        try:
-            got = self.replies.get(timeout=timeout)
-        except queue.Empty:
-            got = "nothing"
-        if got != reply:
-            log = peers.read_text(self.folder / f"{self.name}.log")[-3000:]
-            raise AssertionError(f"vncdotool viewer answered {got!r}, not {reply!r}\n{log}")
-
-    def do(self, *calls):
-        """Call vncdotool client methods in order, e.g. do('keyPress ctrl-alt-f1')."""
-        for call in calls:
-            try:
-                self.proc.stdin.write(call + "\n")
-                self.proc.stdin.flush()
-            except BrokenPipeError:
-                pass  # it exited; _expect says so, with its log
-            self._expect("done")
-
-    def capture(self, name):
-        """A capture of the whole framebuffer as this viewer has it now."""
-        path = self.folder / f"{name}.png"
-        # The first capture after a resize may be answered by an update already on its way.
-        self.do(f"captureScreen {path}", f"captureScreen {path}")
-        return peers.load_rgb(path)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-@pytest.fixture
-def vncdo_viewers(artifacts):
-    """vncdo_viewers(server, name) -> a connected VncdoViewer; all are stopped at teardown."""
-    started = []
-
-    def connect(server, name="vncdo-viewer"):
-        viewer = VncdoViewer(server, artifacts, name)
-        started.append(viewer)
-        return viewer
-
-    yield connect
-    for viewer in started:
-        viewer.stop()
-
-
-def vncdo_capture(server, path, *actions):
-    """Do the actions, then capture twice in the same vncdo session (vncdotool 1.4.2's quirk)."""
-    peers.vncdo(server, *actions, "capture", str(path), "capture", str(path))
-    return peers.load_rgb(path)
-
-
-class TigerViewer:
-    """TigerVNC's vncviewer on an Xvfb screen, read back by screenshot, driven by xdotool."""
-
-    def __init__(self, xvfb, server, name="vncviewer", encoding="Tight"):
-        peers.require("vncviewer")
-        peers.require("xdotool")
-        self.xvfb = xvfb
-        self.name = name
-        self.shots = 0
-        xvfb.start(["vncviewer", "Shared=1", f"PreferredEncoding={encoding}", "AutoSelect=0",
-                    server.address], name)
-
-    def screenshot(self):
-        self.shots += 1
-        return self.xvfb.screenshot(f"{self.name}-{self.shots}")
-
-    def hotkey(self, key):
-        """Press Ctrl-Alt-KEY in the viewer's window (focused and clicked first: no WM here)."""
-        window = self.xvfb.run("xdotool", "search", "--sync", "--onlyvisible", "--class",
-                               "TigerVNC").split()[0]
-        self.xvfb.run("xdotool", "windowfocus", "--sync", window)
-        self.xvfb.run("xdotool", "mousemove", "--window", window, "5", "5", "click", "1")
-        self.xvfb.run("xdotool", "key", f"ctrl+alt+{key}")
-
-
-# --- What a picture must show ------------------------------------------------------------------
-
-
-def near(rgb, expected):
-    return all(abs(a - b) <= COLOUR_TOLERANCE for a, b in zip(rgb, expected, strict=True))
-
-
-def spots(size):
-    """Points of a desktop of this size that the xterm, the pointer and the menus never cover."""
-    width, height = size
-    return [(10, 10), (width - 10, 10), (10, height - 10), (width - 10, height - 10),
-            (width // 2, height - 40), (width - 60, height // 2)]
-
-
-def desktop_errors(image, size=DESKTOP_SIZE, colour=ROOT_RGB, xterm=True):
-    """Errors in a framebuffer capture that should be the guest desktop; [] when it is.
-
-    With xterm, the xterm's window must also be where -geometry put it (not the root colour):
-    the capture is the desktop with its windows, not merely something of the right colour.
-    """
-    if image.size != size:
-        return [f"capture is {image.width}x{image.height}, the desktop is {size[0]}x{size[1]}"]
-    errors = [f"desktop pixel {spot} is {image.getpixel(spot)}, the root is {colour}"
-              for spot in spots(size) if not near(image.getpixel(spot), colour)]
-    if xterm and near(image.getpixel(XTERM_INSIDE), colour):
-        errors.append(f"no xterm at {XTERM_INSIDE}: the root colour shows there")
-    return errors
-
-
-# The console's bottom row carries the "guest desktop up" notice: only the top corners are black.
-TOP_CORNERS = [(0, 0), (peers.COLUMNS - 1, 0)]
-
-
-def console_errors(image):
-    """Errors in a capture of the PATTERN console."""
-    return peers.framebuffer_errors(image, PATTERN, TOP_CORNERS)
-
-
-def screenshot_console_errors(image):
-    """Errors in a screenshot of a viewer window showing the PATTERN console."""
-    return peers.screenshot_errors(image, PATTERN, TOP_CORNERS)
-
-
-def colour_box(image, colour):
-    """The bounding box of the pixels near colour, or None."""
-    masks = [channel.point(lambda v, c=c: 255 if abs(v - c) <= COLOUR_TOLERANCE else 0)
-             for channel, c in zip(image.split(), colour, strict=True)]
-    return ImageChops.multiply(ImageChops.multiply(masks[0], masks[1]), masks[2]).getbbox()
-
-
-def screenshot_desktop_errors(image, size=DESKTOP_SIZE, colour=ROOT_RGB):
-    """Errors in a screenshot that should show the desktop, xterm included, at its own size."""
-    box = colour_box(image, colour)
-    if box is None:
-        return [f"no pixel of the root colour {colour} in the screenshot"]
-    shown = (box[2] - box[0], box[3] - box[1])
-    if shown != size:
-        return [f"the root colour covers {shown[0]}x{shown[1]} at {box[:2]}, "
-                f"the desktop is {size[0]}x{size[1]}"]
-    xterm = (box[0] + XTERM_INSIDE[0], box[1] + XTERM_INSIDE[1])
-    if near(image.getpixel(xterm), colour):
-        return [f"no xterm at {XTERM_INSIDE} of the desktop: the root colour shows there"]
-    if peers.find_console(image, PATTERN[0]) is not None:
-        return ["the console's red block is on the screen too"]
-    return []
-
-
-def expect_text(path, expected):
-    """Wait until the file holds exactly expected; fail showing what it holds."""
-    peers.wait_until(lambda: peers.read_text(path) == expected)
-    assert peers.read_text(path) == expected, f"{path.name} holds {peers.read_text(path)!r}"
-
-
-def settle(look):
-    """Retake a look until it finds no errors; assert on the last one."""
-    errors = peers.until_no_errors(look)
-    assert not errors, "\n".join(errors)
 
 
 def server_init_size(server):
@@ -388,7 +114,7 @@ def test_tigervnc_guest_arrives_and_hotkeys_switch(proxy, guest, artifacts):
 def test_viewers_already_there_follow_the_guest_coming_and_going(proxy, guest, xvfb,
                                                                   vncdo_viewers, artifacts):
     """Viewers on the console are switched to a guest that arrives, and back when it leaves."""
-    tiger = TigerViewer(xvfb, proxy)
+    tiger = peers.TigerViewer(xvfb, proxy)
     raw = vncdo_viewers(proxy)
     settle(lambda: screenshot_console_errors(tiger.screenshot()))
     settle(lambda: console_errors(raw.capture("raw-console-before")))
@@ -524,7 +250,7 @@ def test_two_viewers_one_on_the_console_one_on_the_desktop(proxy, guest, xvfb, v
     """vncviewer (Tight) goes to the console; vncdotool (Raw), vncsnapshot stay on the desktop."""
     guest.paint(xterm_command="sleep 600")
     guest.connect(proxy)
-    tiger = TigerViewer(xvfb, proxy)
+    tiger = peers.TigerViewer(xvfb, proxy)
     raw = vncdo_viewers(proxy)
     settle(lambda: screenshot_desktop_errors(tiger.screenshot()))
     tiger.hotkey("1")
@@ -573,7 +299,7 @@ def test_viewers_follow_the_guest_resizing(proxy, guest, xvfb, vncdo_viewers, ar
     peers.require("xrandr")
     guest.paint(xterm_command="sleep 600")
     guest.connect(proxy)
-    tiger = TigerViewer(xvfb, proxy)
+    tiger = peers.TigerViewer(xvfb, proxy)
     raw = vncdo_viewers(proxy, "raw")
     on_console = vncdo_viewers(proxy, "on-console")
     on_console.do("keyPress ctrl-alt-f1")

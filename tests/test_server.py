@@ -10,8 +10,6 @@ import os
 import socket
 import struct
 import threading
-import time
-import tty
 
 import pytest
 
@@ -21,115 +19,9 @@ import sources
 import updates
 import vncterm
 from display import ConsoleDisplay
+from harness import COLUMNS, LINES, server_image, settle
 from peers import wait_until as wait_for
 from rawviewer import COPY_RECT, DESKTOP_SIZE, EXTENDED_DESKTOP_SIZE, RAW, Client
-
-COLUMNS, LINES = 80, 25
-
-
-def open_fds():
-    return set(os.listdir("/proc/self/fd"))
-
-
-class Harness:
-    """A vncterm server on a pty whose far end (the "guest") is in the test's hands."""
-
-    def __init__(self, **options):
-        self.master, self.slave = os.openpty()
-        tty.setraw(self.slave)
-        self.console = console.Console(
-            sources.PtySource(os.ttyname(self.slave)), COLUMNS, LINES)
-        glyphs = render.Glyphs(render.load_font(None)[0])
-        self.display = ConsoleDisplay(self.console, glyphs)
-        self.server = vncterm.Server(vncterm.listen("127.0.0.1", 0), self.display, "test console",
-                                     **options)
-        self.port = self.server.server_address[1]
-        self.console.on_closed = self.server.console_closed
-        self.console.start()
-        assert wait_for(lambda: self.console.status == "")
-        self.thread = threading.Thread(target=self.server.serve_forever)
-        self.thread.start()
-        self.clients = []
-
-    def guest_writes(self, data, shows=None):
-        """Write guest output; wait until the terminal shows `shows` (default: the tail)."""
-        os.write(self.master, data)
-        text = shows or data.rsplit(b"\n", 1)[-1].decode()
-        assert wait_for(lambda: text in self.screen_text())
-
-    def screen_text(self):
-        with self.console.lock:
-            return "\n".join(self.console.terminal.display)
-
-    def guest_reads(self, size, timeout=5.0):
-        data = b""
-        deadline = time.monotonic() + timeout
-        os.set_blocking(self.master, False)
-        while len(data) < size and time.monotonic() < deadline:
-            try:
-                data += os.read(self.master, size - len(data))
-            except BlockingIOError:
-                time.sleep(0.01)
-        return data
-
-    def connect(self, **options):
-        client = Client(self.port, **options)
-        self.clients.append(client)
-        return client
-
-    def cell_width(self):
-        return self.display.size[0] // COLUMNS
-
-    def cell_height(self):
-        return self.display.size[1] // LINES
-
-    def close(self):
-        for client in self.clients:
-            client.close()
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
-        self.console.stop()
-        os.close(self.master)
-        os.close(self.slave)
-
-
-@pytest.fixture
-def harness():
-    yield from leak_checked(Harness)
-
-
-def leak_checked(kind):
-    """A fixture's body: yield start(**options), which makes a `kind`; afterwards close every
-    one made and check that no thread or file descriptor outlived them."""
-    threads_before = set(threading.enumerate())
-    fds_before = open_fds()
-    made = []
-
-    def start(**options):
-        made.append(kind(**options))
-        return made[-1]
-
-    yield start
-    for each in made:
-        each.close()
-    assert wait_for(lambda: set(threading.enumerate()) <= threads_before), threading.enumerate()
-    assert open_fds() <= fds_before
-
-
-def settle(client, server_image, rounds=50):
-    """Request updates until the client's picture equals the server's (or give up)."""
-    for _ in range(rounds):
-        if client.image.tobytes() == server_image().tobytes():
-            return True
-        client.request(incremental=True)
-        client.read_update()
-    return client.image.tobytes() == server_image().tobytes()
-
-
-def server_image(h):
-    """The console's current picture (rendering whatever the guest wrote since last asked)."""
-    return lambda: h.display.changes(None).tiles[0][2]
 
 
 @pytest.mark.parametrize("version", [

@@ -17,8 +17,8 @@ import auth
 import render
 import service
 import vncterm
+from harness import open_fds
 from peers import wait_until as wait_for
-from test_server import open_fds
 
 FONT = render.load_font(None)[0]
 

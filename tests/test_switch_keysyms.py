@@ -11,9 +11,8 @@ the guest, and the other hotkeys still act on the press only.
 import pytest
 
 import vt
+from harness import Proxy, follow, leak_checked, shows
 from peers import wait_until
-from test_server import leak_checked
-from test_vncproxy import Proxy, follow, shows
 from vt import TO_CONSOLE, TO_DESKTOP
 
 CONTROL_L, ALT_L, F1 = 0xFFE3, 0xFFE9, 0xFFBE

@@ -12,7 +12,6 @@ against it, so readiness is read with xdpyinfo and xwininfo instead.
 
 import os
 import re
-import socket
 import subprocess
 from pathlib import Path
 
@@ -36,12 +35,6 @@ def free_display():
     raise AssertionError("no free X display number in 41..99")
 
 
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class Xtightvnc:
     """TightVNC 1.3's Xvnc on a display of its own, with no viewer port open beyond loopback."""
 
@@ -60,7 +53,7 @@ class Xtightvnc:
         with open(self.folder / "Xtightvnc.log", "ab") as log:
             self.proc = subprocess.Popen(
                 ["Xtightvnc", self.display, "-geometry", "1024x768", "-depth", "24",
-                 "-rfbport", str(free_port()), "-localhost", "-nolisten", "tcp"],
+                 "-rfbport", str(peers.free_port()), "-localhost", "-nolisten", "tcp"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         if not peers.wait_until(lambda: self.answers("xdpyinfo") or self.proc.poll() is not None):
             peers.stop_process(self.proc)

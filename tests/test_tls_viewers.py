@@ -21,7 +21,6 @@ import pytest
 
 import peers
 from peers import Block
-from test_auth import certificates  # noqa: F401  (a fixture)
 
 PATTERN = (Block("red", 2, 1), Block("green", 72, 1), Block("blue", 2, 22))
 BLANK_CELL = (40, 13)
@@ -68,7 +67,7 @@ def viewers_connected(server):
     return re.findall(r"viewer \S+ connected", peers.read_text(server.log_path))
 
 
-def test_tigervnc_x509none(start_vncterm, xvfb, artifacts, certificates):  # noqa: F811
+def test_tigervnc_x509none(start_vncterm, xvfb, artifacts, certificates):
     server = serve(start_vncterm, artifacts, "--tls-cert", str(certificates["cert"]),
                    "--tls-key", str(certificates["key"]), "--tls-only")
     start_tigervnc(xvfb, server, artifacts, "-SecurityTypes", "X509None",
@@ -77,7 +76,7 @@ def test_tigervnc_x509none(start_vncterm, xvfb, artifacts, certificates):  # noq
 
 
 def test_tigervnc_x509vnc_with_password_types_into_the_console(start_vncterm, xvfb, artifacts,
-                                                              certificates):  # noqa: F811
+                                                              certificates):
     peers.require("xdotool")
     server = serve(start_vncterm, artifacts, "--tls-cert", str(certificates["cert"]),
                    "--tls-key", str(certificates["key"]), "--tls-only",
@@ -99,7 +98,7 @@ def test_tigervnc_x509vnc_with_password_types_into_the_console(start_vncterm, xv
 
 
 def test_tigervnc_refuses_a_certificate_from_another_ca(start_vncterm, xvfb, artifacts,
-                                                       certificates):  # noqa: F811
+                                                       certificates):
     peers.require("xdotool")
     server = serve(start_vncterm, artifacts, "--tls-cert", str(certificates["cert"]),
                    "--tls-key", str(certificates["key"]), "--tls-only")

@@ -266,3 +266,40 @@ def test_a_tight_frame_of_one_band_counts_its_rectangles():
     update.request(incremental=False)
     _, (frame,) = decoded(display, update, {"tight"})
     assert frame and set(frame) == {TIGHT}
+
+
+def test_messages_piling_up_behind_a_stalled_frame_count_towards_the_cap(monkeypatch):
+    """A viewer stalled mid-frame while the guest sends clipboard after clipboard: the bytes
+    waiting for the frame's end count, so it is dropped at HARD_OUTBOX like any non-reader."""
+    monkeypatch.setattr(updates, "HARD_OUTBOX", 4 * 1024 * 1024)
+    display = Picture(*BIG)
+    update = viewer_of(display, RAW)
+    update.request(incremental=False)
+    outbox = updates.Outbox()
+    outbox.fill(update)
+    text = b"x" * rfb.CUT_TEXT_LIMIT
+    with pytest.raises(updates.ViewerGone, match="queued and not read"):
+        for serial in range(1, 100):
+            display.cut_text = (serial, text)
+            outbox.add(update.notifications())
+            outbox.fill(update)
+            outbox.check()
+
+
+def test_set_encodings_and_pixel_format_mid_frame_apply_from_the_next_frame():
+    """TigerVNC changes encoding and pixel format on the fly: a banded frame keeps the ones
+    it started with, so its count and its pixels stay right, and the next frame follows."""
+    display = Picture(2048, 1024, (10, 200, 30))
+    update = viewer_of(display, RAW)
+    update.request(incremental=False)
+    outbox = updates.Outbox()
+    outbox.fill(update)
+    update.encoder.set_encodings((TIGHT, LAST_RECT))
+    update.encoder.set_pixel_format(rfb.PixelFormat(16, 16, False, True, 31, 63, 31, 11, 5, 0))
+    display.paint((0, 0, 2048, 1024), (200, 10, 30))
+    update.request(incremental=True)
+    data, _ = take_everything(outbox, update)
+    read = BytesReader(data)
+    assert read_update(read, Decoder(2048, 1024, rfb.DEFAULT_PIXEL_FORMAT)) == [RAW] * 8
+    frame = read_update(read, Decoder(2048, 1024, update.encoder.pixel_format))
+    assert set(frame) == {TIGHT, LAST_RECT} and not read.left

@@ -6,7 +6,6 @@ reach the corners they never visit: every state/event pair, rectangles outside t
 framebuffer, truncated and stalled streams, keys held across a switch.
 """
 
-import os
 import select
 import socket
 import struct
@@ -17,12 +16,10 @@ import rfb
 import rfbclient
 import vncproxy
 import vt
-from fakeguest import COPY_RECT, CURSOR, DESKTOP_SIZE, RAW, FakeGuest
+from fakeguest import COPY_RECT, CURSOR, DESKTOP_SIZE, RAW
+from harness import Proxy, console_reads, follow, leak_checked, shows
 from peers import wait_until as wait_for
-from rawviewer import DESKTOP_SIZE as VIEWER_DESKTOP_SIZE
 from rawviewer import RAW as VIEWER_RAW
-from rawviewer import Client
-from test_server import Harness, leak_checked
 from vt import CONSOLE, DESKTOP, DESKTOP_DOWN, DESKTOP_UP, NO_DESKTOP, TO_CONSOLE, TO_DESKTOP
 
 CONTROL_L, ALT_L, F1, F7 = 0xFFE3, 0xFFE9, 0xFFBE, 0xFFC4
@@ -210,54 +207,9 @@ def test_vnc_authentication_reverses_key_bits():
 # --- The proxy against a scripted guest, seen by a raw viewer -------------------------------
 
 
-class Proxy(Harness):
-    """test_server's Harness (a console on a pty) with a reverse port for guest desktops."""
-
-    def __init__(self, password=None):
-        super().__init__()
-        self.desktops = vncproxy.Desktops(self.server.desktop_changed, password)
-        self.reverse_port = self.desktops.accept(socket.create_server(("127.0.0.1", 0)))[1]
-        self.closers = []
-
-    def viewer(self, *encodings):
-        client = Client(self.port)
-        client.set_encodings(*(encodings or (VIEWER_RAW, VIEWER_DESKTOP_SIZE)))
-        self.closers.append(client.close)
-        return client
-
-    def guest(self, **options):
-        guest = FakeGuest(self.reverse_port, **options)
-        self.closers.append(guest.close)
-        assert guest.updates_requested.wait(5)
-        return guest
-
-    def close(self):
-        for close in self.closers:
-            close()
-        self.desktops.stop()
-        super().close()
-
-
 @pytest.fixture
 def proxy():
     yield from leak_checked(Proxy)
-
-
-def follow(client, until, rounds=60):
-    """Keep asking for updates until `until(client)` holds."""
-    for _ in range(rounds):
-        if until(client):
-            return True
-        client.request(incremental=True)
-        client.read_update()
-    return until(client)
-
-
-def shows(colour):
-    def check(client):
-        pixel = client.image.getpixel((client.width // 2, client.height // 2))
-        return all(abs(a - b) < 8 for a, b in zip(pixel, colour, strict=True))
-    return check
 
 
 def test_viewer_switches_to_the_guest_desktop_and_back(proxy):
@@ -335,11 +287,6 @@ def test_clipboard_goes_to_the_display_the_viewer_is_on(proxy):
     client.send(struct.pack(">BxxxI", 6, 14) + b"to the console")
     assert console_reads(p.master) == b"to the console"
     assert guest.cut_texts() == [b"to the desktop"]
-
-
-def console_reads(fd, timeout=5.0):
-    ready, _, _ = select.select([fd], [], [], timeout)
-    return os.read(fd, 100) if ready else b""
 
 
 def test_viewer_that_cannot_resize_stays_on_the_console(proxy):

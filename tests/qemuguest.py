@@ -1,0 +1,90 @@
+"""A real Linux guest for tests: Debian's cloud kernel under QEMU, its serial console on a pty.
+
+The guest is the cloud kernel with a busybox initramfs built in a temporary folder (the
+`initrd` fixture, once per module).  Its `/init` mounts /proc, /sys and /dev, silences the
+kernel once the shell starts, and runs `sh` on the serial console with the prompt `guest# `.
+QEMU (software emulation; there is no KVM here) puts the serial port on a pty and names it on
+its monitor, the way xenconsoled names a guest's console, and `QemuGuest` reads that name.
+
+Every guest starts paused (`-S`) and runs only on `cont()`, once vncterm has the pty open: QEMU
+drops what a pty nobody has open would get, and the tests want the kernel's very first line.
+A missing kernel skips the test (fails it under CI=true), as peers.require does.
+"""
+
+import glob
+import os
+import re
+import subprocess
+import threading
+
+import peers
+
+BOOT_TIMEOUT = 60
+PROMPT = "guest# "
+PTY_LINE = re.compile(r"char device redirected to (/dev/pts/\d+)")
+INIT = """#!/bin/busybox sh
+/bin/busybox mkdir -p /proc /sys /dev /sbin /usr/bin /usr/sbin
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sys /sys
+/bin/busybox mount -t devtmpfs dev /dev
+/bin/busybox --install -s
+dmesg -n 1
+export PS1='guest# '
+exec setsid cttyhack sh
+"""
+
+
+def require_kernel():
+    """The cloud kernel's path; skipped (failed under CI=true) without one, as peers.require."""
+    kernels = sorted(glob.glob("/boot/vmlinuz-*-cloud-amd64"))
+    peers.require("linux-image-cloud-amd64", kernels and os.access(kernels[-1], os.R_OK))
+    return kernels[-1]
+
+
+class QemuGuest:
+    """A paused QEMU with its serial console on a new pty (.path); cont() lets it boot."""
+
+    def __init__(self, kernel, initrd, log_path):
+        self.lines = []
+        self.named = threading.Event()
+        self.log_path = log_path
+        self.proc = subprocess.Popen(
+            ["qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-no-reboot", "-nodefaults",
+             "-kernel", kernel, "-initrd", str(initrd),
+             "-append", "console=ttyS0 panic=-1", "-display", "none", "-S",
+             "-monitor", "stdio", "-chardev", "pty,id=c0", "-serial", "chardev:c0"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.reader = threading.Thread(target=self._read_output, daemon=True)
+        self.reader.start()
+        if not self.named.wait(30):
+            self.stop()
+            raise AssertionError(f"qemu named no pty:\n{''.join(self.lines)}")
+        self.path = PTY_LINE.search("".join(self.lines))[1]
+
+    def _read_output(self):
+        """QEMU's monitor and messages; the pty's name comes through the monitor."""
+        with open(self.log_path, "w") as log:
+            for line in self.proc.stdout:
+                self.lines.append(line)
+                log.write(line)
+                log.flush()
+                if PTY_LINE.search(line):
+                    self.named.set()
+
+    def cont(self):
+        self.proc.stdin.write("cont\n")
+        self.proc.stdin.flush()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.reader.join(5)
+        self.proc.stdin.close()
+        self.proc.stdout.close()
+
+
+def booted(raw, boots):
+    """True once the raw console stream shows boot number `boots` reaching its prompt."""
+    parts = peers.read_text(raw).split("Linux version")
+    return len(parts) > boots and PROMPT in parts[boots]

@@ -431,7 +431,7 @@ class Console:
             elif scroll and self._banner:
                 rows |= {self.lines - 1 - scroll, self.lines - 1}
             cursor = self._cursor_cell()
-            if cursor != self._cursor:
+            if cursor != self._cursor or scroll:
                 if self._cursor is not None and self._cursor[1] >= scroll:
                     rows.add(self._cursor[1] - scroll)
                 if cursor is not None:

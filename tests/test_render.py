@@ -11,7 +11,7 @@ import os
 import struct
 from pathlib import Path
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -135,6 +135,7 @@ PIECES = st.sampled_from([
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(PIECES, max_size=30), st.integers(min_value=1, max_value=4))
+@example(["text "] * 3 + ["\r\n"] * 3, 1)  # a scroll under a cursor that stays put
 def test_incremental_rendering_matches_a_fresh_rendering(pieces, every):
     glyphs = render.Glyphs(render.load_font(None)[0])
     term = console.Console(FakeSource(), 12, 4)

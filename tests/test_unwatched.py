@@ -15,17 +15,14 @@ import subprocess
 import tty
 from types import SimpleNamespace
 
-import pytest
-
 import console
 import display
 import peers
 import render
 import sources
+from harness import FakeSource
 from peers import Block
 from peers import wait_until as wait_for
-from test_console import FakeSource
-from test_server import Harness, leak_checked
 
 GLYPHS = render.Glyphs(render.load_font(None)[0])
 FIRST = (Block("red", 2, 1), Block("green", 72, 1), Block("blue", 2, 22))
@@ -80,11 +77,6 @@ def test_a_snapshot_of_an_unwatched_console_leaves_nothing_rendered():
     shown.listeners.add(ignore)
     shown.snapshot()
     assert shown.renderer is not None
-
-
-@pytest.fixture
-def harness():
-    yield from leak_checked(Harness)
 
 
 def paint(harness, blocks):

@@ -8,7 +8,7 @@ PEER_PACKAGES := python3-venv tigervnc-standalone-server tigervnc-tools tigervnc
 	novnc websockify chromium console-setup-linux fonts-dejavu-core fonts-droid-fallback \
 	python3-pyte python3-pil python3-serial python3-pycryptodome openssl \
 	qemu-system-x86 linux-image-cloud-amd64 busybox-static cpio \
-	remmina remmina-plugin-vnc ssvnc xtightvncviewer virt-viewer tightvncserver xclip
+	remmina remmina-plugin-vnc ssvnc xtightvncviewer virt-viewer tightvncserver xclip vim tmux
 APT := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300
 
 .PHONY: help run test lint peers bench fuzz clean

@@ -41,6 +41,19 @@ rows out of the scrollback before their turn comes, so it costs a few percent of
 and a console that falls quiet is compacted within the interval.  Then a quiet reader waits
 on its selector with no timeout: it never wakes.
 
+The pointer.  When the program turns on xterm's mouse tracking (terminal.py), buttons, wheel
+and motion go to it as xterm would send them: presses, releases except in mode 9, motion with
+a button held in mode 1002 and any motion in mode 1003, Alt and Ctrl in the button number.
+Shift is never reported: with Shift held the pointer stays vncterm's, for the selection, and
+`mouse_reporting` is how other code asks which it is.  Otherwise the wheel pages the
+scrollback.  The console has one pointer, as an xterm does, so viewers that point at once
+share it.
+
+Resizing.  A console whose source can take a new size (a command's pty: sources.py) can be
+resized by a viewer, between `MIN_SIZE` and `MAX_SIZE` cells; the terminal keeps its text
+(terminal.py) and the next frame is all of the new size.  Other sources (a guest's console,
+a serial line) cannot tell their far end, so `resize` refuses.
+
 Writes to the source (keys, paste, the terminal's answers to queries) never block a viewer
 thread: what the source cannot take at once waits in a bounded outbox that the reader thread
 flushes when the source becomes writable.  A program that never reads its input loses what
@@ -70,7 +83,10 @@ log = logging.getLogger("vncterm.console")
 OUTBOX_LIMIT = 1024 * 1024  # room for a few pastes of rfb.CUT_TEXT_LIMIT
 REOPEN_DELAY = 1.0
 WHEEL_LINES = 3
-WHEEL_UP, WHEEL_DOWN = 1 << 3, 1 << 4
+WHEEL_UP, WHEEL_DOWN, WHEEL_LEFT, WHEEL_RIGHT = 1 << 3, 1 << 4, 1 << 5, 1 << 6
+MOUSE_BUTTONS = ((1 << 0, 0), (1 << 1, 1), (1 << 2, 2))  # RFB's mask bits: xterm's buttons
+MOUSE_WHEELS = ((WHEEL_UP, 64), (WHEEL_DOWN, 65), (WHEEL_LEFT, 66), (WHEEL_RIGHT, 67))
+MIN_SIZE, MAX_SIZE = (20, 5), (400, 150)  # columns, lines a viewer may resize a console to
 PAGE_UP, PAGE_DOWN = 0xFF55, 0xFF56
 DECCKM = 1 << 5  # pyte keeps private mode n as n << 5 but names no constant for mode 1
 FRAME_INTERVAL = 1 / 60
@@ -89,12 +105,14 @@ class Frame:
 
     First scroll the previous picture up by `scroll` rows, then repaint `rows`, a map from
     row number to that row's cells (pyte Chars).  `cursor` is the (column, row) to show as a
-    cursor, or None.
+    cursor, or None.  `size` is the console's (columns, lines): when it changed, every row is
+    in the frame and nothing scrolls.
     """
 
     scroll: int
     rows: dict[int, list] = field(default_factory=dict)
     cursor: tuple[int, int] | None = None
+    size: tuple[int, int] = (0, 0)
 
 
 class Pacer:
@@ -179,6 +197,8 @@ class Console:
         self._view_offset = 0
         self._full = True
         self._cursor = None
+        self._buttons = 0
+        self._pointer_cell = None
         self._outbox = bytearray()
         self._write_lock = threading.Lock()
         self._dropped = lograte.RateLimitedLog(
@@ -391,8 +411,25 @@ class Console:
             self.scroll_view(-self._view_offset)
             self.write(data)
 
-    def pointer(self, button_mask: int) -> None:
-        if button_mask & WHEEL_UP:
+    @property
+    def mouse_reporting(self) -> bool:
+        """Has the program asked for the pointer (xterm's mouse tracking)?"""
+        with self.lock:
+            return self.terminal.mouse_modes[0] is not None
+
+    def pointer(self, button_mask: int, cell: tuple[int, int],
+                modifiers: keymap.Modifiers) -> None:
+        """The pointer over cell (column, row) with the RFB buttons of button_mask down."""
+        previous, self._buttons = self._buttons, button_mask
+        moved, self._pointer_cell = cell != self._pointer_cell, cell
+        with self.lock:
+            tracking, encoding = self.terminal.mouse_modes
+        if tracking is not None and not modifiers.shift:
+            reports = mouse_reports(tracking, encoding, previous, button_mask, cell, moved,
+                                    modifiers)
+            if reports:
+                self.write(reports)
+        elif button_mask & WHEEL_UP:
             self.scroll_view(WHEEL_LINES)
         elif button_mask & WHEEL_DOWN:
             self.scroll_view(-WHEEL_LINES)
@@ -400,6 +437,26 @@ class Console:
     def paste(self, text: bytes) -> None:
         """Clipboard text from a viewer: Latin-1 with LF, typed as UTF-8 with CR."""
         self.write(text.decode("latin-1").replace("\r\n", "\r").replace("\n", "\r").encode())
+
+    def resize(self, columns: int, lines: int) -> bool:
+        """Make the console columns x lines, within MIN_SIZE and MAX_SIZE, and tell the
+        source; False if the source cannot be resized."""
+        if not hasattr(self.source, "resize"):
+            return False
+        columns = max(MIN_SIZE[0], min(columns, MAX_SIZE[0]))
+        lines = max(MIN_SIZE[1], min(lines, MAX_SIZE[1]))
+        with self.lock:
+            if (columns, lines) == (self.columns, self.lines):
+                return True
+            self.terminal.resize(lines, columns)
+            self.columns, self.lines = columns, lines
+            self._view_offset = 0
+            self._cursor = None
+            self._full = True
+            self.source.resize(columns, lines)
+        log.info("console resized to %dx%d", columns, lines)
+        self._notify()
+        return True
 
     def scroll_view(self, lines: int) -> None:
         """Move the view into the scrollback (positive) or back towards the bottom."""
@@ -437,7 +494,7 @@ class Console:
                 if cursor is not None:
                     rows.add(cursor[1])
                 self._cursor = cursor
-            frame = Frame(scroll, cursor=cursor)
+            frame = Frame(scroll, cursor=cursor, size=(self.columns, self.lines))
             for row in rows:
                 frame.rows[row] = self._cells(row)
             return frame
@@ -468,3 +525,27 @@ class Console:
         else:
             line = self.terminal.buffer[row - self._view_offset]
         return [line[x] for x in range(self.columns)]
+
+
+def mouse_reports(tracking: int, encoding: int | None, previous: int, button_mask: int,
+                  cell: tuple[int, int], moved: bool, modifiers: keymap.Modifiers) -> bytes:
+    """What xterm sends when the RFB buttons go from `previous` to `button_mask` at cell.
+
+    Motion first (it happened before the buttons changed), then each button that went down
+    or up; the wheel only goes down.  Mode 9 sends presses alone, without modifiers.
+    """
+    column, row = cell
+    extra = 0 if tracking == terminal.MOUSE_X10 else 8 * modifiers.alt + 16 * modifiers.control
+    held = [number for bit, number in MOUSE_BUTTONS if previous & bit]
+    reports = []
+    if moved and (tracking == terminal.MOUSE_ANY_MOTION
+                  or tracking == terminal.MOUSE_BUTTON_MOTION and held):
+        button = (held[0] if held else terminal.MOUSE_RELEASE) + terminal.MOUSE_MOTION
+        reports.append(terminal.mouse_report(encoding, button + extra, column, row))
+    for bit, number in MOUSE_BUTTONS + MOUSE_WHEELS:
+        if button_mask & bit and not previous & bit:
+            reports.append(terminal.mouse_report(encoding, number + extra, column, row))
+        elif (previous & bit and not button_mask & bit and number < 64
+              and tracking != terminal.MOUSE_X10):
+            reports.append(terminal.mouse_report(encoding, number + extra, column, row, True))
+    return b"".join(reports)

@@ -10,7 +10,11 @@ a type checker and a test can hold both displays to, not prose that drifts:
     changes(token, copy_rect)  what changed since `token`: a damage.Changes, or None
     plans                      an encoders.SharedPlans: the encoding work viewers share
     listeners                  callables to poke (from any thread) when something changed
-    key(keysym, down, modifiers), pointer(button_mask, x, y), paste(text)    input, RFC 6143 §7.5
+    key(keysym, down, modifiers), pointer(button_mask, x, y, modifiers), paste(text)
+                               input, RFC 6143 §7.5
+    resize(width, height, answer)  a viewer's SetDesktopSize (rfbproto); `answer(status)` is
+                               called, maybe later and from another thread, with the
+                               ExtendedDesktopSize status for that viewer
     cursor                     the pointer's shape (an rfbclient.CursorShape), or None for ours
     cut_text                   (serial, text): the display's clipboard, new when serial changes
     bells                      a count of bells; a viewer rings when it has grown (§7.6.3)
@@ -39,6 +43,7 @@ import damage
 import encoders
 import keymap
 import render
+import rfb
 import rfbclient
 
 
@@ -59,11 +64,14 @@ class Display(Protocol):
     def key(self, keysym: int, down: bool, modifiers: keymap.Modifiers) -> None:
         """A key went down or up; `modifiers` are the viewer's, after this key."""
 
-    def pointer(self, button_mask: int, x: int, y: int) -> None:
+    def pointer(self, button_mask: int, x: int, y: int, modifiers: keymap.Modifiers) -> None:
         """The pointer moved or a button changed, inside the picture."""
 
     def paste(self, text: bytes) -> None:
         """The viewer's clipboard (Latin-1, RFC 6143 §7.5.6)."""
+
+    def resize(self, width: int, height: int, answer: Callable[[int], None]) -> None:
+        """A viewer asks for a width x height picture; `answer` gets the status."""
 
 
 class SharedPicture:
@@ -124,6 +132,9 @@ class ConsoleDisplay(SharedPicture):
     first asks for it and dropped, with the damage log and the shared plans, when the last
     viewer leaves (about 1 MB for 80x25 cells).  A viewer that comes back gets a picture
     redrawn whole from the terminal.
+
+    A resize asks the console for the cells that fit in the pixels asked for; a frame of
+    another size replaces the renderer, and every viewer gets the new size and all of it.
     """
 
     def __init__(self, console, glyphs: render.Glyphs) -> None:
@@ -146,16 +157,25 @@ class ConsoleDisplay(SharedPicture):
 
     def catch_up(self) -> None:
         if self.renderer is None:
-            self.renderer = render.Renderer(self.glyphs, self.console.columns, self.console.lines)
+            self._new_renderer(self.console.columns, self.console.lines)
             self.console.repaint()
             self._rendered = -1
         if self.console.told != self._rendered:
             self._rendered = self.console.told
             frame = self.console.take_frame()
+            if frame.size != (self.renderer.columns, self.renderer.lines):
+                self._new_renderer(*frame.size)
             if frame.scroll or frame.rows:
                 scroll, rects = self.renderer.apply(frame)
                 if scroll or rects:
                     self.damage.record(scroll, rects)
+
+    def _new_renderer(self, columns: int, lines: int) -> None:
+        """A blank picture of columns x lines cells; every viewer gets all of a new size."""
+        self.renderer = render.Renderer(self.glyphs, columns, lines)
+        if self.renderer.size != self.size:
+            self.size = self.renderer.size
+            self.damage.reset(self.size)
 
     def snapshot(self):
         """A copy of the picture now (for a thumbnail), kept only while a viewer watches."""
@@ -178,8 +198,20 @@ class ConsoleDisplay(SharedPicture):
         if down and keysym not in keymap.MODIFIER_KEYSYMS:
             self.console.key(keysym, modifiers)
 
-    def pointer(self, button_mask: int, x: int, y: int) -> None:
-        self.console.pointer(button_mask)
+    def pointer(self, button_mask: int, x: int, y: int, modifiers: keymap.Modifiers) -> None:
+        cell_width, cell_height = self.glyphs.cell
+        columns, lines = self.size[0] // cell_width, self.size[1] // cell_height
+        cell = (min(x // cell_width, columns - 1), min(y // cell_height, lines - 1))
+        self.console.pointer(button_mask, cell, modifiers)
 
     def paste(self, text: bytes) -> None:
         self.console.paste(text)
+
+    def resize(self, width: int, height: int, answer: Callable[[int], None]) -> None:
+        cell_width, cell_height = self.glyphs.cell
+        if not self.console.resize(width // cell_width, height // cell_height):
+            answer(rfb.ExtendedDesktopSizeStatus.PROHIBITED)
+            return
+        with self.lock:
+            self.catch_up()
+        answer(rfb.ExtendedDesktopSizeStatus.OK)

@@ -100,6 +100,16 @@ class ExtendedDesktopSizeStatus(enum.IntEnum):
 
     OK = 0
     PROHIBITED = 1
+    OUT_OF_RESOURCES = 2
+    INVALID_LAYOUT = 3
+
+
+class ExtendedDesktopSizeReason(enum.IntEnum):
+    """The x field of an ExtendedDesktopSize rectangle: why the layout changed."""
+
+    SERVER = 0
+    CLIENT = 1  # the answer to this client's SetDesktopSize
+    OTHER_CLIENT = 2
 
 
 # --- Handshake, RFC 6143 §7.1 ---------------------------------------------------------

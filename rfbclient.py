@@ -13,7 +13,8 @@ against the current framebuffer before it uses a byte of it.  We ask the guest o
 encodings that are cheap and safe to decode in Python on a local link (Raw, CopyRect, the two
 resize pseudo-encodings and Cursor), so each rectangle's length follows from its header and
 Raw rows are handed out as they arrive: a huge update never sits in memory.  Counts that the
-guest chooses (rectangles in an update) are walked in a loop, never by recursion.
+guest chooses (rectangles in an update) are walked in a loop, never by recursion.  An
+ExtendedDesktopSize with a failure status is refused unless it answers our SetDesktopSize.
 
 Where deployed servers bend the spec harmlessly, we bend with them: TightVNC 1.3 puts the
 hotspot of its hidden-pointer cursor just outside the image, so a hotspot is clamped into the
@@ -37,9 +38,11 @@ from rfb import (
     CappedBody,
     ClientMsg,
     Encoding,
+    ExtendedDesktopSizeReason,
     ExtendedDesktopSizeStatus,
     PixelFormat,
     ProtocolError,
+    Screen,
     SecurityType,
     ServerMsg,
 )
@@ -242,6 +245,12 @@ def pointer_event(button_mask: int, x: int, y: int) -> bytes:
     return struct.pack(">BBHH", ClientMsg.POINTER_EVENT, button_mask, x, y)
 
 
+def set_desktop_size(width: int, height: int, screen: Screen) -> bytes:
+    """SetDesktopSize (rfbproto): one screen, `screen`'s id and flags, covering width x height."""
+    return struct.pack(">BxHHBx", ClientMsg.SET_DESKTOP_SIZE, width, height, 1) + (
+        Screen.STRUCT.pack(screen.id, 0, 0, width, height, screen.flags))
+
+
 def client_cut_text(text: bytes) -> bytes:
     return struct.pack(">B3xI", ClientMsg.CLIENT_CUT_TEXT, len(text)) + text
 
@@ -270,10 +279,17 @@ class CopyRect:
 
 @dataclass(frozen=True)
 class DesktopResize:
-    """DesktopSize or ExtendedDesktopSize: the framebuffer is now width x height."""
+    """DesktopSize or ExtendedDesktopSize: the framebuffer is now width x height.
+
+    An ExtendedDesktopSize also gives the server's first `screen`, which a SetDesktopSize
+    names, and, when it answers ours, the `answer`: its status (the size stays when it is not
+    OK).  A plain DesktopSize has neither.
+    """
 
     width: int
     height: int
+    screen: Screen | None = None
+    answer: int | None = None
 
 
 @dataclass(frozen=True)
@@ -448,16 +464,20 @@ class ServerReader:
             raise ProtocolError("ExtendedDesktopSize with no screens")
         if len(self._buffer) < 16 + 16 * count:
             return None
+        screen = Screen(*Screen.STRUCT.unpack_from(self._buffer, 16))
         del self._buffer[: 16 + 16 * count]
+        answer = y if x == ExtendedDesktopSizeReason.CLIENT else None
         if y != ExtendedDesktopSizeStatus.OK:
-            raise ProtocolError(f"ExtendedDesktopSize with status {y}, unasked for")
-        return self._desktop_size_checked(width, height)
+            if answer is None:
+                raise ProtocolError(f"ExtendedDesktopSize with status {y}, unasked for")
+            width, height = self.width, self.height
+        return self._desktop_size_checked(width, height, screen, answer)
 
-    def _desktop_size_checked(self, width, height):
+    def _desktop_size_checked(self, width, height, screen=None, answer=None):
         check_desktop_size(width, height)
         self._finish_rect()
         self.width, self.height = width, height
-        return DesktopResize(width, height)
+        return DesktopResize(width, height, screen, answer)
 
     def _cursor(self, x, y, width, height):
         if width > MAX_CURSOR_SIDE or height > MAX_CURSOR_SIDE:

@@ -46,8 +46,7 @@ class Scrollback:
     """A bounded history of rows, the newest last: the oldest compact, the newest `pending`
     still as pyte made them until `compact_pending()`."""
 
-    def __init__(self, columns: int, maxlen: int) -> None:
-        self.columns = columns
+    def __init__(self, maxlen: int) -> None:
         self.maxlen = maxlen
         self.pending = 0
         self._lines: collections.deque = collections.deque(maxlen=maxlen)
@@ -64,7 +63,8 @@ class Scrollback:
     def append(self, row: StaticDefaultDict) -> None:
         self.extend([row])
 
-    def extend(self, rows: list) -> None:
+    def extend(self, rows) -> None:
+        rows = list(rows)
         self._lines.extend(rows)
         self.pending = min(self.pending + len(rows), len(self._lines))
 
@@ -73,14 +73,15 @@ class Scrollback:
         lines, first = self._lines, len(self._lines) - self.pending
         done = self.pending if count is None else min(count, self.pending)
         for index in range(first, first + done):
-            lines[index] = compact(lines[index], self.columns)
+            lines[index] = compact(lines[index])
         self.pending -= done
 
 
-def compact(row: StaticDefaultDict, columns: int) -> tuple:
-    """The row's first `columns` cells as (text, runs of attributes, blank's attributes)."""
+def compact(row: StaticDefaultDict) -> tuple:
+    """The row's cells up to the last one stored, as (text, runs of attributes, blank's
+    attributes); a row keeps the width it was made with, whatever the terminal's is now."""
     blank = row.default
-    cells = [row[x] for x in range(min(columns, max(row, default=-1) + 1))]
+    cells = [row[x] for x in range(max(row, default=-1) + 1)]
     while cells and cells[-1] == blank:
         cells.pop()
     strings = list(map(DATA, cells))

@@ -18,6 +18,8 @@ The kinds.  `PtySource` opens an existing pty or tty, such as the pty Xen's xenc
 writes to xenstore for a guest's console, and puts it in raw mode (the guest's own tty does
 the line editing).  `CommandSource` starts a command in a new pty that it owns, with TERM and
 the window size of the console, and takes the command's whole process group down on close.
+It alone has `resize(columns, lines)`: a viewer may resize its console, and the command
+hears of it as a program in an xterm does (TIOCSWINSZ on the pty, so SIGWINCH).
 `SerialSource` is a serial port or any URL pyserial's `serial_for_url` opens (socket://,
 rfc2217://); pyserial is imported only when one is used.
 
@@ -112,7 +114,7 @@ class CommandSource(FdSource):
     def open(self) -> None:
         master, slave = os.openpty()
         columns, lines = self.size
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
+        _set_window_size(slave, columns, lines)
         env = dict(os.environ, TERM="xterm-256color", COLUMNS=str(columns), LINES=str(lines))
         try:
             self.process = subprocess.Popen(
@@ -127,6 +129,12 @@ class CommandSource(FdSource):
         os.set_blocking(master, False)
         self.fd = master
 
+    def resize(self, columns: int, lines: int) -> None:
+        """The console's new size: the running command's, and the next one's."""
+        self.size = (columns, lines)
+        if self.fd is not None:
+            _set_window_size(self.fd, columns, lines)
+
     def close(self) -> None:
         super().close()
         if self.process is not None:
@@ -138,6 +146,11 @@ class CommandSource(FdSource):
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
             self.process = None
+
+
+def _set_window_size(fd: int, columns: int, lines: int) -> None:
+    """Set a pty's window size; the kernel sends SIGWINCH to its foreground process group."""
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
 
 
 def _take_controlling_terminal() -> None:

@@ -36,6 +36,17 @@ most `MARKS_PER_CELL` and the rest are dropped.  Whatever a read costs, `Stream.
 at a deadline between pieces and go on later, so console.py parses in short slices and never
 holds its lock for long.
 
+Mouse.  A program asks for the pointer with xterm's private modes: 9 (presses only), 1000
+(presses and releases), 1002 (and motion while a button is held) and 1003 (all motion), and
+picks how events are written with 1005 (UTF-8), 1006 (SGR) or 1015 (urxvt); pyte keeps every
+private mode it is sent, so `Terminal.mouse_modes` reads them from its mode set, and
+`mouse_report` writes one event as xterm does (console.py decides which events there are).
+
+Resizing.  When the screen gets shorter, pyte's `resize` deletes lines inside its scroll
+region, which mixes up the rows, and leaves the cursor below the screen.  `Terminal.resize`
+cuts rows below the cursor from the bottom instead, and from the top only what it must to
+keep the cursor's row, into the scrollback, as xterm does.
+
 pyte internals used: `Screen.buffer`, `dirty`, `cursor`, `mode`, `margins`, the charsets and
 `default_char`; `Stream`'s parser generator (`_parser_fsm`, `_taking_plain_text`), its
 `csi`/`basic` tables and `_text_pattern`.  That is why requirements.txt pins pyte's version.
@@ -67,6 +78,11 @@ STYLE_CACHE_LIMIT = 256
 STYLES: dict = {}
 RENDITIONS: dict = {}
 MARKS_PER_CELL = 5  # xterm's combiningChars: 2 by default, 5 at most
+MOUSE_X10, MOUSE_NORMAL, MOUSE_BUTTON_MOTION, MOUSE_ANY_MOTION = 9, 1000, 1002, 1003
+MOUSE_UTF8, MOUSE_SGR, MOUSE_URXVT = 1005, 1006, 1015
+MOUSE_RELEASE = 3  # the button number of a release, except in SGR, which names the button
+MOUSE_MOTION = 32  # added to the button number of a motion event
+X10_LIMIT = 255 - 32  # the largest column or row one byte can carry
 
 
 class Terminal(pyte.Screen):
@@ -75,7 +91,7 @@ class Terminal(pyte.Screen):
 
     def __init__(self, columns: int, lines: int, scrollback: int = SCROLLBACK_LINES) -> None:
         super().__init__(columns, lines)
-        self.history = Scrollback(columns, scrollback)
+        self.history = Scrollback(scrollback)
         self.scrolled = 0
         self.bells = 0
         self.answer = None
@@ -92,6 +108,38 @@ class Terminal(pyte.Screen):
         buffer.pop(bottom, None)
         self.scrolled += 1
         self.dirty = {y - 1 for y in self.dirty if y} | {bottom}
+
+    def resize(self, lines: int | None = None, columns: int | None = None) -> None:
+        """pyte's resize, cutting rows from the bottom and, to keep the cursor's row, the top."""
+        lines, columns = lines or self.lines, columns or self.columns
+        if (lines, columns) == (self.lines, self.columns):
+            return
+        buffer, cut = self.buffer, max(0, self.cursor.y + 1 - lines)
+        if cut:
+            self.history.extend(buffer[y] for y in range(cut))
+            for y in range(self.lines - cut):
+                buffer[y] = buffer[y + cut]
+            self.cursor.y -= cut
+        for y in range(lines, self.lines):
+            buffer.pop(y, None)
+        if columns < self.columns:
+            for line in buffer.values():
+                for x in range(columns, self.columns):
+                    line.pop(x, None)
+        self.lines, self.columns = lines, columns
+        self.dirty.update(range(lines))
+        self.set_margins()
+        self.ensure_hbounds()
+
+    @property
+    def mouse_modes(self) -> tuple[int | None, int | None]:
+        """The mouse tracking mode the program turned on, and the encoding it asked for:
+        the most telling of each that is set, or None."""
+        tracking = next((mode for mode in (MOUSE_ANY_MOTION, MOUSE_BUTTON_MOTION, MOUSE_NORMAL,
+                                           MOUSE_X10) if mode << 5 in self.mode), None)
+        encoding = next((mode for mode in (MOUSE_SGR, MOUSE_URXVT, MOUSE_UTF8)
+                         if mode << 5 in self.mode), None)
+        return tracking, encoding
 
     def draw(self, data: str) -> None:
         """pyte's draw; printable ASCII goes in a line-piece at a time."""
@@ -262,6 +310,29 @@ class Terminal(pyte.Screen):
     def write_process_input(self, data: str) -> None:
         if self.answer is not None:
             self.answer(data.encode())
+
+
+def mouse_report(encoding: int | None, button: int, column: int, row: int,
+                 release: bool = False) -> bytes:
+    """One mouse event as xterm writes it; button is xterm's number with the modifier and
+    motion bits added, column and row count from 0.
+
+    A release is button 3 (`MOUSE_RELEASE`) except in SGR, which keeps the button and ends
+    in "m".  The default encoding holds a coordinate in one byte: xterm sends nothing for a
+    cell beyond `X10_LIMIT`, and neither do we.
+    """
+    x, y = column + 1, row + 1
+    if encoding == MOUSE_SGR:
+        return b"\x1b[<%d;%d;%d%s" % (button, x, y, b"m" if release else b"M")
+    if release:
+        button = button & ~3 | MOUSE_RELEASE
+    if encoding == MOUSE_URXVT:
+        return b"\x1b[%d;%d;%dM" % (button + 32, x, y)
+    if encoding == MOUSE_UTF8:
+        return ("\x1b[M" + chr(button + 32) + chr(x + 32) + chr(y + 32)).encode()
+    if x > X10_LIMIT or y > X10_LIMIT:
+        return b""
+    return b"\x1b[M" + bytes((button + 32, x + 32, y + 32))
 
 
 class StyledChars(dict):

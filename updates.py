@@ -9,6 +9,8 @@ last frame (damage.py), the cursor shape it was sent, the bells and clipboard it
 remembers what the viewer asked for and was told, which carries over a switch: an outstanding
 FramebufferUpdateRequest (RFC 6143 §7.5.3) and whether it was non-incremental, the framebuffer
 size the viewer has, and the ExtendedDesktopSize announcement and replies (rfbproto §7.8.2).
+While the viewer's own SetDesktopSize waits for the display's answer, a new size is held back,
+so that the size it asked for reaches it as the answer (reason "client"), not as news.
 `next_frame` answers an outstanding request: the size pseudo-rectangles in an update of their
 own, then one FramebufferUpdate (§7.6.1) with the cursor (-239), a CopyRect for a scroll
 (§7.7.2) and the changed area in the viewer's encoding, cropped to a viewer that could not
@@ -129,6 +131,7 @@ class Updates:
         self.full = False
         self.announced = False
         self.resize_reply = None
+        self.awaiting_resize = False
         self.cursor_sent = None
         self.seen_bells = display.bells
         self.seen_cut_text = display.cut_text[0]
@@ -152,9 +155,15 @@ class Updates:
         self.requested = True
         self.full = self.full or not incremental
 
-    def refuse_resize(self) -> None:
-        """A SetDesktopSize: the next update answers it with "prohibited"."""
-        self.resize_reply = rfb.ExtendedDesktopSizeStatus.PROHIBITED
+    def ask_resize(self) -> None:
+        """A SetDesktopSize went to the display: hold size changes back until its answer, so
+        that a new size it brings goes out as that answer (reason "client")."""
+        self.awaiting_resize = True
+
+    def answer_resize(self, status: int) -> None:
+        """The display's answer to this viewer's SetDesktopSize, for the next update."""
+        self.awaiting_resize = False
+        self.resize_reply = status
 
     # What the viewer gets, §7.6.
 
@@ -216,10 +225,13 @@ class Updates:
         """Size announcements, which go in an update of their own (rfbproto §7.1)."""
         width, height = self.display.size
         extended = self.encoder.supports(Encoding.EXTENDED_DESKTOP_SIZE)
-        if self.size != (width, height) and self.can_resize:
+        if self.size != (width, height) and self.can_resize and not self.awaiting_resize:
             self.size = (width, height)
             self.full = True
             self.announced = True
+            if extended and self.resize_reply == rfb.ExtendedDesktopSizeStatus.OK:
+                self.resize_reply = None
+                return [rfb.extended_desktop_size(width, height, 1, 0)]
             if extended:
                 return [rfb.extended_desktop_size(width, height, 0, 0)]
             return [rfb.desktop_size(width, height)]

@@ -25,8 +25,12 @@ repainted in full.  A viewer that listed neither cannot be resized: it stays on 
 (whose status line says why) unless the desktop happens to be its size; if it started on the
 desktop and the desktop goes, it sees the console in the top-left corner of its framebuffer.
 
+A viewer's SetDesktopSize goes to the display it shows, whose answer, maybe later and from
+another thread, comes back through `resize_answers` to go out with the next update.
+
 A viewer that gave the view-only password watches only: its keys, pointer and clipboard go
-nowhere (the VT-switch hotkeys still move its own view) and it cannot ask for exclusive access.
+nowhere (the VT-switch hotkeys still move its own view) and it cannot ask for exclusive access
+or for a new size.
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ class ViewerSession(socketserver.BaseRequestHandler):
         self.events: collections.deque = collections.deque()
         self.held_keys: set[int] = set()
         self.pointer = (0, 0, 0)
+        self.resize_answers: collections.deque = collections.deque()
         self.closing = False
         self.wakeup = netio.Wakeup()
         self.server.add_session(self)
@@ -228,6 +233,8 @@ class ViewerSession(socketserver.BaseRequestHandler):
                         self.receive()
                 while self.events:
                     self.switch(*self.events.popleft())
+                while self.resize_answers:
+                    self.updates.answer_resize(self.resize_answers.popleft())
                 self.outbox.add(self.updates.notifications())
                 self.flush()
 
@@ -299,7 +306,7 @@ class ViewerSession(socketserver.BaseRequestHandler):
         self.held_keys = set()
         button_mask, x, y = self.pointer
         if button_mask:
-            self.display.pointer(0, x, y)
+            self.display.pointer(0, x, y, self.modifiers)
         self.pointer = (0, x, y)
 
     # Client messages, RFC 6143 §7.5.
@@ -336,11 +343,20 @@ class ViewerSession(socketserver.BaseRequestHandler):
         width, height = self.updates.size
         x, y = min(message.x, width - 1), min(message.y, height - 1)
         self.pointer = (message.button_mask, x, y)
-        self.display.pointer(message.button_mask, x, y)
+        self.display.pointer(message.button_mask, x, y, self.modifiers)
 
     def on_ClientCutText(self, message: rfb.ClientCutText) -> None:
         if not self.view_only:
             self.display.paste(message.text)
 
     def on_SetDesktopSize(self, message: rfb.SetDesktopSize) -> None:
-        self.updates.refuse_resize()
+        if self.view_only:
+            self.updates.answer_resize(rfb.ExtendedDesktopSizeStatus.PROHIBITED)
+            return
+        self.updates.ask_resize()
+        self.display.resize(message.width, message.height, self.resize_answered)
+
+    def resize_answered(self, status: int) -> None:
+        """The display's answer to our SetDesktopSize (from any thread)."""
+        self.resize_answers.append(status)
+        self.wakeup.poke()

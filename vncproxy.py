@@ -16,6 +16,12 @@ docs/design.md, "Why a shadow framebuffer").  So a VT switch is only: pick the o
 resize the viewer, repaint.  Input goes the other way: keys, pointer and clipboard are
 forwarded to the guest as they come.
 
+Resizing.  A viewer's SetDesktopSize goes to the guest, as one screen of the size asked for,
+when the guest has said it speaks ExtendedDesktopSize (TigerVNC's Xvnc does: it resizes its
+screen), and the guest's answer goes back to that viewer; a guest that has not said so gets
+nothing and the viewer hears "prohibited".  One request is in flight at a time: another
+viewer asking meanwhile hears "out of resources", as rfbproto allows.
+
 Which display a viewer shows is vt.py's table, Ctrl-Alt-F1 and Ctrl-Alt-F7 moving it.  At most
 one desktop per console: a new guest connection replaces the old one, so a guest that rebooted
 without closing its socket is not locked out.
@@ -69,7 +75,9 @@ class DesktopDisplay(display.SharedPicture):
         self.image = Image.new("RGB", self.size)
         self.bells = 0
         self.upstream = upstream
+        self.screen: rfb.Screen | None = None
         self._pending: list = []
+        self._resize_answer = None
 
     def apply(self, event) -> None:
         """Draw one decoded event from the guest into the shadow framebuffer."""
@@ -85,10 +93,7 @@ class DesktopDisplay(display.SharedPicture):
                 self.image.paste(self.image.crop(source), (event.x, event.y))
                 self._pending.append((event.x, event.y, event.width, event.height))
             elif isinstance(event, rfbclient.DesktopResize):
-                self.size = (event.width, event.height)
-                self.image = Image.new("RGB", self.size)
-                self.damage.reset(self.size)
-                self._pending.clear()
+                self._resized(event)
             elif isinstance(event, rfbclient.CursorShape):
                 self.cursor = event
             elif isinstance(event, rfbclient.UpdateEnd):
@@ -99,16 +104,46 @@ class DesktopDisplay(display.SharedPicture):
                 self.bells += 1
             elif isinstance(event, rfbclient.ServerCutText):
                 self.cut_text = (self.cut_text[0] + 1, event.text)
+        if isinstance(event, rfbclient.DesktopResize) and event.answer is not None:
+            self._answer_resize(event.answer)
         if not isinstance(event, rfbclient.RawRows | rfbclient.CopyRect):
             self.notify()
+
+    def _resized(self, event: rfbclient.DesktopResize) -> None:
+        """The guest's size, and its screen; a new size is a blank picture the guest repaints."""
+        self.screen = event.screen or self.screen
+        if (event.width, event.height) != self.size:
+            self.size = (event.width, event.height)
+            self.image = Image.new("RGB", self.size)
+            self.damage.reset(self.size)
+            self._pending.clear()
+
+    def _answer_resize(self, status: int) -> None:
+        """Hand the guest's answer to the viewer that asked, if one waits for it."""
+        with self.lock:
+            answer, self._resize_answer = self._resize_answer, None
+        if answer is not None:
+            answer(status)
 
     def key(self, keysym: int, down: bool, modifiers: keymap.Modifiers) -> None:
         self.upstream.send(rfbclient.key_event(down, keysym))
 
-    def pointer(self, button_mask: int, x: int, y: int) -> None:
+    def pointer(self, button_mask: int, x: int, y: int, modifiers: keymap.Modifiers) -> None:
         width, height = self.size
         self.upstream.send(rfbclient.pointer_event(
             button_mask, min(x, width - 1), min(y, height - 1)))
+
+    def resize(self, width: int, height: int, answer: Callable[[int], None]) -> None:
+        with self.lock:
+            screen, busy = self.screen, self._resize_answer is not None
+            if screen is not None and not busy:
+                self._resize_answer = answer
+        if screen is None:
+            answer(rfb.ExtendedDesktopSizeStatus.PROHIBITED)
+        elif busy:
+            answer(rfb.ExtendedDesktopSizeStatus.OUT_OF_RESOURCES)
+        else:
+            self.upstream.send(rfbclient.set_desktop_size(width, height, screen))
 
     def paste(self, text: bytes) -> None:
         self.upstream.send(rfbclient.client_cut_text(text))

@@ -14,13 +14,18 @@ few non-character keys the tests press; characters map to their own key.
 
 import base64
 import json
+import re
 import subprocess
 import urllib.request
+from pathlib import Path
 
 import websocket
 
 import peers
 
+NOVNC_PAGE = Path("/usr/share/novnc/vnc.html")
+BROWSER_URL = re.compile(r"vncterm: browser console at (https?://\S+)")
+FIRST_PICTURE = 40  # seconds for the page to load, connect and draw, generous for a loaded machine
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-dev-shm-usage", "--remote-debugging-port=0"]
@@ -172,3 +177,17 @@ class Chromium:
     def close(self):
         self.socket.close()
         peers.stop_process(self.proc)
+
+
+def require_browser():
+    for peer in ("chromium", "websockify"):
+        peers.require(peer)
+    peers.require("novnc", installed=NOVNC_PAGE.is_file())
+
+
+def printed(server, pattern):
+    """The first group of the first stdout line of vncterm's that matches pattern."""
+    for line in server.output:
+        if match := pattern.fullmatch(line):
+            return match[1]
+    raise AssertionError(f"vncterm printed no line like {pattern.pattern!r}\n{server.report()}")

@@ -523,3 +523,11 @@ def pattern_errors(image, region, blocks, corners=CORNERS):
         if colour_name(rgb) != colour:
             errors.append(f"cell ({col},{row}): expected {colour}, got {colour_name(rgb)} {rgb}")
     return errors
+
+
+# A command for a console whose size a test watches: it writes `stty size` at start and on SIGWINCH.
+WATCH_SIZE = """report() {{ stty size > {file}.new; mv {file}.new {file}; }}
+trap report WINCH
+report
+while :; do sleep 1 & wait; done
+"""

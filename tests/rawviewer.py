@@ -187,3 +187,17 @@ class SecureClient(Client):
 def client_tls(ca):
     """A viewer's TLS context that trusts the CA in the PEM file `ca`."""
     return ssl.create_default_context(cafile=str(ca))
+
+
+def set_desktop_size(client, width, height):
+    screen = struct.pack(">IHHHHI", 0, 0, 0, width, height, 0)
+    client.send(struct.pack(">BxHHBx", 251, width, height, 1) + screen)
+
+
+def resize_reply(client):
+    """Request updates until an ExtendedDesktopSize arrives; return (reason, status, w, h)."""
+    while True:
+        client.request(incremental=True)
+        for x, y, width, height, encoding in client.read_update():
+            if encoding == EXTENDED_DESKTOP_SIZE:
+                return x, y, width, height

@@ -33,7 +33,7 @@ from PIL import Image, ImageChops
 
 import peers
 import web
-from chromium import Chromium
+from chromium import BROWSER_URL, FIRST_PICTURE, Chromium, printed, require_browser
 from peers import Block
 
 PATTERN = (Block("red", 2, 1), Block("green", 72, 1), Block("blue", 2, 19))
@@ -44,21 +44,12 @@ TEXT = (r"\033[6;4H\033[1;37mvncterm\033[0m in a browser: noVNC through websocki
         r"\033[11;4H\033[34mdrwxr-xr-x\033[0m 2 root root 4096 \033[1;34mbin\033[0m  "
         r"\033[32m-rwxr-xr-x\033[0m 1 root root 9236 \033[1;32mvncterm.py\033[0m"
         r"\033[13;4H")
-NOVNC_PAGE = Path("/usr/share/novnc/vnc.html")
-BROWSER_URL = re.compile(r"vncterm: browser console at (https?://\S+)")
 REVERSE = re.compile(r"vncterm: guest desktops connect to 127\.0\.0\.1:(\d+)")
 DESKTOP_SIZE = (800, 600)
 ROOT = "#ff8000"
 ROOT_RGB = (255, 128, 0)
 COLOUR_TOLERANCE = 40
 CONTROL_BAR_OPEN = "document.getElementById('noVNC_control_bar').classList.contains('noVNC_open')"
-FIRST_PICTURE = 40  # seconds for the page to load, connect and draw, generous for a loaded machine
-
-
-def require_browser():
-    for peer in ("chromium", "websockify"):
-        peers.require(peer)
-    peers.require("novnc", installed=NOVNC_PAGE.is_file())
 
 
 @pytest.fixture
@@ -76,14 +67,6 @@ def start_console(start_vncterm, folder, options=()):
     script.write_text(f"{peers.paint_command(PATTERN)}\nprintf '{TEXT}'\n"
                       f"exec cat > {folder / 'typed.txt'}\n")
     return start_vncterm(f"sh {script}", options=("--web", "0", *options))
-
-
-def printed(server, pattern):
-    """The first group of the first stdout line of vncterm's that matches pattern."""
-    for line in server.output:
-        if match := pattern.fullmatch(line):
-            return match[1]
-    raise AssertionError(f"vncterm printed no line like {pattern.pattern!r}\n{server.report()}")
 
 
 def open_console(browser, server, artifacts, name="console"):

@@ -76,8 +76,8 @@ def test_scrollback_pages_through_history():
     frame = term.take_frame()
     assert text_of(frame.rows[0]).rstrip() == "line %d" % (30 - LINES - (LINES - 1))
     assert frame.cursor is None or frame.cursor[1] >= LINES - 1
-    term.pointer(console.WHEEL_DOWN)
-    term.pointer(console.WHEEL_DOWN)
+    term.pointer(console.WHEEL_DOWN, (0, 0), keymap.Modifiers())
+    term.pointer(console.WHEEL_DOWN, (0, 0), keymap.Modifiers())
     frame = term.take_frame()
     assert text_of(frame.rows[LINES - 1]).rstrip() == "line 29"
     assert term.source.written == b""
@@ -87,7 +87,7 @@ def test_any_key_returns_to_the_bottom_and_is_typed():
     term = new_console()
     term.set_status("")
     term.feed(b"\r\n".join(b"line %d" % i for i in range(30)))
-    term.pointer(console.WHEEL_UP)
+    term.pointer(console.WHEEL_UP, (0, 0), keymap.Modifiers())
     term.take_frame()
     term.key(ord("q"), keymap.Modifiers())
     frame = term.take_frame()

@@ -18,7 +18,7 @@ import render
 import sources
 import vncproxy
 
-METHODS = ("changes", "key", "pointer", "paste")
+METHODS = ("changes", "key", "pointer", "paste", "resize")
 
 
 def console_display():
@@ -63,8 +63,9 @@ def test_something_missing_a_member_is_no_display():
 
         def changes(self, token, copy_rect=True): ...
         def key(self, keysym, down, modifiers): ...
-        def pointer(self, button_mask, x, y): ...
+        def pointer(self, button_mask, x, y, modifiers): ...
         def paste(self, text): ...
+        def resize(self, width, height, answer): ...
 
     assert not isinstance(NoCursor(), display.Display)
 

@@ -37,13 +37,13 @@ def cells_of(row):
 @given(ROWS)
 def test_a_row_reads_back_cell_for_cell(blank_and_cells):
     row = make_row(*blank_and_cells)
-    assert cells_of(scrollback.expand(scrollback.compact(row, COLUMNS))) == cells_of(row)
+    assert cells_of(scrollback.expand(scrollback.compact(row))) == cells_of(row)
 
 
 @given(st.lists(ROWS, max_size=12), st.integers(1, 5), st.sampled_from([0, 1, None]))
 def test_the_scrollback_keeps_the_newest_rows_in_order(rows, maxlen, compacted):
     rows = [make_row(*row) for row in rows]
-    history = scrollback.Scrollback(COLUMNS, maxlen)
+    history = scrollback.Scrollback(maxlen)
     history.extend(rows[: len(rows) // 2])
     history.compact_pending(1)
     for row in rows[len(rows) // 2 :]:

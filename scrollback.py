@@ -12,12 +12,13 @@ nearly all unwatched and nearly all of that history never looked at again.  So a
 stored as three things: its text (one string, one character per cell), its runs of
 attributes (the attributes, then the column where they stop, alternating; the last run stops
 where the text does, so its end is left out), and the attributes of the blank it is padded
-with.  Trailing blank cells are not stored.  A row whose cells are not one character each
-(the empty cell after a wide character, a cell with combining marks) keeps its text as a
-tuple of the cells' strings instead.  Attribute tuples and runs are shared by every line and
-every console that uses them, and lines styled alike have equal runs (every plain line, every
-"[  OK  ]" line of a boot log), so a line of coloured log output costs about 170 bytes, not
-2 KB.
+with.  Trailing blank cells are not stored, and a row keeps the width it was made with (a
+console can be resized; its scrollback is not rewrapped, as in xterm).  A row whose cells are
+not one character each (the empty cell after a wide character, a cell with combining marks)
+keeps its text as a tuple of the cells' strings instead.  Attribute tuples and runs are
+shared by every line and every console that uses them, and lines styled alike have equal runs
+(every plain line, every "[  OK  ]" line of a boot log), so a line of coloured log output
+costs about 170 bytes, not 2 KB.
 
 When.  A flood pushes thousands of rows a second through the scrollback, nearly all of them
 out again soon, and compacting each as it arrived (a few microseconds a row) took the parse of

@@ -33,7 +33,7 @@ peers: ## Install the real VNC viewers and servers the tests drive (Debian, need
 	$(APT) install -y --no-install-recommends $(PEER_PACKAGES)
 
 BENCH_PACKAGES := tigervnc-standalone-server tigervnc-tools xterm xfonts-base imagemagick \
-	console-setup-linux
+	console-setup-linux qemu-system-x86 linux-image-cloud-amd64 busybox-static cpio
 
 bench: $(VENV)/.ready ## Time vncterm against Xvnc+xterm (installs them, needs root); table in bench/
 	$(APT) update -qq

@@ -73,9 +73,11 @@ from dataclasses import dataclass, field
 
 import pyte
 
+import clipboard
 import keymap
 import lograte
 import netio
+import selection
 import terminal
 
 log = logging.getLogger("vncterm.console")
@@ -89,6 +91,7 @@ MOUSE_WHEELS = ((WHEEL_UP, 64), (WHEEL_DOWN, 65), (WHEEL_LEFT, 66), (WHEEL_RIGHT
 MIN_SIZE, MAX_SIZE = (20, 5), (400, 150)  # columns, lines a viewer may resize a console to
 PAGE_UP, PAGE_DOWN = 0xFF55, 0xFF56
 DECCKM = 1 << 5  # pyte keeps private mode n as n << 5 but names no constant for mode 1
+BRACKETED_PASTE = 2004 << 5
 FRAME_INTERVAL = 1 / 60
 FLOOD_BYTES = 1024
 SLICE_SECONDS = 0.01
@@ -195,6 +198,8 @@ class Console:
         self.told = 0
         self._notices = itertools.count(1)
         self._view_offset = 0
+        self._scrolled = 0  # lines scrolled off the screen before the last frame
+        self.selection = selection.Selection()
         self._full = True
         self._cursor = None
         self._buttons = 0
@@ -434,9 +439,53 @@ class Console:
         elif button_mask & WHEEL_DOWN:
             self.scroll_view(-WHEEL_LINES)
 
-    def paste(self, text: bytes) -> None:
-        """Clipboard text from a viewer: Latin-1 with LF, typed as UTF-8 with CR."""
-        self.write(text.decode("latin-1").replace("\r\n", "\r").replace("\n", "\r").encode())
+    def paste(self, text: str) -> None:
+        """Type a viewer's clipboard: UTF-8, Return for line ends, bracketed if asked for."""
+        with self.lock:
+            bracketed = BRACKETED_PASTE in self.terminal.mode
+        if text:
+            self.scroll_view(-self._view_offset)
+            self.write(clipboard.pasted(text, bracketed))
+
+    # The selection (selection.py), in absolute lines.
+
+    def select(self, row: int, column: int, press: bool) -> None:
+        """Start (`press`) or extend the selection at a cell of the view."""
+        with self.lock:
+            position = (self._first_line() + row, column)
+            if press:
+                self.selection.press(position)
+            elif not self.selection.drag(position):
+                return
+            self._full = True
+        self._notify()
+
+    def end_selection(self) -> str:
+        """The button went up: the selected text, "" if nothing is selected."""
+        with self.lock:
+            self.selection.release()
+            return self.selection.text(self._line_text, self._wrapped)
+
+    def _first_line(self) -> int:
+        """The absolute line shown on the view's top row."""
+        return self._scrolled + self.terminal.scrolled - self._view_offset
+
+    def _line(self, line: int):
+        """The cells of an absolute line: in the scrollback, on the screen, or gone (None)."""
+        history, top = self.terminal.history, self._scrolled + self.terminal.scrolled
+        if line >= top:
+            return self.terminal.buffer[line - top] if line - top < self.lines else None
+        index = line - top + len(history)
+        return history[index] if index >= 0 else None
+
+    def _wrapped(self, line: int) -> bool:
+        return getattr(self._line(line), "wrapped", False)
+
+    def _line_text(self, line: int) -> list[str]:
+        cells = self._line(line)
+        if cells is None:
+            return [" "] * self.columns
+        return [cells[x].data for x in range(self.columns)]
 
     def resize(self, columns: int, lines: int) -> bool:
         """Make the console columns x lines, within MIN_SIZE and MAX_SIZE, and tell the
@@ -453,6 +502,7 @@ class Console:
             self._view_offset = 0
             self._cursor = None
             self._full = True
+            self.selection.clear()  # its lines moved: the scrollback took some
             self.source.resize(columns, lines)
         log.info("console resized to %dx%d", columns, lines)
         self._notify()
@@ -479,6 +529,7 @@ class Console:
         with self.lock:
             terminal = self.terminal
             scroll, terminal.scrolled = terminal.scrolled, 0
+            self._scrolled += scroll
             rows, terminal.dirty = terminal.dirty & set(range(self.lines)), set()
             if self._view_offset:
                 self._view_offset = min(self._view_offset + scroll, len(terminal.history))
@@ -524,7 +575,21 @@ class Console:
             line = history[len(history) - self._view_offset + row]
         else:
             line = self.terminal.buffer[row - self._view_offset]
-        return [line[x] for x in range(self.columns)]
+        cells = [line[x] for x in range(self.columns)]
+        span = self.selection.span(self._line_text)
+        if span is not None:
+            self._highlight(cells, self._first_line() + row, span)
+        return cells
+
+    def _highlight(self, cells: list, line: int, span) -> None:
+        """Show the part of `line` inside the selection in reverse video."""
+        (first, start), (last, end) = span
+        if not first <= line <= last:
+            return
+        left = start if line == first else 0
+        right = end if line == last else self.columns
+        for x in range(left, right):
+            cells[x] = cells[x]._replace(reverse=not cells[x].reverse)
 
 
 def mouse_reports(tracking: int, encoding: int | None, previous: int, button_mask: int,

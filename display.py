@@ -10,14 +10,19 @@ a type checker and a test can hold both displays to, not prose that drifts:
     changes(token, copy_rect)  what changed since `token`: a damage.Changes, or None
     plans                      an encoders.SharedPlans: the encoding work viewers share
     listeners                  callables to poke (from any thread) when something changed
-    key(keysym, down, modifiers), pointer(button_mask, x, y, modifiers), paste(text)
-                               input, RFC 6143 §7.5
+    key(keysym, down, modifiers), pointer(button_mask, x, y, hand)   input, RFC 6143 §7.5
+    paste(hand)                type the viewer's clipboard, because the person asked to
+    clipboard(text)            the viewer's clipboard changed (the desktop hands it on)
     resize(width, height, answer)  a viewer's SetDesktopSize (rfbproto); `answer(status)` is
                                called, maybe later and from another thread, with the
                                ExtendedDesktopSize status for that viewer
     cursor                     the pointer's shape (an rfbclient.CursorShape), or None for ours
     cut_text                   (serial, text): the display's clipboard, new when serial changes
     bells                      a count of bells; a viewer rings when it has grown (§7.6.3)
+    extended_keys              True if it takes QEMU Extended Key Events: extended_key(keysym,
+                               keycode, down, modifiers)
+    led_state                  the guest's lock-key LEDs (bits of rfbproto's -261), or None
+    absolute_pointer           False while it wants relative motion: pointer_motion(...)
 
 What both displays share is written once, in `SharedPicture`: one picture guarded by a lock,
 its damage log (damage.py), and the plans.  Damage is tracked once per display in numbered
@@ -31,6 +36,11 @@ Trade-off: the console renders lazily, when a viewer asks (`SharedPicture.catch_
 desktop draws eagerly, as the guest's updates arrive.  The console's changes are cheap to note
 and dear to draw, and a flood is drawn at the viewers' pace; the guest's are already pixels.
 For the same reason the console keeps no picture at all while nobody watches it.
+
+The pointer on the console is xterm's: the left button selects (selection.py) and the release
+copies to that viewer's clipboard, the middle button pastes it, the wheel scrolls; when the
+program has asked for the mouse, only with Shift held.  A clipboard.Hand is what the display
+needs of the viewer for that: its modifiers, the buttons it held before, and its clipboard.
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ import keymap
 import render
 import rfb
 import rfbclient
+from clipboard import Hand
 
 
 @runtime_checkable
@@ -55,8 +66,11 @@ class Display(Protocol):
     plans: encoders.SharedPlans
     listeners: set[Callable[[], None]]
     cursor: rfbclient.CursorShape | None
-    cut_text: tuple[int, bytes]
+    cut_text: tuple[int, str]
     bells: int
+    extended_keys: bool
+    led_state: int | None
+    absolute_pointer: bool
 
     def changes(self, token: int | None, copy_rect: bool = True) -> damage.Changes | None:
         """What a viewer that last saw generation `token` needs (all of it for None)."""
@@ -64,14 +78,20 @@ class Display(Protocol):
     def key(self, keysym: int, down: bool, modifiers: keymap.Modifiers) -> None:
         """A key went down or up; `modifiers` are the viewer's, after this key."""
 
-    def pointer(self, button_mask: int, x: int, y: int, modifiers: keymap.Modifiers) -> None:
+    def pointer(self, button_mask: int, x: int, y: int, hand: Hand) -> None:
         """The pointer moved or a button changed, inside the picture."""
 
-    def paste(self, text: bytes) -> None:
-        """The viewer's clipboard (Latin-1, RFC 6143 §7.5.6)."""
+    def paste(self, hand: Hand) -> None:
+        """Type the clipboard of the viewer whose `hand` this is: the person asked to paste."""
+
+    def clipboard(self, text: str) -> None:
+        """The viewer's clipboard changed (a copy on the viewer's machine)."""
 
     def resize(self, width: int, height: int, answer: Callable[[int], None]) -> None:
         """A viewer asks for a width x height picture; `answer` gets the status."""
+
+
+LEFT, MIDDLE = 1 << 0, 1 << 1
 
 
 class SharedPicture:
@@ -88,7 +108,10 @@ class SharedPicture:
         self.plans = encoders.SharedPlans()
         self.listeners = set() if listeners is None else listeners
         self.cursor = None
-        self.cut_text = (0, b"")
+        self.cut_text = (0, "")
+        self.extended_keys = False
+        self.led_state = None
+        self.absolute_pointer = True
 
     def changes(self, token: int | None, copy_rect: bool = True) -> damage.Changes | None:
         with self.lock:
@@ -198,14 +221,32 @@ class ConsoleDisplay(SharedPicture):
         if down and keysym not in keymap.MODIFIER_KEYSYMS:
             self.console.key(keysym, modifiers)
 
-    def pointer(self, button_mask: int, x: int, y: int, modifiers: keymap.Modifiers) -> None:
+    def pointer(self, button_mask: int, x: int, y: int, hand: Hand) -> None:
         cell_width, cell_height = self.glyphs.cell
         columns, lines = self.size[0] // cell_width, self.size[1] // cell_height
         cell = (min(x // cell_width, columns - 1), min(y // cell_height, lines - 1))
-        self.console.pointer(button_mask, cell, modifiers)
+        if not self.console.mouse_reporting or hand.modifiers.shift:
+            self.select(button_mask, cell, hand)
+        self.console.pointer(button_mask, cell, hand.modifiers)
 
-    def paste(self, text: bytes) -> None:
-        self.console.paste(text)
+    def select(self, button_mask: int, cell: tuple[int, int], hand: Hand) -> None:
+        """xterm's buttons: left selects and copies on release, middle pastes."""
+        pressed, released = button_mask & ~hand.buttons, hand.buttons & ~button_mask
+        column, row = cell
+        if button_mask & LEFT or released & LEFT:
+            # A viewer may send no motion between press and release (TigerVNC merges it): the
+            # release's position ends the selection.
+            self.console.select(row, column, press=bool(pressed & LEFT))
+        if released & LEFT and (text := self.console.end_selection()):
+            hand.clipboard.copy(text)
+        if pressed & MIDDLE:
+            self.paste(hand)
+
+    def paste(self, hand: Hand) -> None:
+        self.console.paste(hand.clipboard.received)
+
+    def clipboard(self, text: str) -> None:
+        """Kept by the viewer until pasted: nothing to do here."""
 
     def resize(self, width: int, height: int, answer: Callable[[int], None]) -> None:
         cell_width, cell_height = self.glyphs.cell

@@ -13,6 +13,10 @@ bytes an xterm would send for the same keys (xterm's ctlseqs, "PC-Style Function
 * the keypad sends what its label says (NumLock assumed on).
 
 `Modifiers` tracks which modifier keys one viewer holds; each viewer has its own.
+
+The other way round, `typed_keys` turns a character into the key presses that type it on a
+guest (a typed paste): a US keyboard's keysyms, with Shift where that keyboard needs it, and
+Unicode keysyms for the rest.
 """
 
 from __future__ import annotations
@@ -150,3 +154,27 @@ def _control(character: str) -> str:
     if character.isascii() and character.isalpha():
         return chr(ord(character.upper()) & 0x1F)
     return CONTROL_CHARACTERS.get(character, character)
+
+
+# Typing text into a guest as key presses (Ctrl-Alt-V on the desktop): the keysyms a US
+# keyboard sends, with Shift held for the characters that need it there.
+SHIFT_L, RETURN, TAB = 0xFFE1, 0xFF0D, 0xFF09
+US_SHIFTED = frozenset('~!@#$%^&*()_+{}|:"<>?ABCDEFGHIJKLMNOPQRSTUVWXYZ')
+
+
+def typed_keys(character: str) -> list[tuple[int, bool]]:
+    """The (keysym, down) events that type one character; none for other control codes."""
+    if character in "\r\n":
+        keysym = RETURN
+    elif character == "\t":
+        keysym = TAB
+    elif not character.isprintable():
+        return []
+    elif 0x20 <= ord(character) <= 0x7E or 0xA0 <= ord(character) <= 0xFF:
+        keysym = ord(character)
+    else:
+        keysym = 0x01000000 + ord(character)
+    press = [(keysym, True), (keysym, False)]
+    if character in US_SHIFTED:
+        return [(SHIFT_L, True), *press, (SHIFT_L, False)]
+    return press

@@ -13,7 +13,11 @@ do the I/O and hand the bytes here, the way h11 does HTTP:
   which the proxy's client side (rfbclient.py) computes with the same function, and the
   server's side of VeNCrypt (rfbproto): we send version 0.2, the viewer answers with its
   version, we acknowledge, offer subtypes, read its choice, accept, and TLS starts on the
-  same socket.  Which types to offer and whether a password matches is auth.py's policy.
+  same socket.  Which types to offer and whether a password matches is auth.py's policy;
+* QEMU's extensions (rfbproto §QEMU Client Message and the pseudo-encodings -257, -258, -261):
+  the Extended Key Event that carries a scancode beside the keysym, which the server invites
+  with a pseudo-rectangle, and the LED State (also VMware's variant) and Pointer Type Change
+  pseudo-rectangles that the proxy passes on from a guest's QEMU.
 
 Every number that comes off the wire is checked before it is used.  A peer that breaks the
 protocol gets a `ProtocolError` with a one-line reason; the caller closes that one connection.
@@ -24,6 +28,18 @@ the RFC, which is slower than tuples but reads like the spec.  ClientCutText is 
 whose body is streamed: a hostile length is discarded as it arrives instead of buffered, and
 only the first `CUT_TEXT_LIMIT` bytes are kept (TigerVNC does the same).  No message has a
 generic length field, so an unknown message type cannot be skipped: it is a protocol error.
+
+The Extended Clipboard (rfbproto, pseudo-encoding 0xC0A1E5CE) reuses ClientCutText and
+ServerCutText with a negative length: the body is a U32 of flags, format bits below and one
+action above (caps, request, peek, notify, provide), then the action's data.  Caps lists the
+largest text each side takes unasked; provide carries a zlib stream of (U32 size, data) per
+format, text as NUL-terminated UTF-8 with CR LF line ends.  Only the text format is used here.
+The same message serves both directions, so its reader (`parse_extended_clipboard`) and
+writers live here and rfbclient.py uses them for the guest link.  The body is capped like
+ClientCutText's, and decompression stops at `CUT_TEXT_LIMIT` bytes, so a zlib bomb costs
+nothing; text cut by a cap is kept as far as it came.  A reader only takes the extended
+form once its owner has said it offered it (`extended_clipboard`); before, it is an error,
+as it always was.
 """
 
 from __future__ import annotations
@@ -31,6 +47,7 @@ from __future__ import annotations
 import enum
 import re
 import struct
+import zlib
 from dataclasses import dataclass
 
 CUT_TEXT_LIMIT = 256 * 1024
@@ -52,6 +69,7 @@ class ClientMsg(enum.IntEnum):
     POINTER_EVENT = 5
     CLIENT_CUT_TEXT = 6
     SET_DESKTOP_SIZE = 251
+    QEMU = 255
 
 
 class ServerMsg(enum.IntEnum):
@@ -77,6 +95,17 @@ class Encoding(enum.IntEnum):
     LAST_RECT = -224
     CURSOR = -239
     EXTENDED_DESKTOP_SIZE = -308
+    EXTENDED_CLIPBOARD = -0x3F5E1A32  # 0xC0A1E5CE as the signed number SetEncodings carries
+    POINTER_TYPE_CHANGE = -257
+    QEMU_EXTENDED_KEY_EVENT = -258
+    LED_STATE = -261
+    VMWARE_LED_STATE = 0x574D5668
+
+
+class QemuSubtype(enum.IntEnum):
+    """Subtypes of the QEMU client message (255), rfbproto §QEMU Client Message."""
+
+    EXTENDED_KEY_EVENT = 0
 
 
 class SecurityType(enum.IntEnum):
@@ -354,6 +383,20 @@ class KeyEvent:
 
 
 @dataclass(frozen=True)
+class QemuExtendedKeyEvent:
+    """rfbproto §QEMU Extended Key Event: a key as an XT scancode, with its keysym (maybe 0).
+
+    `keycode` is the set-1 make code, an 0xE0-prefixed key as 0x80 | its second byte.
+    """
+
+    down: bool
+    keysym: int
+    keycode: int
+
+    STRUCT = struct.Struct(">BHII")
+
+
+@dataclass(frozen=True)
 class PointerEvent:
     """§7.5.5: pointer position and the state of buttons 1-8 (bit 0 = left)."""
 
@@ -369,6 +412,34 @@ class ClientCutText:
     """§7.5.6: clipboard text (Latin-1); `text` holds at most CUT_TEXT_LIMIT bytes."""
 
     text: bytes
+
+
+class Clipboard(enum.IntFlag):
+    """The Extended Clipboard's flags: formats in the low bits, actions in the high byte."""
+
+    TEXT = 1 << 0
+    CAPS = 1 << 24
+    REQUEST = 1 << 25
+    PEEK = 1 << 26
+    NOTIFY = 1 << 27
+    PROVIDE = 1 << 28
+
+
+CLIPBOARD_FORMATS = 0xFFFF
+CLIPBOARD_ACTIONS = (Clipboard.CAPS, Clipboard.REQUEST, Clipboard.PEEK, Clipboard.NOTIFY,
+                     Clipboard.PROVIDE)
+
+
+@dataclass(frozen=True)
+class ExtendedClipboard:
+    """An Extended Clipboard message, either way: its `action`, the `formats` it names, and
+    for caps the largest size of each format (in format-bit order), for provide the text
+    (None when the text format is not in it)."""
+
+    action: Clipboard
+    formats: int
+    sizes: tuple[int, ...] = ()
+    text: str | None = None
 
 
 @dataclass(frozen=True)
@@ -414,6 +485,13 @@ def _parse_key_event(header: bytes, body: bytes) -> KeyEvent:
     return KeyEvent(down != 0, keysym)
 
 
+def _parse_qemu_message(header: bytes, body: bytes) -> QemuExtendedKeyEvent:
+    subtype, down, keysym, keycode = QemuExtendedKeyEvent.STRUCT.unpack(header)
+    if subtype != QemuSubtype.EXTENDED_KEY_EVENT:
+        raise ProtocolError(f"unknown QEMU client message subtype {subtype}")
+    return QemuExtendedKeyEvent(down != 0, keysym, keycode)
+
+
 def _parse_pointer_event(header: bytes, body: bytes) -> PointerEvent:
     return PointerEvent(*PointerEvent.STRUCT.unpack(header))
 
@@ -445,6 +523,7 @@ _CLIENT_MESSAGES = {
     ClientMsg.KEY_EVENT: (7, None, _parse_key_event),
     ClientMsg.POINTER_EVENT: (5, None, _parse_pointer_event),
     ClientMsg.SET_DESKTOP_SIZE: (7, _screens_length, _parse_set_desktop_size),
+    ClientMsg.QEMU: (11, None, _parse_qemu_message),
 }
 CUT_TEXT_HEADER = struct.Struct(">3xI")
 
@@ -465,16 +544,94 @@ class CappedBody:
         return None if self.remaining else bytes(self.kept)
 
 
+def cut_text_length(header: bytes, extended_clipboard: bool, name: str) -> tuple[int, bool]:
+    """The body length of a cut text message and whether it is an Extended Clipboard one."""
+    (length,) = CUT_TEXT_HEADER.unpack(header)
+    if length < 0x80000000:
+        return length, False
+    if not extended_clipboard:
+        raise ProtocolError(f"{name} length {length:#x}: extended clipboard not offered")
+    length = 0x100000000 - length
+    if length < 4:
+        raise ProtocolError(f"extended {name} of {length} bytes: no room for its flags")
+    return length, True
+
+
+def parse_extended_clipboard(body: bytes) -> ExtendedClipboard:
+    """An Extended Clipboard body (flags and data), possibly cut short by CUT_TEXT_LIMIT."""
+    (flags,) = struct.unpack(">I", body[:4])
+    formats = flags & CLIPBOARD_FORMATS
+    action = next((action for action in CLIPBOARD_ACTIONS if flags & action), None)
+    if action is None:
+        raise ProtocolError(f"extended clipboard flags {flags:#x} name no action")
+    if action == Clipboard.CAPS:
+        count = bin(formats).count("1")
+        if len(body) < 4 + 4 * count:
+            raise ProtocolError(f"extended clipboard caps for {count} formats lack their sizes")
+        sizes = struct.unpack(f">{count}I", body[4 : 4 + 4 * count])
+        return ExtendedClipboard(Clipboard(flags & ~CLIPBOARD_FORMATS), formats, sizes)
+    if action == Clipboard.PROVIDE:
+        return ExtendedClipboard(action, formats, text=_provided_text(body[4:], formats))
+    return ExtendedClipboard(action, formats)
+
+
+def _provided_text(compressed: bytes, formats: int) -> str | None:
+    """The text of a provide message's zlib stream, which holds (size, data) per format."""
+    if not formats & Clipboard.TEXT:
+        return None
+    try:
+        data = zlib.decompressobj().decompress(compressed, 4 + CUT_TEXT_LIMIT)
+    except zlib.error as error:
+        raise ProtocolError(f"extended clipboard provide: bad zlib stream ({error})") from None
+    if len(data) < 4:
+        raise ProtocolError("extended clipboard provide: text size missing")
+    (size,) = struct.unpack(">I", data[:4])
+    text = data[4 : 4 + size].split(b"\0", 1)[0]
+    return text.decode("utf-8", "replace").replace("\r\n", "\n")
+
+
+def extended_clipboard_body(flags: int, data: bytes = b"") -> bytes:
+    """The length field (negative) and body of an Extended Clipboard message."""
+    body = struct.pack(">I", flags) + data
+    return struct.pack(">3xi", -len(body)) + body
+
+
+def clipboard_caps(actions: int, text_limit: int) -> bytes:
+    """Caps: the actions we take and the largest text we take unasked (after the type byte)."""
+    return extended_clipboard_body(Clipboard.CAPS | actions | Clipboard.TEXT,
+                                   struct.pack(">I", text_limit))
+
+
+def clipboard_action(action: Clipboard, formats: int = Clipboard.TEXT) -> bytes:
+    """Request, peek or notify: flags only (after the type byte)."""
+    return extended_clipboard_body(action | formats)
+
+
+def clipboard_provide(text: str) -> bytes:
+    """Provide `text` (after the type byte): NUL-terminated UTF-8 with CR LF, compressed."""
+    data = text.replace("\r\n", "\n").replace("\n", "\r\n").encode() + b"\0"
+    stream = zlib.compress(struct.pack(">I", len(data)) + data)
+    return extended_clipboard_body(Clipboard.PROVIDE | Clipboard.TEXT, stream)
+
+
+def latin1(text: str) -> bytes:
+    """Text as the plain cut text messages carry it: Latin-1, `?` for what it cannot hold."""
+    return text.encode("latin-1", "replace")
+
+
 class ClientReader:
     """Turns the bytes a viewer sends after ServerInit into client messages.
 
     Feed it with `feed(data)`; then call `next_message()` until it returns None, which means
-    "need more bytes".  A partial message stays buffered; nothing is consumed twice.
+    "need more bytes".  A partial message stays buffered; nothing is consumed twice.  Set
+    `extended_clipboard` once the Extended Clipboard was offered to the viewer.
     """
 
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._cut_text: CappedBody | None = None
+        self._extended = False
+        self.extended_clipboard = False
 
     def feed(self, data: bytes) -> None:
         self._buffer += data
@@ -505,9 +662,8 @@ class ClientReader:
     def _start_cut_text(self):
         if len(self._buffer) < 8:
             return None
-        (length,) = CUT_TEXT_HEADER.unpack(self._buffer[1:8])
-        if length >= 0x80000000:
-            raise ProtocolError(f"ClientCutText length {length:#x}: extended clipboard not offered")
+        length, self._extended = cut_text_length(
+            bytes(self._buffer[1:8]), self.extended_clipboard, "ClientCutText")
         del self._buffer[:8]
         self._cut_text = CappedBody(length)
         return self._cut_text_message()
@@ -517,7 +673,7 @@ class ClientReader:
         if text is None:
             return None
         self._cut_text = None
-        return ClientCutText(text)
+        return parse_extended_clipboard(text) if self._extended else ClientCutText(text)
 
 
 # --- Server-to-client messages, §7.6 ---------------------------------------------------
@@ -566,6 +722,30 @@ def extended_desktop_size(width: int, height: int, reason: int, status: int) -> 
     )
 
 
+def qemu_extended_key_event() -> bytes:
+    """The QEMU Extended Key Event pseudo-rectangle (-258): from now on, send me scancodes."""
+    return rect_header(0, 0, 0, 0, Encoding.QEMU_EXTENDED_KEY_EVENT)
+
+
+def led_state(state: int) -> bytes:
+    """The LED State pseudo-rectangle (-261): bit 0 Scroll, 1 Num, 2 Caps Lock."""
+    return rect_header(0, 0, 0, 0, Encoding.LED_STATE) + struct.pack(">B", state)
+
+
+def vmware_led_state(state: int) -> bytes:
+    """VMware's LED State pseudo-rectangle: the same bits as -261, in a U32."""
+    return rect_header(0, 0, 0, 0, Encoding.VMWARE_LED_STATE) + struct.pack(">I", state)
+
+
+POINTER_RELATIVE_ORIGIN = 0x7FFF  # a relative pointer event's (x, y) for no motion
+
+
+def pointer_type_change(absolute: bool, width: int, height: int) -> bytes:
+    """The Pointer Type Change pseudo-rectangle (-257): x = 1 for absolute pointer events,
+    0 for relative ones (each coordinate then a motion offset by 0x7FFF)."""
+    return rect_header(int(absolute), 0, width, height, Encoding.POINTER_TYPE_CHANGE)
+
+
 def bell() -> bytes:
     """Bell, §7.6.3."""
     return bytes([ServerMsg.BELL])
@@ -574,3 +754,8 @@ def bell() -> bytes:
 def server_cut_text(text: bytes) -> bytes:
     """ServerCutText, §7.6.4."""
     return struct.pack(">B3xI", ServerMsg.SERVER_CUT_TEXT, len(text)) + text
+
+
+def server_clipboard(body: bytes) -> bytes:
+    """An Extended Clipboard message (from clipboard_caps and friends) as ServerCutText."""
+    return bytes([ServerMsg.SERVER_CUT_TEXT]) + body

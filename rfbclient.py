@@ -11,7 +11,8 @@ The guest is untrusted.  Every size it announces is capped before anything is al
 (`check_desktop_size`, name and reason lengths), and `ServerReader` checks every rectangle
 against the current framebuffer before it uses a byte of it.  We ask the guest only for
 encodings that are cheap and safe to decode in Python on a local link (Raw, CopyRect, the two
-resize pseudo-encodings and Cursor), so each rectangle's length follows from its header and
+resize pseudo-encodings and Cursor; and QEMU's three input pseudo-encodings, which carry no
+pixels), so each rectangle's length follows from its header and
 Raw rows are handed out as they arrive: a huge update never sits in memory.  Counts that the
 guest chooses (rectangles in an update) are walked in a loop, never by recursion.  An
 ExtendedDesktopSize with a failure status is refused unless it answers our SetDesktopSize.
@@ -19,6 +20,10 @@ ExtendedDesktopSize with a failure status is refused unless it answers our SetDe
 Where deployed servers bend the spec harmlessly, we bend with them: TightVNC 1.3 puts the
 hotspot of its hidden-pointer cursor just outside the image, so a hotspot is clamped into the
 cursor rather than refused.  The limits that protect us (the cursor's size) stay hard.
+
+The clipboard: we list the Extended Clipboard among our encodings, and a server that speaks
+it (TigerVNC's Xvnc) answers with its caps; from then on `ServerReader` reads its extended
+ServerCutText into rfb.ExtendedClipboard events, with rfb.py's reader and limits.
 """
 
 from __future__ import annotations
@@ -28,7 +33,6 @@ from dataclasses import dataclass
 
 from rfb import (
     CHALLENGE_LENGTH,
-    CUT_TEXT_HEADER,
     RECT_HEADER,
     VERSION_3_3,
     VERSION_3_7,
@@ -42,9 +46,12 @@ from rfb import (
     ExtendedDesktopSizeStatus,
     PixelFormat,
     ProtocolError,
+    QemuSubtype,
     Screen,
     SecurityType,
     ServerMsg,
+    cut_text_length,
+    parse_extended_clipboard,
 )
 
 MAX_DESKTOP_SIDE = 8192
@@ -241,6 +248,12 @@ def key_event(down: bool, keysym: int) -> bytes:
     return struct.pack(">BB2xI", ClientMsg.KEY_EVENT, down, keysym)
 
 
+def qemu_extended_key_event(down: bool, keysym: int, keycode: int) -> bytes:
+    """rfbproto §QEMU Extended Key Event, for a server that sent the -258 pseudo-rectangle."""
+    return struct.pack(">BBHII", ClientMsg.QEMU, QemuSubtype.EXTENDED_KEY_EVENT, down, keysym,
+                       keycode)
+
+
 def pointer_event(button_mask: int, x: int, y: int) -> bytes:
     return struct.pack(">BBHH", ClientMsg.POINTER_EVENT, button_mask, x, y)
 
@@ -253,6 +266,11 @@ def set_desktop_size(width: int, height: int, screen: Screen) -> bytes:
 
 def client_cut_text(text: bytes) -> bytes:
     return struct.pack(">B3xI", ClientMsg.CLIENT_CUT_TEXT, len(text)) + text
+
+
+def client_clipboard(body: bytes) -> bytes:
+    """An Extended Clipboard message (from rfb.clipboard_caps and friends) as ClientCutText."""
+    return bytes([ClientMsg.CLIENT_CUT_TEXT]) + body
 
 
 @dataclass(frozen=True)
@@ -305,6 +323,25 @@ class CursorShape:
 
 
 @dataclass(frozen=True)
+class ExtendedKeysAccepted:
+    """The QEMU Extended Key Event pseudo-rectangle (-258): the server takes scancodes."""
+
+
+@dataclass(frozen=True)
+class LedState:
+    """The LED State pseudo-rectangle (-261): bit 0 Scroll, 1 Num, 2 Caps Lock."""
+
+    state: int
+
+
+@dataclass(frozen=True)
+class PointerTypeChange:
+    """The Pointer Type Change pseudo-rectangle (-257): absolute or relative pointer events."""
+
+    absolute: bool
+
+
+@dataclass(frozen=True)
 class UpdateEnd:
     """The last rectangle of a FramebufferUpdate has been read."""
 
@@ -325,14 +362,18 @@ class ServerReader:
     """Turns the bytes a guest server sends after ServerInit into events, checked.
 
     We ask the server for a 4-byte pixel format and for Raw, CopyRect, DesktopSize,
-    ExtendedDesktopSize and Cursor only, so the size of every rectangle follows from its
+    ExtendedDesktopSize and Cursor only, and for QEMU's Extended Key Event, LED State and
+    Pointer Type Change pseudo-rectangles, so the size of every rectangle follows from its
     header.  Each rectangle is checked against the current framebuffer before a byte of it is
     used.  Raw pixels come out a few whole rows at a time, as they arrive, so a huge rectangle
     never sits in memory; server cut text beyond the cap is discarded as it streams in.
+    We list the Extended Clipboard in ENCODINGS, so its messages are read from the start.
     """
 
     ENCODINGS = (Encoding.COPY_RECT, Encoding.RAW, Encoding.EXTENDED_DESKTOP_SIZE,
-                 Encoding.DESKTOP_SIZE, Encoding.CURSOR)
+                 Encoding.DESKTOP_SIZE, Encoding.CURSOR, Encoding.EXTENDED_CLIPBOARD,
+                 Encoding.QEMU_EXTENDED_KEY_EVENT, Encoding.LED_STATE,
+                 Encoding.POINTER_TYPE_CHANGE)
     BYTES_PER_PIXEL = 4
     _RECT_READERS = {
         Encoding.RAW: "_raw_rect",
@@ -340,6 +381,9 @@ class ServerReader:
         Encoding.DESKTOP_SIZE: "_desktop_size",
         Encoding.EXTENDED_DESKTOP_SIZE: "_extended_desktop_size",
         Encoding.CURSOR: "_cursor",
+        Encoding.QEMU_EXTENDED_KEY_EVENT: "_extended_keys",
+        Encoding.LED_STATE: "_led_state",
+        Encoding.POINTER_TYPE_CHANGE: "_pointer_type_change",
     }
 
     def __init__(self, width: int, height: int) -> None:
@@ -349,6 +393,7 @@ class ServerReader:
         self._update_done = False
         self._raw: list | None = None
         self._cut_text: CappedBody | None = None
+        self._extended = False
 
     def feed(self, data: bytes) -> None:
         self._buffer += data
@@ -494,10 +539,29 @@ class ServerReader:
         self._finish_rect()
         return CursorShape(x, y, width, height, pixels, mask)
 
+    def _extended_keys(self, x, y, width, height):
+        del self._buffer[:12]
+        self._finish_rect()
+        return ExtendedKeysAccepted()
+
+    def _led_state(self, x, y, width, height):
+        if len(self._buffer) < 13:
+            return None
+        state = self._take(13)[12]
+        self._finish_rect()
+        return LedState(state & 7)
+
+    def _pointer_type_change(self, x, y, width, height):
+        del self._buffer[:12]
+        self._finish_rect()
+        return PointerTypeChange(x != 0)
+
     def _start_cut_text(self):
         if len(self._buffer) < 8:
             return None
-        (length,) = CUT_TEXT_HEADER.unpack(self._take(8)[1:])
+        length, self._extended = cut_text_length(
+            bytes(self._buffer[1:8]), True, "ServerCutText")
+        del self._buffer[:8]
         self._cut_text = CappedBody(length)
         return self._cut_text_event()
 
@@ -506,4 +570,4 @@ class ServerReader:
         if text is None:
             return None
         self._cut_text = None
-        return ServerCutText(text)
+        return parse_extended_clipboard(text) if self._extended else ServerCutText(text)

@@ -9,16 +9,16 @@ of rows it replaces.
 Why.  A pyte row is a dict of up to one `Char` per column: about 2 KB for a line of log
 output.  A console keeps 1,000 of them, and a host serving fifty domains keeps fifty consoles,
 nearly all unwatched and nearly all of that history never looked at again.  So a row is
-stored as three things: its text (one string, one character per cell), its runs of
-attributes (the attributes, then the column where they stop, alternating; the last run stops
-where the text does, so its end is left out), and the attributes of the blank it is padded
-with.  Trailing blank cells are not stored, and a row keeps the width it was made with (a
-console can be resized; its scrollback is not rewrapped, as in xterm).  A row whose cells are
-not one character each (the empty cell after a wide character, a cell with combining marks)
-keeps its text as a tuple of the cells' strings instead.  Attribute tuples and runs are
-shared by every line and every console that uses them, and lines styled alike have equal runs
-(every plain line, every "[  OK  ]" line of a boot log), so a line of coloured log output
-costs about 170 bytes, not 2 KB.
+stored as four things: its text (one string, one character per cell), its runs of attributes
+(the attributes, then the column where they stop, alternating; the last run stops where the
+text does, so its end is left out), the attributes of the blank it is padded with, and whether
+the text wrapped past its end (for copying, selection.py).  Trailing blank cells are not stored,
+and a row keeps the width it was made with (a console can be resized; its scrollback is not
+rewrapped, as in xterm).  A row whose cells are not one character each (the empty cell after a
+wide character, a cell with combining marks) keeps its text as a tuple of the cells' strings
+instead.  Attribute tuples and runs are shared by every line and every console that uses them,
+and lines styled alike have equal runs (every plain line, every "[  OK  ]" line of a boot log),
+so a line of coloured log output costs about 170 bytes, not 2 KB.
 
 When.  A flood pushes thousands of rows a second through the scrollback, nearly all of them
 out again soon, and compacting each as it arrived (a few microseconds a row) took the parse of
@@ -80,7 +80,8 @@ class Scrollback:
 
 def compact(row: StaticDefaultDict) -> tuple:
     """The row's cells up to the last one stored, as (text, runs of attributes, blank's
-    attributes); a row keeps the width it was made with, whatever the terminal's is now."""
+    attributes, wrapped); a row keeps the width it was made with, whatever the terminal's is
+    now."""
     blank = row.default
     cells = [row[x] for x in range(max(row, default=-1) + 1)]
     while cells and cells[-1] == blank:
@@ -93,7 +94,12 @@ def compact(row: StaticDefaultDict) -> tuple:
     for attributes, group in itertools.groupby(cells, ATTRIBUTES):
         end += sum(1 for _ in group)
         runs += (shared(attributes), end)
-    return text, shared(tuple(runs[:-1])), shared(ATTRIBUTES(blank))
+    return text, shared(tuple(runs[:-1])), shared(ATTRIBUTES(blank)), wrapped(row)
+
+
+def wrapped(row: StaticDefaultDict) -> bool:
+    """Did the text run past the row's end (terminal.py marks it; unmarked rows did not)?"""
+    return getattr(row, "wrapped", False)
 
 
 def _row(line) -> StaticDefaultDict:
@@ -102,8 +108,10 @@ def _row(line) -> StaticDefaultDict:
 
 def expand(line: tuple) -> StaticDefaultDict:
     """The row a compact line was made from, with a fresh Char in each stored cell."""
-    text, runs, blank = line
+    text, runs, blank, was_wrapped = line
     row = StaticDefaultDict(Char(" ", *blank))
+    if was_wrapped:
+        row.wrapped = True
     x = 0
     for index in range(0, len(runs), 2):
         attributes = runs[index]

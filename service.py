@@ -16,6 +16,11 @@ that works:
 4. at exit (`close`): the helper (or we) remove the published keys and the pid file.
 
 The options also decide the default ports: 5900+N and 5500+N with --domain N.
+
+With `--domain all` the same steps serve the whole host: the pid file and the helper are the
+host's (the helper answers for every domain, see xen.py), and `for_domain(N)` gives each domain
+a `DomainService`, the source and reverse-port rule that `--domain N` would have. `--port`
+and `--reverse-port` are then bases: domain N gets base+N.
 """
 
 from __future__ import annotations
@@ -86,6 +91,17 @@ def setup_logging(verbose: bool = False, syslog: bool = False, path: str | None 
     root.setLevel(logging.INFO if verbose or syslog or path else logging.WARNING)
 
 
+def domain_option(text: str) -> int | str:
+    """--domain's value: a domain id, or "all" for every domain of the host."""
+    if text == xen.ALL:
+        return xen.ALL
+    try:
+        return xen.check_domain(int(text))
+    except ValueError as error:
+        reason = str(error) if text.isdigit() else "not a number"
+        raise argparse.ArgumentTypeError(f"{text[:20]!r}: {reason} (or {xen.ALL!r})") from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("Xen (with --domain) and running as a dom0 service")
     group.add_argument("--xenstore-prefix", metavar="PREFIX",
@@ -105,16 +121,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Check the options above, and default the ports (None) to 5900+N and 5500+N."""
     if args.domain is not None:
-        try:
-            xen.check_domain(args.domain)
-        except ValueError as error:
-            parser.error(str(error))
         missing = Xenstore(args.xenstore_prefix).missing_tools()
         if missing:
             parser.error(f"xenstore tools not found: {' '.join(missing)} (--xenstore-prefix)")
     elif args.stay:
         parser.error("--stay goes with --domain")
-    viewer_port, reverse_port = xen.default_ports(args.domain or 0)
+    if args.domain == xen.ALL and (args.port == 0 or args.reverse_port == 0):
+        parser.error("with --domain all, --port and --reverse-port are bases (N is added): not 0")
+    if args.domain == xen.ALL and args.log:
+        parser.error("--log takes one console's stream: not with --domain all")
+    if args.domain == xen.ALL and args.desktop_connect:
+        parser.error("--desktop-connect names one desktop: not with --domain all")
+    viewer_port, reverse_port = xen.default_ports(args.domain if type(args.domain) is int else 0)
     args.port = viewer_port if args.port is None else args.port
     args.reverse_port = reverse_port if args.reverse_port is None else args.reverse_port
     if args.syslog and args.log_file:
@@ -128,19 +146,12 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
             parser.error(f"--user {args.user}: no such user")
 
 
-class Service:
-    """vncterm's life as a dom0 service: pid file, root helper, published ports, dropping root."""
+class DomainService:
+    """What serving one domain takes from the service: its console source, its reverse rule."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        """Write the pid file and, with --user, fork the helper: call before any thread starts."""
+    def __init__(self, args: argparse.Namespace, domain) -> None:
         self.args = args
-        self.pidfile = Pidfile(args.pidfile) if args.pidfile else None
-        domain = None
-        if args.domain is not None:
-            domain = xen.Domain(args.domain, Xenstore(args.xenstore_prefix))
-        self.helper = Helper.start(domain, self.pidfile) if args.user else None
-        # With --user the domain's privileged steps are requests to the root helper.
-        self.domain = self.helper if self.helper is not None and domain is not None else domain
+        self.domain = domain
 
     def source(self, adverts: dict[str, str], leave) -> DomainSource:
         """The domain's console, publishing `adverts`; `leave()` when the domain is gone."""
@@ -157,6 +168,26 @@ class Service:
         """With --domain, where the domain's device model serves its display (for the dialler)."""
         return source.desktop_address if isinstance(source, DomainSource) else None
 
+
+class Service(DomainService):
+    """vncterm's life as a dom0 service: pid file, root helper, published ports, dropping root."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        """Write the pid file and, with --user, fork the helper: call before any thread starts."""
+        self.pidfile = Pidfile(args.pidfile) if args.pidfile else None
+        domain = None
+        if args.domain == xen.ALL:
+            domain = xen.Host(Xenstore(args.xenstore_prefix))
+        elif args.domain is not None:
+            domain = xen.Domain(args.domain, Xenstore(args.xenstore_prefix))
+        self.helper = Helper.start(domain, self.pidfile) if args.user else None
+        # With --user the domain's (or host's) privileged steps are requests to the root helper.
+        super().__init__(args, self.helper if self.helper is not None and domain else domain)
+
+    def for_domain(self, number: int, events: xen.Events) -> DomainService:
+        """With --domain all: what `--domain number` would have, through the host's events."""
+        return DomainService(self.args, xen.HostDomain(number, self.domain, events))
+
     def drop_root(self) -> None:
         """The ports are open and everything started: drop root if asked."""
         if self.args.user:
@@ -166,7 +197,10 @@ class Service:
         """After the console stopped: the helper (or we) clean up the keys and the pid file."""
         if self.helper is not None:
             self.helper.close()
-        elif self.pidfile is not None:
+            return
+        if isinstance(self.domain, xen.Host):
+            self.domain.retract()
+        if self.pidfile is not None:
             self.pidfile.remove()
 
 

@@ -10,6 +10,9 @@ Change tracking.  pyte keeps a set of dirty lines but marks every line dirty whe
 scrolls.  `Terminal.index` makes a scroll of the whole screen move the dirty set up instead,
 and counts the scroll, which the renderer turns into one CopyRect.  Lines that scroll off the
 top go into a bounded `history`, the scrollback, which keeps them compact (scrollback.py).
+A line that the text ran past the end of (autowrap) is marked `wrapped`, an attribute of
+pyte's line, so that copying (selection.py) joins it to its continuation; a line feed that is
+not an autowrap, and erasing the line, take the mark away.
 
 Speed.  Stock pyte parses about 1 MB/s: it makes a new `Char` for every character drawn and
 sends every byte of an escape sequence through a generator.  A guest that floods its console
@@ -95,6 +98,7 @@ class Terminal(pyte.Screen):
         self.scrolled = 0
         self.bells = 0
         self.answer = None
+        self._drawing = False
 
     def index(self) -> None:
         top, bottom = self.margins or (0, self.lines - 1)
@@ -142,6 +146,26 @@ class Terminal(pyte.Screen):
         return tracking, encoding
 
     def draw(self, data: str) -> None:
+        """pyte's draw, noting the lines it wraps."""
+        self._drawing = True
+        try:
+            self._draw(data)
+        finally:
+            self._drawing = False
+
+    def linefeed(self) -> None:
+        """pyte's; called from draw it is an autowrap, which marks the line left behind."""
+        self.buffer[self.cursor.y].wrapped = self._drawing
+        super().linefeed()
+
+    def erase_in_display(self, how: int = 0, *args, **kwargs) -> None:
+        super().erase_in_display(how, *args, **kwargs)
+        erased = {0: range(self.cursor.y, self.lines), 1: range(self.cursor.y + 1)}.get(
+            how, range(self.lines))
+        for y in erased:
+            self.buffer[y].wrapped = False
+
+    def _draw(self, data: str) -> None:
         """pyte's draw; printable ASCII goes in a line-piece at a time."""
         cursor = self.cursor
         if not data.isascii():
@@ -281,6 +305,7 @@ class Terminal(pyte.Screen):
             chars = self._chars()
             while piece:
                 if x == self.columns:
+                    row.wrapped = True
                     rows.append(row)
                     row, x = StaticDefaultDict(blank), 0
                 part, piece = piece[: self.columns - x], piece[self.columns - x :]

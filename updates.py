@@ -10,7 +10,11 @@ remembers what the viewer asked for and was told, which carries over a switch: a
 FramebufferUpdateRequest (RFC 6143 §7.5.3) and whether it was non-incremental, the framebuffer
 size the viewer has, and the ExtendedDesktopSize announcement and replies (rfbproto §7.8.2).
 While the viewer's own SetDesktopSize waits for the display's answer, a new size is held back,
-so that the size it asked for reaches it as the answer (reason "client"), not as news.
+so that the size it asked for reaches it as the answer (reason "client"), not as news.  It
+remembers what the viewer was told of QEMU's input extensions: whether it was invited to send
+scancodes (-258; RFB has no way to take that back, so the session copes with scancodes on any
+display) and which pointer type it uses (-257); LED State (-261, or VMware's) is re-sent per
+display.
 `next_frame` answers an outstanding request: the size pseudo-rectangles in an update of their
 own, then one FramebufferUpdate (§7.6.1) with the cursor (-239), a CopyRect for a scroll
 (§7.7.2) and the changed area in the viewer's encoding, cropped to a viewer that could not
@@ -42,6 +46,7 @@ import time
 
 from PIL import Image
 
+import clipboard
 import damage
 import rfb
 from rfb import Encoding
@@ -122,8 +127,9 @@ class Outbox:
 class Updates:
     """What one viewer is owed from one display: a fresh one on every VT switch."""
 
-    def __init__(self, display, encoder, size: tuple[int, int]) -> None:
+    def __init__(self, display, encoder, size: tuple[int, int], link=None) -> None:
         self.display = display
+        self.clipboard = link or clipboard.viewer_link()  # the display's cut text, in its form
         self.encoder = encoder
         self.size = size
         self.token = None
@@ -135,12 +141,16 @@ class Updates:
         self.cursor_sent = None
         self.seen_bells = display.bells
         self.seen_cut_text = display.cut_text[0]
+        self.keys_invited = False
+        self.led_sent = None
+        self.pointer_absolute = None  # not told: the viewer sends positions
 
     def switched(self, display) -> Updates:
         """Updates from `display`, keeping what the viewer asked for and was told."""
-        new = Updates(display, self.encoder, self.size)
+        new = Updates(display, self.encoder, self.size, self.clipboard)
         new.requested, new.full = self.requested, self.full
         new.announced, new.resize_reply = self.announced, self.resize_reply
+        new.keys_invited, new.pointer_absolute = self.keys_invited, self.pointer_absolute
         return new
 
     @property
@@ -176,7 +186,7 @@ class Updates:
         serial, text = self.display.cut_text
         if serial != self.seen_cut_text:
             self.seen_cut_text = serial
-            messages += rfb.server_cut_text(text)
+            messages += self.clipboard.give(text)
         return messages
 
     def next_frame(self):
@@ -188,14 +198,14 @@ class Updates:
         token = None if self.full else self.token
         copy_rect = self.display.size == self.size and self.encoder.supports(Encoding.COPY_RECT)
         changes = self.display.changes(token, copy_rect)
-        cursor = self.cursor_rect()
-        if changes is None and not cursor:
+        notes = self.cursor_rect() + self.input_rects()
+        if changes is None and not notes:
             return iter([announcement]) if announcement else None
         if changes is not None:
             self.token = changes.token
         self.requested = False
         self.full = False
-        return self._frame(announcement, cursor, changes)
+        return self._frame(announcement, notes, changes)
 
     def _frame(self, announcement: bytes, rects: list[bytes], changes):
         """The header and the rectangles known up front, then each band as it is encoded."""
@@ -256,6 +266,28 @@ class Updates:
         image = Image.frombytes("RGB", (width, height), pixels, "raw", "BGRX")
         header = rfb.rect_header(hot_x, hot_y, width, height, Encoding.CURSOR)
         return [header + self.encoder.converter.convert(image) + mask]
+
+    def input_rects(self) -> list[bytes]:
+        """QEMU's input pseudo-rectangles, each only to a viewer that listed it: the invitation
+        to send scancodes (once, and only from a display that takes them), the display's
+        lock-key LEDs when they differ from what the viewer has, and the pointer's type when
+        the viewer was told another."""
+        display, supports, rects = self.display, self.encoder.supports, []
+        if (display.extended_keys and not self.keys_invited
+                and supports(Encoding.QEMU_EXTENDED_KEY_EVENT)):
+            self.keys_invited = True
+            rects.append(rfb.qemu_extended_key_event())
+        if display.led_state is not None and display.led_state != self.led_sent:
+            if supports(Encoding.LED_STATE):
+                rects.append(rfb.led_state(display.led_state))
+            elif supports(Encoding.VMWARE_LED_STATE):
+                rects.append(rfb.vmware_led_state(display.led_state))
+            self.led_sent = display.led_state
+        if (supports(Encoding.POINTER_TYPE_CHANGE)
+                and display.absolute_pointer != self.pointer_absolute):
+            self.pointer_absolute = display.absolute_pointer
+            rects.append(rfb.pointer_type_change(self.pointer_absolute, *self.size))
+        return rects
 
     def fitted(self, changes: damage.Changes) -> list:
         """The changed tiles, cropped to a viewer that could not follow a resize; black where

@@ -25,8 +25,22 @@ repainted in full.  A viewer that listed neither cannot be resized: it stays on 
 (whose status line says why) unless the desktop happens to be its size; if it started on the
 desktop and the desktop goes, it sees the console in the top-left corner of its framebuffer.
 
+The clipboard.  Each session keeps a clipboard.ClipboardLink towards its viewer (plain cut
+text, or the Extended Clipboard once the viewer listed it and got our caps).  What the viewer
+copies is kept there and only typed when the person pastes (vt.pastes, or the console's middle
+button); the desktop also hands it on to the guest.  A `clipboard.Hand` carries the link, the
+modifiers and the buttons to the display's pointer, which copies a console selection into it.
+
 A viewer's SetDesktopSize goes to the display it shows, whose answer, maybe later and from
 another thread, comes back through `resize_answers` to go out with the next update.
+
+Keys and pointer.  Keys come as keysyms (KeyEvent) or, from a viewer invited to (a desktop
+whose QEMU takes them, rfbproto's -258), as QEMU Extended Key Events that carry the scancode
+too.  Hotkeys are found by keysym in either.  A scancode goes to a display that takes scancodes
+untouched, so the guest's own keyboard layout applies; anywhere else its keysym is used, since
+RFB cannot withdraw the invitation once given.  The pointer is absolute unless the display asked
+for relative motion (-257), which a viewer that listed -257 then sends itself and for any other
+the session works out from its positions.
 
 A viewer that gave the view-only password watches only: its keys, pointer and clipboard go
 nowhere (the VT-switch hotkeys still move its own view) and it cannot ask for exclusive access
@@ -45,6 +59,7 @@ import ssl
 import time
 
 import auth
+import clipboard
 import encoders
 import keymap
 import netio
@@ -73,9 +88,10 @@ class ViewerSession(socketserver.BaseRequestHandler):
         self.encoder = encoders.ViewerEncoder()
         self.reader = rfb.ClientReader()
         self.modifiers = keymap.Modifiers()
+        self.hand = clipboard.Hand(self.modifiers, clipboard.viewer_link())
         self.outbox = updates.Outbox()
         self.events: collections.deque = collections.deque()
-        self.held_keys: set[int] = set()
+        self.held_keys: dict[tuple[str, int], tuple[int, int | None]] = {}
         self.pointer = (0, 0, 0)
         self.resize_answers: collections.deque = collections.deque()
         self.closing = False
@@ -139,7 +155,8 @@ class ViewerSession(socketserver.BaseRequestHandler):
             shared = rfb.parse_client_init(self.recv_exactly(1))
         if not shared and not self.view_only:
             self.server.disconnect_others(self)
-        self.updates = updates.Updates(self.display, self.encoder, self.display.size)
+        self.updates = updates.Updates(self.display, self.encoder, self.display.size,
+                                       self.hand.clipboard)
         width, height = self.updates.size
         pixel_format = rfb.DEFAULT_PIXEL_FORMAT
         self.sock.sendall(rfb.server_init(width, height, pixel_format, self.server.name))
@@ -235,7 +252,7 @@ class ViewerSession(socketserver.BaseRequestHandler):
                     self.switch(*self.events.popleft())
                 while self.resize_answers:
                     self.updates.answer_resize(self.resize_answers.popleft())
-                self.outbox.add(self.updates.notifications())
+                self.outbox.add(self.hand.clipboard.take() + self.updates.notifications())
                 self.flush()
 
     def receive(self) -> None:
@@ -300,14 +317,19 @@ class ViewerSession(socketserver.BaseRequestHandler):
         self.updates = self.updates.switched(display)
 
     def release_input(self) -> None:
-        """Let go of every key and button held on the current display."""
-        for keysym in self.held_keys:
-            self.display.key(keysym, False, self.modifiers)
-        self.held_keys = set()
+        """Let go of every key and button held on the current display, keys in the form
+        (scancode or keysym) they were pressed in."""
+        for keysym, keycode in self.held_keys.values():
+            self.send_key(False, keysym, keycode)
+        self.held_keys = {}
         button_mask, x, y = self.pointer
         if button_mask:
-            self.display.pointer(0, x, y, self.modifiers)
+            if self.display.absolute_pointer:
+                self.display.pointer(0, x, y, self.hand)
+            else:
+                self.display.pointer_motion(0, 0, 0)
         self.pointer = (0, x, y)
+        self.hand.buttons = 0
 
     # Client messages, RFC 6143 §7.5.
 
@@ -316,38 +338,104 @@ class ViewerSession(socketserver.BaseRequestHandler):
 
     def on_SetEncodings(self, message: rfb.SetEncodings) -> None:
         self.encoder.set_encodings(message.encodings)
+        link = self.hand.clipboard
+        if rfb.Encoding.EXTENDED_CLIPBOARD in message.encodings and not link.sent_caps:
+            self.reader.extended_clipboard = True
+            self.outbox.add(link.offer())
 
     def on_FramebufferUpdateRequest(self, message: rfb.FramebufferUpdateRequest) -> None:
         self.updates.request(message.incremental)
 
     def on_KeyEvent(self, message: rfb.KeyEvent) -> None:
-        keysym, down = message.keysym, message.down
+        self.key(message.down, message.keysym, None)
+
+    def on_QemuExtendedKeyEvent(self, message: rfb.QemuExtendedKeyEvent) -> None:
+        self.key(message.down, message.keysym, message.keycode or None)
+
+    def key(self, down: bool, keysym: int, keycode: int | None) -> None:
+        """A key from either kind of key event: hotkeys by keysym, the rest to the display.
+
+        A key is known by its scancode where it has one, since its keysym may change while
+        it is held (Shift let go first).  It goes out as its scancode where the display takes
+        scancodes when it is pressed, and its repeats and release go out in that same form.
+        """
         self.modifiers.update(keysym, down)
         event = vt.hotkey(keysym, self.modifiers.held, down)
         if event is not None:
             self.switch(event)
             return
+        if down and vt.pastes(keysym, self.modifiers.held, self.display is self.server.console):
+            if not self.view_only:
+                self.paste()
+            return
+        held = ("scancode", keycode) if keycode else ("keysym", keysym)
         if down:
             if self.view_only:
                 return
-            self.held_keys.add(keysym)
-        elif keysym in self.held_keys:
-            self.held_keys.discard(keysym)
+            scancode = keycode if self.display.extended_keys else None
+            keysym, keycode = self.held_keys.setdefault(held, (keysym, scancode))
+        elif held in self.held_keys:
+            keysym, keycode = self.held_keys.pop(held)
         else:
             return
-        self.display.key(keysym, down, self.modifiers)
+        self.send_key(down, keysym, keycode)
+
+    def send_key(self, down: bool, keysym: int, keycode: int | None) -> None:
+        """As a scancode if there is one, else as a keysym if the viewer knew one (noVNC sends
+        keysym 0 for a key it cannot name)."""
+        if keycode:
+            self.display.extended_key(keysym, keycode, down, self.modifiers)
+        elif keysym:
+            self.display.key(keysym, down, self.modifiers)
 
     def on_PointerEvent(self, message: rfb.PointerEvent) -> None:
+        """Absolute positions, clipped; or, where the display wants relative motion, the
+        viewer's own motion if it was told to send that (-257), else the distance moved."""
         if self.view_only:
             return
-        width, height = self.updates.size
-        x, y = min(message.x, width - 1), min(message.y, height - 1)
+        if self.display.absolute_pointer:
+            width, height = self.updates.size
+            x, y = min(message.x, width - 1), min(message.y, height - 1)
+            self.display.pointer(message.button_mask, x, y, self.hand)
+        else:
+            _, x, y = self.pointer
+            if self.updates.pointer_absolute is False:
+                dx, dy = (value - rfb.POINTER_RELATIVE_ORIGIN for value in (message.x, message.y))
+            else:
+                dx, dy = message.x - x, message.y - y
+                x, y = message.x, message.y
+            self.display.pointer_motion(message.button_mask, dx, dy)
         self.pointer = (message.button_mask, x, y)
-        self.display.pointer(message.button_mask, x, y, self.modifiers)
+        self.hand.buttons = message.button_mask
 
     def on_ClientCutText(self, message: rfb.ClientCutText) -> None:
+        """The viewer's clipboard: kept, never typed until the person pastes (issue 14)."""
         if not self.view_only:
-            self.display.paste(message.text)
+            self.hand.clipboard.receive_plain(message.text)
+            self.clipboard_changed()
+
+    def on_ExtendedClipboard(self, message: rfb.ExtendedClipboard) -> None:
+        link = self.hand.clipboard
+        received = link.received
+        answer, changed = link.receive(message)
+        self.outbox.add(answer)
+        if self.view_only:
+            link.received = received
+        elif changed:
+            self.clipboard_changed()
+
+    def clipboard_changed(self) -> None:
+        text = self.hand.clipboard.received
+        log.info("viewer %s: clipboard of %d characters kept for pasting", self.peer, len(text))
+        self.display.clipboard(text)
+
+    def paste(self) -> None:
+        """Type the viewer's clipboard into the display, with no modifier held there."""
+        for held, (keysym, keycode) in list(self.held_keys.items()):
+            if keysym in keymap.MODIFIER_KEYSYMS:
+                self.send_key(False, keysym, keycode)
+                del self.held_keys[held]
+        self.display.paste(self.hand)
 
     def on_SetDesktopSize(self, message: rfb.SetDesktopSize) -> None:
         if self.view_only:

@@ -14,13 +14,23 @@ with their own encoders and zlib state, exactly as for the console, because a vi
 cannot survive a splice of two servers' streams (docs/protocol.md, "Compression state";
 docs/design.md, "Why a shadow framebuffer").  So a VT switch is only: pick the other display,
 resize the viewer, repaint.  Input goes the other way: keys, pointer and clipboard are
-forwarded to the guest as they come.
+forwarded to the guest as they come.  The clipboard goes both ways through a
+clipboard.ClipboardLink towards the guest: UTF-8 with a guest that speaks the Extended
+Clipboard, Latin-1 otherwise, whatever each viewer speaks (each viewer's own link converts).
+Ctrl-Alt-V types a viewer's clipboard into the guest as key presses (`typing`), for screens
+that have no clipboard.
 
 Resizing.  A viewer's SetDesktopSize goes to the guest, as one screen of the size asked for,
 when the guest has said it speaks ExtendedDesktopSize (TigerVNC's Xvnc does: it resizes its
 screen), and the guest's answer goes back to that viewer; a guest that has not said so gets
 nothing and the viewer hears "prohibited".  One request is in flight at a time: another
 viewer asking meanwhile hears "out of resources", as rfbproto allows.
+
+QEMU speaks three input extensions, and we ask for all of them: it accepts keys as scancodes
+(QEMU Extended Key Event), reports its lock-key LEDs (LED State) and says whether it wants
+absolute or relative pointer events (Pointer Type Change).  The desktop display records what
+the guest said; each viewer session passes it on in the form that viewer listed (updates.py)
+and sends scancodes, keysyms and pointer motion back in the form the guest takes (viewer.py).
 
 Which display a viewer shows is vt.py's table, Ctrl-Alt-F1 and Ctrl-Alt-F7 moving it.  At most
 one desktop per console: a new guest connection replaces the old one, so a guest that rebooted
@@ -47,12 +57,14 @@ from collections.abc import Callable
 
 from PIL import Image
 
+import clipboard
 import damage
 import display
 import keymap
 import options
 import rfb
 import rfbclient
+from clipboard import Hand
 from netio import PeerGone, Wakeup, recv_exactly
 from rfb import SecurityType
 
@@ -63,6 +75,8 @@ STALL_TIMEOUT = 30.0
 RETRY_DELAY = 2.0
 INPUT_LIMIT = 1024 * 1024
 MAX_GUEST_CONNECTIONS = 4  # the desktop, plus handshakes in flight (a reboot, a replacement)
+TYPING_LIMIT = 64 * 1024  # characters of a typed paste
+TYPING_INTERVAL = 0.01  # seconds per character: a firmware screen keeps up with 100 a second
 
 # --- The desktop as a display ---------------------------------------------------------------
 
@@ -75,6 +89,7 @@ class DesktopDisplay(display.SharedPicture):
         self.image = Image.new("RGB", self.size)
         self.bells = 0
         self.upstream = upstream
+        self.link = clipboard.ClipboardLink(rfbclient.client_cut_text, rfbclient.client_clipboard)
         self.screen: rfb.Screen | None = None
         self._pending: list = []
         self._resize_answer = None
@@ -103,7 +118,19 @@ class DesktopDisplay(display.SharedPicture):
             elif isinstance(event, rfbclient.Bell):
                 self.bells += 1
             elif isinstance(event, rfbclient.ServerCutText):
-                self.cut_text = (self.cut_text[0] + 1, event.text)
+                self.link.receive_plain(event.text)
+                self.cut_text = (self.cut_text[0] + 1, self.link.received)
+            elif isinstance(event, rfb.ExtendedClipboard):
+                answer, changed = self.link.receive(event)
+                self.upstream.send(answer)
+                if changed:
+                    self.cut_text = (self.cut_text[0] + 1, self.link.received)
+            elif isinstance(event, rfbclient.ExtendedKeysAccepted):
+                self.extended_keys = True
+            elif isinstance(event, rfbclient.LedState):
+                self.led_state = event.state
+            elif isinstance(event, rfbclient.PointerTypeChange):
+                self.absolute_pointer = event.absolute
         if isinstance(event, rfbclient.DesktopResize) and event.answer is not None:
             self._answer_resize(event.answer)
         if not isinstance(event, rfbclient.RawRows | rfbclient.CopyRect):
@@ -126,12 +153,26 @@ class DesktopDisplay(display.SharedPicture):
             answer(status)
 
     def key(self, keysym: int, down: bool, modifiers: keymap.Modifiers) -> None:
+        if down:
+            self.upstream.typing.stop(modifiers)
         self.upstream.send(rfbclient.key_event(down, keysym))
 
-    def pointer(self, button_mask: int, x: int, y: int, modifiers: keymap.Modifiers) -> None:
+    def extended_key(self, keysym: int, keycode: int, down: bool,
+                     modifiers: keymap.Modifiers) -> None:
+        """A key as its scancode, passed through untouched (only while extended_keys)."""
+        if down:
+            self.upstream.typing.stop(modifiers)
+        self.upstream.send(rfbclient.qemu_extended_key_event(down, keysym, keycode))
+
+    def pointer(self, button_mask: int, x: int, y: int, hand: Hand) -> None:
         width, height = self.size
         self.upstream.send(rfbclient.pointer_event(
             button_mask, min(x, width - 1), min(y, height - 1)))
+
+    def pointer_motion(self, button_mask: int, dx: int, dy: int) -> None:
+        """Relative motion, for a guest that asked for it with Pointer Type Change."""
+        x, y = (max(0, min(0xFFFF, rfb.POINTER_RELATIVE_ORIGIN + d)) for d in (dx, dy))
+        self.upstream.send(rfbclient.pointer_event(button_mask, x, y))
 
     def resize(self, width: int, height: int, answer: Callable[[int], None]) -> None:
         with self.lock:
@@ -145,8 +186,55 @@ class DesktopDisplay(display.SharedPicture):
         else:
             self.upstream.send(rfbclient.set_desktop_size(width, height, screen))
 
-    def paste(self, text: bytes) -> None:
-        self.upstream.send(rfbclient.client_cut_text(text))
+    def clipboard(self, text: str) -> None:
+        with self.lock:
+            self.upstream.send(self.link.give(text))
+
+    def paste(self, hand: Hand) -> None:
+        self.upstream.typing.start(hand.clipboard.received, hand.modifiers)
+
+
+class Typing:
+    """A typed paste in progress: a character's key presses every TYPING_INTERVAL (sans-IO:
+    the guest's thread asks `due(now)` for what to send and `wait(now)` how long to sleep).
+    Its owner is the viewer that asked (its keymap.Modifiers), whose next key stops it."""
+
+    def __init__(self, clock=time.monotonic) -> None:
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._text = ""
+        self._typed = 0
+        self._next = 0.0
+        self._owner = None
+
+    def start(self, text: str, owner) -> None:
+        with self._lock:
+            self._text, self._typed = clipboard.normal_lines(text)[:TYPING_LIMIT], 0
+            self._next = self.clock()
+            self._owner = owner
+
+    def stop(self, owner) -> None:
+        """The owner pressed a key: stop typing (another viewer's key does not)."""
+        with self._lock:
+            if owner is self._owner:
+                self._text = ""
+
+    def wait(self, now: float) -> float | None:
+        """Seconds until the next character is due, None when nothing is being typed."""
+        with self._lock:
+            return max(0.0, self._next - now) if self._typed < len(self._text) else None
+
+    def due(self, now: float) -> bytes:
+        """The key events of the characters due by `now`."""
+        events = []
+        with self._lock:
+            self._next = max(self._next, now - TYPING_INTERVAL)  # after a stall, no burst
+            while self._typed < len(self._text) and self._next <= now:
+                for keysym, down in keymap.typed_keys(self._text[self._typed]):
+                    events.append(rfbclient.key_event(down, keysym))
+                self._typed += 1
+                self._next += TYPING_INTERVAL
+        return b"".join(events)
 
 
 # --- One guest connection -----------------------------------------------------------------------
@@ -169,6 +257,7 @@ class Upstream:
         self.peer = peer
         self.password = password
         self.display: DesktopDisplay | None = None
+        self.typing = Typing()
         self._outbox = bytearray()
         self._outbox_lock = threading.Lock()
         self._wakeup = Wakeup()
@@ -273,11 +362,15 @@ class Upstream:
                 events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self._outbox else 0)
                 selector.modify(self.sock, events)
                 timeout = STALL_TIMEOUT / 4 if reader.mid_message else None
+                typing = self.typing.wait(time.monotonic())
+                if typing is not None:
+                    timeout = typing if timeout is None else min(timeout, typing)
                 for key, _ in selector.select(timeout):
                     if key.fileobj is self._wakeup:
                         self._wakeup.drain()
                     elif self.receive(reader):
                         last_data = time.monotonic()
+                self.send(self.typing.due(time.monotonic()))
                 self.flush()
                 if reader.mid_message and time.monotonic() - last_data > STALL_TIMEOUT:
                     raise GuestGone(f"stalled mid-message for {STALL_TIMEOUT:.0f} s")

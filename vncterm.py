@@ -7,7 +7,9 @@ or no source at all (the user's shell) renders a console as pixels and serves it
 This module is the program: its options, and `start`, which opens the ports and starts every
 part in order, each with what it needs passed to its constructor.  Read `start` top to bottom
 to see where each feature begins; `serve` then runs until SIGTERM or the console's end, and a
-`contextlib.ExitStack` stops everything in the reverse order.
+`contextlib.ExitStack` stops everything in the reverse order.  `--domain all` runs
+`serve_host` instead: domains.py calls `start_console` (all of `start` but the browser relay)
+once per domain, with that domain's options (`domain_args`), and webhost.py is the browser's.
 
 The shape is CPython's socketserver: `Server` is a `ThreadingTCPServer` with the usual
 lifecycle (`serve_forever`, `shutdown`, `server_close` joining the viewer threads), and each
@@ -44,6 +46,7 @@ import threading
 import auth
 import console
 import display
+import domains
 import render
 import service
 import sources
@@ -133,6 +136,22 @@ class Server(socketserver.ThreadingTCPServer):
     def stop_soon(self) -> None:
         threading.Thread(target=self.shutdown, daemon=True).start()
 
+    def serve_forever(self, poll_interval: float | None = None) -> None:
+        """socketserver's loop, asleep until a viewer connects or shutdown() wakes it: no
+        timer wakes an idle server (socketserver's default looks twice a second)."""
+        super().serve_forever(poll_interval)
+
+    def shutdown(self) -> None:
+        """socketserver's shutdown, for a loop that sleeps without a timeout: once the stop is
+        asked for, shutting the listening socket down wakes its select()."""
+        stopping = threading.Thread(target=super().shutdown)
+        stopping.start()
+        # If the wake-up comes before socketserver has set its flag, the loop's accept fails
+        # (EINVAL, which socketserver ignores) and it looks again until the flag is set.
+        with contextlib.suppress(OSError):
+            self.socket.shutdown(socket.SHUT_RDWR)
+        stopping.join()
+
     def server_close(self) -> None:
         self.socket.close()
         with self._sessions_lock:
@@ -172,8 +191,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="vncterm.py", description="Serve a text console to VNC viewers.")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--domain", type=int, metavar="N",
-                        help="Xen domain N's console, found in xenstore")
+    source.add_argument("--domain", type=service.domain_option, metavar="N",
+                        help="Xen domain N's console, found in xenstore; 'all' serves every "
+                             "domain but dom0, domain N on the ports' bases + N")
     source.add_argument("--pty", metavar="PATH", help="an existing pty or tty")
     source.add_argument("--serial", metavar="URL",
                         help="a serial port or pyserial URL (socket://, rfc2217://)")
@@ -184,7 +204,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--listen", default="127.0.0.1", metavar="ADDR",
                         help="address for viewers (127.0.0.1)")
     parser.add_argument("--port", type=int,
-                        help="port for viewers (5900, or 5900+N with --domain; 0 picks one)")
+                        help="port for viewers (5900, or 5900+N with --domain; 0 picks one; "
+                             "the base with --domain all)")
     parser.add_argument("--size", type=parse_size, default=(80, 25), metavar="COLSxROWS",
                         help="console size (80x25)")
     parser.add_argument("--font", metavar="PATH", help="PSF, PCF, BDF or TrueType font")
@@ -232,6 +253,8 @@ def main(argv=None) -> int:
     log.info("font %s, cell %dx%d", font_name, *font.cell)
     dom0 = service.Service(args)
     try:
+        if args.domain == xen.ALL:
+            return serve_host(args, font, dom0)
         return serve(args, font, dom0)
     finally:
         dom0.close()
@@ -258,12 +281,50 @@ def serve(args, font, dom0: service.Service) -> int:
     return 0
 
 
+def serve_host(args, font, dom0: service.Service) -> int:
+    """--domain all: serve every domain (domains.py) and the host's browser page, until SIGTERM."""
+    with contextlib.ExitStack() as stops:
+        try:
+            host = domains.Domains(
+                dom0, lambda number, plumbing, stops: start_console(
+                    domain_args(args, number), font, plumbing, stops))
+            relay = web.start_host(args, host)
+        except (OSError, ValueError) as error:
+            print(f"vncterm: {error}", file=sys.stderr)
+            return 1
+        if relay is not None:
+            stops.callback(relay.stop)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: host.stop())
+        dom0.drop_root()
+        print(f"vncterm: serving every domain of {socket.gethostname()}: domain N on "
+              f"{args.listen}:{args.port}+N", flush=True)
+        host.serve()
+    return 0
+
+
+def domain_args(args, number: int) -> argparse.Namespace:
+    """--domain all's options as `--domain number` would have them: its own ports, base+N."""
+    return argparse.Namespace(**{**vars(args), "domain": number, "port": args.port + number,
+                                 "reverse_port": args.reverse_port + number})
+
+
 def start(args, font, dom0: service.Service,
           stops: contextlib.ExitStack) -> tuple[Server, console.Console]:
     """Open the ports and make every part, in order; push onto `stops` how to stop each.
 
     The console is made but not started: it starts last, once root is dropped (serve).
     """
+    server, term = start_console(args, font, dom0, stops)
+    relay = web.start(args, server.server_address)
+    if relay is not None:
+        stops.callback(relay.stop)
+    return server, term
+
+
+def start_console(args, font, dom0: service.DomainService,
+                  stops: contextlib.ExitStack) -> tuple[Server, console.Console]:
+    """Everything start() makes but the browser relay: one console's ports and parts."""
     log_file = stops.enter_context(open(args.log, "ab")) if args.log else None
     viewers = listen(args.listen, args.port)
     stops.callback(viewers.close)
@@ -286,9 +347,6 @@ def start(args, font, dom0: service.Service,
     desktops = vncproxy.start(args, guests, desktop_password, server.desktop_changed,
                               dom0.reverse_allow(source), dom0.desktop_address(source))
     stops.callback(desktops.stop)
-    relay = web.start(args, server.server_address)
-    if relay is not None:
-        stops.callback(relay.stop)
     return server, term
 
 

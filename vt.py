@@ -10,11 +10,14 @@ a test checks that the table answers every (state, event) pair.
 
 viewer.py owns the state and does the switching (release held keys, resize, repaint); this
 module is only the decision, so the viewer needs neither of the displays to make it.
+
+The paste keys are decided here too (`pastes`): Ctrl-Alt-V on either display, which like the
+switch keys never reaches the guest, and xterm's Shift+Insert on the console.
 """
 
 from __future__ import annotations
 
-from keymap import ALT, CONTROL
+from keymap import ALT, CONTROL, SHIFT
 
 NO_DESKTOP = "no desktop"  # on the console; there is no guest desktop
 CONSOLE = "console"  # on the console; a guest desktop is up
@@ -62,6 +65,20 @@ HOTKEYS = {
     ord("7"): TO_DESKTOP,
     SWITCH_VT_7: TO_DESKTOP,
 }
+
+
+# Paste: Ctrl-Alt-V on either display (vncterm's, never passed to the guest), and xterm's
+# Shift+Insert on the console.
+PASTE_KEYS = {ord("v"), ord("V")}
+INSERT, KP_INSERT = 0xFF63, 0xFF9E
+
+
+def pastes(keysym: int, held: set[int], on_console: bool) -> bool:
+    """Does this key press ask to paste the viewer's clipboard?"""
+    if keysym in PASTE_KEYS and held & CONTROL and held & ALT:
+        return True
+    return on_console and keysym in (INSERT, KP_INSERT) and bool(held & SHIFT) and not (
+        held & (CONTROL | ALT))
 
 
 def hotkey(keysym: int, held: set[int], down: bool = True) -> str | None:

@@ -31,6 +31,10 @@ Trade-offs.
   port, so one certificate covers both.  We load the pair once at start, so that a wrong file
   is an error now rather than a failed handshake in some browser later.
 
+With `--domain all`, `start_host` serves the host's page instead (webhost.py): there the
+relay is websockify's request handler inside vncterm, because the page draws thumbnails of
+consoles that live here.  The options and checks are the same.
+
 noVNC's files come from `--novnc-dir` or the distribution's package (Debian's `novnc`).  npm's
 `@novnc/novnc` is not enough: it is the library (core/, vendor/) without vnc.html and app/.
 """
@@ -38,6 +42,7 @@ noVNC's files come from `--novnc-dir` or the distribution's package (Debian's `n
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import shutil
@@ -49,6 +54,7 @@ import threading
 from pathlib import Path
 
 import options
+import webhost
 
 log = logging.getLogger("vncterm.web")
 
@@ -94,6 +100,32 @@ def start(args, target: tuple[str, int]) -> Websockify | None:
         raise
     print(f"vncterm: browser console at {page_url(listener, bool(args.web_cert))}", flush=True)
     return relay
+
+
+def start_host(args, domains) -> webhost.HostPage | None:
+    """--domain all: the host's page (webhost.py) if --web asks for it; print its URL."""
+    if args.web is None:
+        return start(args, None)
+    if args.web_key and not args.web_cert:
+        raise ValueError("--web-key needs --web-cert")
+    novnc = find_novnc(args.novnc_dir)
+    tls = None
+    if args.web_cert:
+        check_certificate(args.web_cert, args.web_key)
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.web_cert, args.web_key)
+    if importlib.util.find_spec("websockify") is None:
+        raise OSError("--web with --domain all needs websockify's Python package on vncterm's "
+                      "Python: Debian's python3-websockify (for /usr/bin/python3)")
+    listener = listen(args.web_listen, args.web)
+    try:
+        page = webhost.HostPage(listener, domains, novnc, tls)
+    except BaseException:
+        listener.close()
+        raise
+    print(f"vncterm: browser page for every domain at {page_url(listener, bool(tls), '')}",
+          flush=True)
+    return page
 
 
 # --- What to run -------------------------------------------------------------------------------
@@ -146,14 +178,14 @@ def listen(host: str, port: int) -> socket.socket:
                       "(see --web, --web-listen)") from None
 
 
-def page_url(listener: socket.socket, tls: bool) -> str:
-    """The address to open in a browser: noVNC's page, connecting at once."""
+def page_url(listener: socket.socket, tls: bool, path: str = f"{PAGE}?autoconnect=1") -> str:
+    """The address to open in a browser: noVNC's page, connecting at once (or `path`)."""
     host, port = listener.getsockname()[:2]
     if host in WILDCARDS:
         host = socket.gethostname()
     elif ":" in host:
         host = f"[{host}]"
-    return f"{'https' if tls else 'http'}://{host}:{port}/{PAGE}?autoconnect=1"
+    return f"{'https' if tls else 'http'}://{host}:{port}/{path}"
 
 
 # --- The supervised child ----------------------------------------------------------------------

@@ -83,6 +83,21 @@ other file or key. The opened pty and the watch's pipe come back as file descrip
 socket (SCM_RIGHTS). However vncterm ends, even by SIGKILL, the helper sees its socket close.
 It then removes the published keys and the pid file, and exits.
 
+Every domain (--domain all). `Host` is xenstore for the whole host, and `Events` turns three
+watches into everything the host's domains need to know. `xenstore-watch @introduceDomain` and
+`@releaseDomain` are xenstored's special events, the ones Xen's own tools follow: each line
+means "list /local/domain again" (`xenstore-list`). `xenstore-watch /local/domain` prints the
+path of every write under any domain; `Events` hands each domain's changes to its watched keys
+(WATCHED_KEYS, and the removal of its directory) to that domain's `DomainSource` through a pipe
+of its own, in place of the per-domain watch process. So a host runs three watch processes
+however many domains it has. The price is that every write any guest makes under its own
+directory is one line for us to read and drop: a line costs a read and a prefix test, never a
+process. The domain ids come from directory names, which we check: a name that is not a number,
+dom0, or an id past MAX_DOMAIN is logged once and ignored. A domain's `name` key is shown to
+browsers, so a name with control characters is logged and not shown. With --user the helper
+serves the whole host: the same requests, each with a domain id, plus `list_domains` and
+`watch_events`.
+
 The dom0 service's plumbing (options, logging, dropping root, the order of it all) is in
 service.py.
 """
@@ -96,6 +111,7 @@ import logging
 import logging.handlers
 import os
 import re
+import select
 import shlex
 import shutil
 import signal
@@ -109,7 +125,7 @@ log = logging.getLogger("vncterm.xen")
 
 PREFIX_VARIABLE = "VNCTERM_XENSTORE_PREFIX"
 DEFAULT_PREFIX = "xenstore-"
-VERBS = ("read", "write", "rm", "watch")
+VERBS = ("read", "write", "rm", "watch", "list")
 TOOL_TIMEOUT = 10.0
 MAX_DOMAIN = 0x7FEF  # DOMID_FIRST_RESERVED - 1: the ids above it are Xen's own
 VIEWER_PORT_BASE, REVERSE_PORT_BASE = 5900, 5500
@@ -127,6 +143,15 @@ ADVERT_VALUES = {
 UNTIL_CHANGED = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EIO, errno.ENXIO, errno.ENOTTY}
 HELPER_REQUESTS = ("exists", "console_path", "open_console", "watch", "unwatch", "publish",
                    "retract", "guest_addresses", "desktop_address")
+DOMAIN_REQUESTS = ("exists", "name", "console_path", "open_console", "publish", "retract",
+                   "guest_addresses", "desktop_address")
+HOST_REQUESTS = ("list_domains", "watch_events")
+DOMAINS = "/local/domain"
+EVENT_WATCHES = ("@introduceDomain", "@releaseDomain", DOMAINS)
+# The domain itself, or WATCHED_KEYS under it: what each domain's own watch would report.
+DOMAIN_LINE = re.compile(r"/local/domain/([0-9]{1,5})(/console(/.*)?|/serial/0/tty(/.*)?)?")
+NAME = re.compile(r"[^\x00-\x1f\x7f-\x9f]{1,64}")
+ALL = "all"
 MAX_VIFS = 4
 WILDCARDS = ("", "0.0.0.0", "::")
 LOOPBACK_FOR = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "localhost": "127.0.0.1", "::": "::1"}
@@ -141,6 +166,19 @@ def check_domain(number: int) -> int:
     if not 0 <= number <= MAX_DOMAIN:
         raise ValueError(f"domain {number} is not a domain id (0 to {MAX_DOMAIN})")
     return number
+
+
+def domain_ids(names: list[str], warned: set[str]) -> set[int]:
+    """The guest domain ids among /local/domain's children; each bad name logged once."""
+    found = set()
+    for name in names:
+        number = int(name) if name.isascii() and name.isdigit() else None
+        if number is not None and 0 < number <= MAX_DOMAIN:
+            found.add(number)
+        elif number != 0 and name not in warned:
+            warned.add(name)
+            log.warning("ignoring %s/%s: not a domain id", DOMAINS, repr(name)[:40])
+    return found
 
 
 def check_pty_path(value: str) -> str:
@@ -221,6 +259,15 @@ class Xenstore:
             return None
         raise self._failure("read", path, result)
 
+    def list(self, path: str) -> list[str]:
+        """The names of the key's children; an empty list if there is no such key."""
+        result = self._run("list", path)
+        if result.returncode == 0:
+            return result.stdout.splitlines()
+        if "could not list path" in result.stderr or "couldn't list path" in result.stderr:
+            return []
+        raise self._failure("list", path, result)
+
     def write(self, path: str, value: str) -> None:
         result = self._run("write", path, value)
         if result.returncode != 0:
@@ -286,6 +333,14 @@ class Domain:
         if port is None or self.published.get(VNC_PORT_KEY) == port:
             return None
         return vnc_address(self.xenstore.read(f"{self.path}/{VNC_LISTEN_KEY}"), port)
+
+    def name(self) -> str | None:
+        """The domain's name key, or None if there is none or it holds control characters."""
+        value = self.xenstore.read(f"{self.path}/name")
+        if value and not NAME.fullmatch(value):
+            log.warning("domain %d: ignoring its name %s", self.number, repr(value)[:40])
+            return None
+        return value
 
     def guest_addresses(self) -> list[str]:
         """The addresses the toolstack gave the domain's network interfaces (xl's vif `ip=`).
@@ -503,6 +558,168 @@ class DomainSource:
             self.domain.unwatch()
 
 
+# --- Every domain of the host (--domain all) ------------------------------------------------------
+
+
+class Host:
+    """xenstore for every domain: the list, the three event watches, each domain's requests."""
+
+    def __init__(self, xenstore: Xenstore) -> None:
+        self.xenstore = xenstore
+        self.domains: dict[int, Domain] = {}
+        self.watchers: list[subprocess.Popen] = []
+
+    def list_domains(self) -> list[str]:
+        return self.xenstore.list(DOMAINS)
+
+    def watch_events(self) -> list[int]:
+        """Start the three event watches (EVENT_WATCHES); fds of their lines the caller owns."""
+        self.unwatch()
+        self.watchers = [self.xenstore.watch(path) for path in EVENT_WATCHES]
+        return [os.dup(watcher.stdout.fileno()) for watcher in self.watchers]
+
+    def request(self, name: str, number: int, *arguments):
+        """Run one of DOMAIN_REQUESTS for domain `number`."""
+        domain = self.domains.get(number)
+        if domain is None:
+            domain = self.domains[number] = Domain(number, self.xenstore)
+        result = getattr(domain, name)(*arguments)
+        if name == "retract":
+            del self.domains[number]
+        return result
+
+    def unwatch(self) -> None:
+        for watcher in self.watchers:
+            watcher.kill()
+            watcher.wait()
+            watcher.stdout.close()
+        self.watchers = []
+
+    def retract(self) -> None:
+        """At exit: stop watching, and remove every key we published."""
+        self.unwatch()
+        for domain in list(self.domains.values()):
+            domain.retract()
+        self.domains = {}
+
+
+class Events:
+    """The three watches' lines, read by one thread: rescans for the host, pokes for domains.
+
+    `subscribe(N)` gives domain N's DomainSource an fd that becomes readable when N's
+    console/tty or its directory changes, as its own watch process would; `on_domains()` runs
+    on every @introduceDomain and @releaseDomain.
+    """
+
+    def __init__(self, fds: list[int], on_domains) -> None:
+        self.fds = fds
+        self.on_domains = on_domains
+        self.lock = threading.Lock()
+        self.pokes: dict[int, int] = {}
+        self.wake_read, self.wake_write = os.pipe()
+        self.thread = threading.Thread(target=self.run, name="xenstore events", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def subscribe(self, number: int) -> int:
+        """An fd for domain N's console changes, readable at once (a new watch fires once)."""
+        read_end, write_end = os.pipe()
+        os.set_blocking(write_end, False)
+        os.write(write_end, b"\n")
+        with self.lock:
+            old = self.pokes.pop(number, None)
+            self.pokes[number] = write_end
+        if old is not None:
+            os.close(old)
+        return read_end
+
+    def unsubscribe(self, number: int) -> None:
+        with self.lock:
+            write_end = self.pokes.pop(number, None)
+        if write_end is not None:
+            os.close(write_end)
+
+    def run(self) -> None:
+        poller = select.poll()
+        for fd in [*self.fds, self.wake_read]:
+            poller.register(fd, select.POLLIN)
+        files = {fd: os.fdopen(fd, "rb", buffering=0) for fd in self.fds}
+        while files:
+            for fd, _ in poller.poll():
+                if fd == self.wake_read:
+                    return
+                line = files[fd].readline()
+                if not line:
+                    log.error("xenstore-watch %s ended: its events are no longer followed",
+                              EVENT_WATCHES[self.fds.index(fd)])
+                    poller.unregister(fd)
+                    files.pop(fd).close()
+                    continue
+                self.dispatch(line.decode("utf-8", "replace").rstrip("\n"))
+
+    def dispatch(self, path: str) -> None:
+        if path in EVENT_WATCHES[:2]:
+            self.on_domains()
+            return
+        match = DOMAIN_LINE.fullmatch(path)
+        if match is None:
+            return
+        with self.lock:
+            write_end = self.pokes.get(int(match[1]))
+            if write_end is not None:
+                try:
+                    os.write(write_end, b"\n")
+                except BlockingIOError:
+                    pass  # the pipe is full of pokes: its reader will look again anyway
+
+    def stop(self) -> None:
+        os.write(self.wake_write, b"\n")
+        if self.thread.is_alive():
+            self.thread.join()
+        for fd in [self.wake_read, self.wake_write, *self.pokes.values()]:
+            os.close(fd)
+        self.pokes = {}
+
+
+class HostDomain:
+    """One domain of the host, as a DomainSource sees it: its requests go to the Host (or the
+    root helper) with its id, and its watch is a subscription to the shared Events."""
+
+    def __init__(self, number: int, host: Host | Helper, events: Events) -> None:
+        self.number = check_domain(number)
+        self.host = host
+        self.events = events
+
+    def exists(self) -> bool:
+        return self.host.request("exists", self.number)
+
+    def console_path(self) -> str | None:
+        return self.host.request("console_path", self.number)
+
+    def desktop_address(self) -> tuple[str, int] | None:
+        address = self.host.request("desktop_address", self.number)
+        return tuple(address) if address else None
+
+    def guest_addresses(self) -> list[str]:
+        return self.host.request("guest_addresses", self.number)
+
+    def open_console(self) -> tuple[str, int]:
+        return self.host.request("open_console", self.number)
+
+    def publish(self, keys: dict[str, str]) -> None:
+        self.host.request("publish", self.number, keys)
+
+    def retract(self) -> None:
+        self.host.request("retract", self.number)
+
+    def watch(self) -> int:
+        return self.events.subscribe(self.number)
+
+    def unwatch(self) -> None:
+        self.events.unsubscribe(self.number)
+
+
 # --- Privilege separation (--user) ------------------------------------------------------------
 
 
@@ -520,8 +737,10 @@ class Helper:
         self.lock = threading.Lock()
 
     @classmethod
-    def start(cls, domain: Domain | None, pidfile: Pidfile | None = None) -> Helper:
+    def start(cls, domain: Domain | Host | None, pidfile: Pidfile | None = None) -> Helper:
         """Fork the root helper; give the DomainSource the helper in place of the domain.
+
+        For --domain all, `domain` is the Host and the helper answers for every domain.
 
         Call it early, while vncterm has no threads: the fork copies only the calling thread.
         """
@@ -531,7 +750,7 @@ class Helper:
             ours.close()
             serve_helper(theirs, domain, pidfile)
         theirs.close()
-        return cls(ours, pid, domain.number if domain else None)
+        return cls(ours, pid, domain.number if isinstance(domain, Domain) else None)
 
     def exists(self) -> bool:
         return self._ask("exists")[0]
@@ -562,6 +781,17 @@ class Helper:
     def retract(self) -> None:
         self._ask("retract")
 
+    def list_domains(self) -> list[str]:
+        return self._ask("list_domains")[0]
+
+    def watch_events(self) -> list[int]:
+        return self._ask("watch_events")[1]
+
+    def request(self, name: str, number: int, *arguments):
+        """One of DOMAIN_REQUESTS for domain `number`, as Host.request does it."""
+        value, fds = self._ask(name, number, *arguments)
+        return (value, fds[0]) if name == "open_console" else value
+
     def close(self) -> None:
         """Tell the helper we are done (it cleans up and exits) and wait for it."""
         self.sock.close()
@@ -570,7 +800,7 @@ class Helper:
     def _ask(self, request: str, *arguments) -> tuple:
         with self.lock:
             self.sock.send(json.dumps([request, *arguments]).encode())
-            message, fds, _, _ = socket.recv_fds(self.sock, 65536, 1)
+            message, fds, _, _ = socket.recv_fds(self.sock, 65536, len(EVENT_WATCHES))
         if not message:
             raise OSError(errno.EPIPE, "the privileged helper has exited")
         reply = json.loads(message)
@@ -581,7 +811,8 @@ class Helper:
         return reply["value"], fds
 
 
-def serve_helper(sock: socket.socket, domain: Domain | None, pidfile: Pidfile | None) -> None:
+def serve_helper(sock: socket.socket, domain: Domain | Host | None,
+                 pidfile: Pidfile | None) -> None:
     """The helper's life: answer requests until the other half goes, clean up, exit."""
     # Ctrl-C and a service manager's SIGTERM reach the whole process group; the helper outlives
     # the main process on purpose, so that it can clean up after it.
@@ -606,11 +837,17 @@ def serve_helper(sock: socket.socket, domain: Domain | None, pidfile: Pidfile | 
         os._exit(status)
 
 
-def answer(domain: Domain | None, request: bytes) -> tuple[bytes, list[int]]:
+def answer(domain: Domain | Host | None, request: bytes) -> tuple[bytes, list[int]]:
     """Do one request for the unprivileged half: the reply, and the fds that go with it."""
     try:
-        name, arguments = parse_request(request, domain)
-        result = getattr(domain, name)(*arguments)
+        if isinstance(domain, Host):
+            name, arguments = parse_host_request(request)
+        else:
+            name, arguments = parse_request(request, domain)
+        if isinstance(domain, Host) and name in DOMAIN_REQUESTS:
+            result = domain.request(name, *arguments)
+        else:
+            result = getattr(domain, name)(*arguments)
     except OSError as error:
         text = error.strerror or str(error)
         return json.dumps({"errno": error.errno or errno.EIO, "error": text}).encode(), []
@@ -619,6 +856,8 @@ def answer(domain: Domain | None, request: bytes) -> tuple[bytes, list[int]]:
         return json.dumps({"value": path}).encode(), [fd]
     if name == "watch":
         return json.dumps({"value": None}).encode(), [result]
+    if name == "watch_events":
+        return json.dumps({"value": None}).encode(), result
     return json.dumps({"value": result}).encode(), []
 
 
@@ -630,12 +869,35 @@ def parse_request(request: bytes, domain: Domain | None) -> tuple[str, list]:
         message = None
     if isinstance(message, list) and message and domain is not None:
         name, arguments = message[0], message[1:]
-        if name == "publish" and len(arguments) == 1 and isinstance(arguments[0], dict) and all(
-                isinstance(item, str) for pair in arguments[0].items() for item in pair):
+        if name == "publish" and len(arguments) == 1 and is_string_map(arguments[0]):
             return name, arguments
         if name in HELPER_REQUESTS and name != "publish" and not arguments:
             return name, arguments
     raise OSError(errno.EPERM, f"the helper refuses {request[:40]!r}")
+
+
+def parse_host_request(request: bytes) -> tuple[str, list]:
+    """For --domain all: [name] of HOST_REQUESTS, [name, N] of DOMAIN_REQUESTS, or
+    ["publish", N, {key: value}], with N a guest's domain id; OSError(EPERM) for anything else."""
+    try:
+        message = json.loads(request)
+    except ValueError:
+        message = None
+    if isinstance(message, list) and message:
+        name, arguments = message[0], message[1:]
+        if name in HOST_REQUESTS and not arguments:
+            return name, arguments
+        number = arguments[0] if arguments else None
+        if (name in DOMAIN_REQUESTS and type(number) is int and 0 < number <= MAX_DOMAIN
+                and len(arguments) == (2 if name == "publish" else 1)
+                and (name != "publish" or is_string_map(arguments[1]))):
+            return name, arguments
+    raise OSError(errno.EPERM, f"the helper refuses {request[:40]!r}")
+
+
+def is_string_map(value) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(item, str) for pair in value.items() for item in pair)
 
 
 # --- The pid file ---------------------------------------------------------------------------------

@@ -17,7 +17,10 @@ bench/latest.json).  The workloads:
 5. the proxy: a busy guest desktop (an xterm flood, a full-screen image changing) seen through
    vncterm's reverse connection, against a viewer connected straight to the same Xvnc;
 6. scale: 50 viewers of mixed encodings during a flood, against one viewer;
-7. idle RSS.
+7. idle RSS;
+8. a host: `--domain all` with 100 domains, against a process per domain (host.py).
+9. an HVM guest's VGA screen (QEMU's own VNC server) through vncterm and straight, and
+10. fan-out: ten viewers on one busy 1024x768 desktop through vncterm and straight (hvm.py).
 
 How.  The servers are black boxes started as processes: vncterm through its command line
 (`--command`, `--port 0`), the peer as `Xvnc -displayfd` plus `xterm -e`, both with the
@@ -32,8 +35,8 @@ type `x`, wait for it, rub it out with BackSpace, so that every keystroke starts
 same picture.
 
 The files: client.py (the timing viewer), servers.py (the two servers, their input files and
-their processes' CPU and memory), table.py (the printed table), and this one (the workloads
-and the command line).
+their processes' CPU and memory), host.py (the host of 100 domains), hvm.py (workloads 9
+and 10), table.py (the printed table), and this one (the workloads and the command line).
 
 Trade-offs.  Medians of a few repetitions, not a statistics package; the whole run takes a few
 minutes.  Machines are noisy, so only figures from the same run are compared, and the goals
@@ -56,6 +59,8 @@ import threading
 import time
 from pathlib import Path
 
+import host
+import hvm
 from client import COMPRESS_2, COPY_RECT, HEXTILE, RAW, TIGHT, ZLIB, ZRLE, Viewer
 from PIL import Image, ImageChops
 from servers import (
@@ -398,6 +403,15 @@ def run(workloads, args) -> dict:
     if "proxy" in workloads:
         report("proxy")
         results["proxy"] = proxy(max(1, args.repetitions - 1), args.keystrokes // 4)
+    if "host" in workloads:
+        report(f"host of {host.DOMAINS} domains")
+        results["host"] = host.host_row(WORK / "host")
+    if "hvm" in workloads:
+        report("hvm: QEMU's VGA screen, then fan-out")
+        results["hvm"] = {
+            "vga": hvm.vga(max(1, args.repetitions - 1), args.keystrokes // 4, echo_latencies,
+                           throughput),
+            "fan_out": hvm.fan_out(args.repetitions)}
     return results
 
 
@@ -411,7 +425,7 @@ SERVER_WORKLOADS = {
         "many": [scale(kind, args.viewers) for _ in range(max(1, args.repetitions - 1))],
         "one": [scale(kind, 1) for _ in range(max(1, args.repetitions - 1))]},
 }
-WORKLOADS = (*SERVER_WORKLOADS, "proxy")
+WORKLOADS = (*SERVER_WORKLOADS, "proxy", "host", "hvm")
 
 
 def report(text: str) -> None:
@@ -438,8 +452,10 @@ def main(argv=None) -> int:
     parser.add_argument("--keystrokes", type=int, default=200, help="keys per echo run (200)")
     parser.add_argument("--viewers", type=int, default=50, help="viewers for scale (50)")
     args = parser.parse_args(argv)
-    missing = [tool for tool in ("Xvnc", "xterm", "vncconfig", "animate")
-               if shutil.which(tool) is None]
+    tools = ("Xvnc", "xterm", "vncconfig", "animate")
+    if "hvm" in (args.only or WORKLOADS):
+        tools += ("qemu-system-x86_64", "busybox", "cpio")
+    missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
         print(f"benchmark: missing {', '.join(missing)}; `make bench` installs them",
               file=sys.stderr)

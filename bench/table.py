@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import statistics
 
+from host import DOMAINS, PROXMOX_MB
 from servers import PEER
 
 
@@ -136,5 +137,43 @@ def idle_rows(table: Table, results: dict) -> None:
     table.add("7 idle", "RSS MB", rss, results[PEER]["rss"], "<= 40 MB", rss <= 40)
 
 
+def host_rows(table: Table, results: dict) -> None:
+    """--domain all against a process per domain (in the peer column) and Proxmox's 6.8 MB."""
+    title = f"8 host, {DOMAINS} domains (peer: {DOMAINS} x --domain N)"
+    per_process = results["one_process"]
+    table.add(title, "total RSS MB", results["rss_all"], DOMAINS * per_process,
+              f"Proxmox: {DOMAINS * PROXMOX_MB:.0f} MB")
+    table.add(title, "RSS MB per extra domain", results["per_domain"], per_process,
+              f"<= 2 MB (Proxmox {PROXMOX_MB})", results["per_domain"] <= 2)
+    table.add(title, "threads", results["threads"], DOMAINS * results["one_process_threads"])
+    table.add(title, "xenstore-watch processes", results["watches"], DOMAINS, "constant",
+              results["watches"] == 3, ratio=False)
+    table.add(title, "idle CPU s per s", results["idle_cpu"], None, "none measurable")
+    table.add(title, "introduce to served port s", max(results["introduce"]), None, "<= 2 s",
+              max(results["introduce"]) <= 2)
+
+
+def hvm_rows(table: Table, results: dict) -> None:
+    vga, fan_out = results["vga"], results["fan_out"]
+    proxied, direct = vga["proxy"], vga["direct"]
+    rate, direct_rate = median(proxied, "updates_per_s"), median(direct, "updates_per_s")
+    table.add("9 QEMU VGA flood", "updates/s (proxy|direct)", rate, direct_rate,
+              "ratio >= 0.8", rate >= 0.8 * direct_rate)
+    table.add("9 QEMU VGA flood", "MB/s (proxy|direct)", median(proxied, "mb_per_s"),
+              median(direct, "mb_per_s"))
+    proxied, direct = vga["echo"]["proxy"]["p50"], vga["echo"]["direct"]["p50"]
+    table.add("9 QEMU VGA key echo", "p50 ms (proxy|direct)", proxied, direct,
+              f"{proxied - direct:+.2f} ms <= +2 ms", proxied - direct <= 2)
+    proxy, direct = fan_out["proxy"], fan_out["direct"]
+    rate, direct_rate = median(proxy, "updates_per_s"), median(direct, "updates_per_s")
+    table.add("10 fan-out, 10 viewers", "updates/s per viewer (proxy|direct)", rate, direct_rate,
+              "ratio >= 0.8", rate >= 0.8 * direct_rate)
+    table.add("10 fan-out, 10 viewers", "MB/s per viewer (proxy|direct)",
+              median(proxy, "mb_per_s"), median(direct, "mb_per_s"))
+    table.add("10 fan-out, 10 viewers", "proxy CPU per viewer (cores)",
+              median(proxy, "cpu_per_viewer"))
+
+
 TABLE_ROWS = {"echo": echo_rows, "floods": flood_rows, "no_viewer": no_viewer_rows,
-              "screen": screen_rows, "proxy": proxy_rows, "scale": scale_rows, "idle": idle_rows}
+              "screen": screen_rows, "proxy": proxy_rows, "scale": scale_rows, "idle": idle_rows,
+              "host": host_rows, "hvm": hvm_rows}

@@ -33,9 +33,11 @@ FB = 64
 
 
 def client(data: bytes) -> None:
+    """The first byte's low bit says whether the Extended Clipboard was offered."""
     reader = rfb.ClientReader()
+    reader.extended_clipboard = bool(data[:1]) and bool(data[0] & 1)
     try:
-        reader.feed(data)
+        reader.feed(data[1:])
         while reader.next_message() is not None:
             pass
     except rfb.ProtocolError:
@@ -44,7 +46,7 @@ def client(data: bytes) -> None:
 
 def guest(data: bytes) -> None:
     reader = rfbclient.ServerReader(FB, FB)
-    display = vncproxy.DesktopDisplay(FB, FB, upstream=None)
+    display = vncproxy.DesktopDisplay(FB, FB, upstream=types.SimpleNamespace(send=len))
     try:
         reader.feed(data)
         while (event := reader.next_event()) is not None:

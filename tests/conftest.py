@@ -156,12 +156,13 @@ def initrd(tmp_path_factory):
 
 @pytest.fixture
 def boot(initrd, artifacts):
-    """boot() -> a paused QemuGuest; every guest is killed at teardown."""
+    """boot(extra=()) -> a paused QemuGuest; every guest is killed at teardown."""
     kernel = qemuguest.require_kernel()
     guests = []
 
-    def start():
-        guests.append(qemuguest.QemuGuest(kernel, initrd, artifacts / f"qemu{len(guests)}.log"))
+    def start(extra=()):
+        guests.append(qemuguest.QemuGuest(kernel, initrd, artifacts / f"qemu{len(guests)}.log",
+                                          extra))
         return guests[-1]
 
     yield start

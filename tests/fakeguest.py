@@ -55,7 +55,7 @@ class FakeGuest:
     def messages(self):
         """(type, whole message) of every complete client message received so far."""
         messages, data, offset = [], bytes(self.received), 0
-        sizes = {0: 20, 3: 10, 4: 8, 5: 6}
+        sizes = {0: 20, 3: 10, 4: 8, 5: 6, 255: 12}
         while offset < len(data):
             kind = data[offset]
             if kind == 2 and offset + 4 <= len(data):
@@ -78,6 +78,17 @@ class FakeGuest:
         """(down, keysym) of every KeyEvent received."""
         return [(bool(message[1]), struct.unpack_from(">I", message, 4)[0])
                 for kind, message in self.messages() if kind == 4]
+
+    def scancode_events(self):
+        """(down, keysym, keycode) of every QEMU Extended Key Event received."""
+        return [(bool(struct.unpack_from(">H", message, 2)[0]),
+                 *struct.unpack_from(">II", message, 4))
+                for kind, message in self.messages() if kind == 255]
+
+    def pointer_events(self):
+        """(button_mask, x, y) of every PointerEvent received."""
+        return [struct.unpack_from(">BHH", message, 1)
+                for kind, message in self.messages() if kind == 5]
 
     def cut_texts(self):
         """The text of every ClientCutText received."""

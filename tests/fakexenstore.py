@@ -1,8 +1,8 @@
-"""A fake xenstore for tests: the four command-line tools vncterm uses, backed by a JSON file.
+"""A fake xenstore for tests: the five command-line tools vncterm uses, backed by a JSON file.
 
 Xen's tools are one program, `xenstore_client.c`, that picks its verb from the name it was run
 as (`xenstore-read`) or from its first argument (`xenstore read`). This file does the same, and
-`install(folder, store)` writes four tiny shell wrappers named like the real tools into a folder,
+`install(folder, store)` writes five tiny shell wrappers named like the real tools into a folder,
 each running this file with the store's path baked in. A test puts that folder on PATH, or hands
 `folder/xenstore-` to vncterm as `--xenstore-prefix`, and drives the store with the `Store` class.
 
@@ -14,10 +14,18 @@ and xenstored's fire_watches):
 - `xenstore-write PATH VALUE` creates the missing parents, with "" as their values.
 - `xenstore-rm PATH` removes the key and everything under it; a missing key is fine as long as
   its parent exists. With `-t` it then removes each parent left empty with an empty value.
+- `xenstore-list PATH` prints the names of PATH's children, one a line; a missing PATH prints
+  "xenstore-list: could not list path PATH" on stderr and exits 1.
 - `xenstore-watch PATH...` prints each PATH once straight away (xenstored fires every new watch
   once), then one line per change: the path that changed, at or under a PATH, or that PATH
   itself when a parent was removed. It prints only the path, never the watch token. A write
   that stores the value already there is a change too.
+- `xenstore-watch @introduceDomain` and `@releaseDomain` watch xenstored's special events: the
+  name once straight away, then once per domain introduced or released. The fake stands in for
+  the hypervisor with the store itself: a new `/local/domain/N` directory is an introduction, a
+  removed one a release. (Real xenstored fires them when the toolstack introduces the domain
+  and when the hypervisor reports it dead; libxl writes the directory first and removes it
+  last, so the order a watcher sees is the same.)
 
 The store is a JSON file, replaced atomically on every write and guarded by a lock file, so a
 reader never sees half of it. It holds each path's value and how many times it was written: that
@@ -35,7 +43,9 @@ import sys
 import time
 from pathlib import Path
 
-VERBS = ("read", "write", "rm", "watch")
+VERBS = ("read", "write", "rm", "watch", "list")
+SPECIAL_WATCHES = ("@introduceDomain", "@releaseDomain")
+DOMAINS = "/local/domain"
 WATCH_INTERVAL = 0.02
 
 
@@ -74,6 +84,19 @@ class Store:
                 del tree[parent]
                 parent = parent.rsplit("/", 1)[0]
             return True
+
+    def children(self, key):
+        """The names directly under key, or None if there is no key."""
+        tree = self.load()
+        if key not in tree:
+            return None
+        prefix = key.rstrip("/") + "/"
+        return sorted({path[len(prefix):].split("/")[0] for path in tree
+                       if path.startswith(prefix)})
+
+    def domains(self):
+        """The names under /local/domain (empty if there is none)."""
+        return set(self.children(DOMAINS) or ())
 
     def load(self):
         """Every path and its value."""
@@ -157,6 +180,20 @@ def watch(store, keys):
             before[key] = after
 
 
+def watch_domains(store, event):
+    """Print event, then once per domain introduced (@introduceDomain) or released."""
+    parent = os.getppid()
+    before = store.domains()
+    print(event, flush=True)
+    while os.getppid() == parent:
+        time.sleep(WATCH_INTERVAL)
+        after = store.domains()
+        fired = after - before if event == "@introduceDomain" else before - after
+        for _ in fired:
+            print(event, flush=True)
+        before = after
+
+
 def remove(store, key, tidy=False):
     if not store.rm(key, tidy):
         print(f"xenstore-rm: could not remove path {key}", file=sys.stderr)
@@ -180,9 +217,19 @@ def main(argv):
         return remove(store, arguments[1], tidy=True)
     elif verb == "rm" and len(arguments) == 1:
         return remove(store, arguments[0])
+    elif verb == "list" and len(arguments) == 1:
+        names = store.children(arguments[0])
+        if names is None:
+            print(f"xenstore-list: could not list path {arguments[0]}", file=sys.stderr)
+            return 1
+        for name in names:
+            print(name)
     elif verb == "watch" and arguments:
         try:
-            watch(store, arguments)
+            if arguments[0] in SPECIAL_WATCHES and len(arguments) == 1:
+                watch_domains(store, arguments[0])
+            else:
+                watch(store, arguments)
         except (BrokenPipeError, KeyboardInterrupt):
             return 0
     else:

@@ -531,3 +531,12 @@ trap report WINCH
 report
 while :; do sleep 1 & wait; done
 """
+
+
+def self_signed_certificate(folder):
+    """A certificate and key for 127.0.0.1 made with openssl, valid for a day."""
+    require("openssl")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+               "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)])
+    return cert, key

@@ -2,7 +2,9 @@
 
 The guest is the cloud kernel with a busybox initramfs built in a temporary folder (the
 `initrd` fixture, once per module).  Its `/init` mounts /proc, /sys and /dev, silences the
-kernel once the shell starts, and runs `sh` on the serial console with the prompt `guest# `.
+kernel once the shell starts, and runs `sh` on the serial console with the prompt `guest# `,
+and a second shell on tty1, the VGA console, which says `vga-ready` on the second serial port
+(where the guest has one: `vga_options` gives it a VGA card and that port, written to a file).
 QEMU (software emulation; there is no KVM here) puts the serial port on a pty and names it on
 its monitor, the way xenconsoled names a guest's console, and `QemuGuest` reads that name.
 
@@ -30,6 +32,8 @@ INIT = """#!/bin/busybox sh
 /bin/busybox --install -s
 dmesg -n 1
 export PS1='guest# '
+setsid sh -c 'exec </dev/tty1 >/dev/tty1 2>&1
+    { echo vga-ready >/dev/ttyS1; } 2>/dev/null; exec sh -i' &
 exec setsid cttyhack sh
 """
 
@@ -41,10 +45,18 @@ def require_kernel():
     return kernels[-1]
 
 
-class QemuGuest:
-    """A paused QEMU with its serial console on a new pty (.path); cont() lets it boot."""
+def vga_options(reverse_port, transcript):
+    """QEMU options for a VGA card whose VNC server dials `reverse_port`, and a second serial
+    port written to the file `transcript` (the guest's /dev/ttyS1)."""
+    return ["-vga", "std", "-vnc", f"127.0.0.1:{reverse_port},reverse=on",
+            "-chardev", f"file,id=c1,path={transcript}", "-serial", "chardev:c1"]
 
-    def __init__(self, kernel, initrd, log_path):
+
+class QemuGuest:
+    """A paused QEMU with its serial console on a new pty (.path); cont() lets it boot.
+    `extra` options add devices (vga_options)."""
+
+    def __init__(self, kernel, initrd, log_path, extra=()):
         self.lines = []
         self.named = threading.Event()
         self.log_path = log_path
@@ -52,7 +64,7 @@ class QemuGuest:
             ["qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-no-reboot", "-nodefaults",
              "-kernel", kernel, "-initrd", str(initrd),
              "-append", "console=ttyS0 panic=-1", "-display", "none", "-S",
-             "-monitor", "stdio", "-chardev", "pty,id=c0", "-serial", "chardev:c0"],
+             "-monitor", "stdio", "-chardev", "pty,id=c0", "-serial", "chardev:c0", *extra],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.reader = threading.Thread(target=self._read_output, daemon=True)
         self.reader.start()

@@ -19,6 +19,8 @@ from PIL import Image
 import peers
 
 RAW, COPY_RECT, DESKTOP_SIZE, EXTENDED_DESKTOP_SIZE = 0, 1, -223, -308
+POINTER_TYPE_CHANGE, QEMU_EXTENDED_KEY_EVENT, LED_STATE = -257, -258, -261
+VMWARE_LED_STATE = 0x574D5668
 VENCRYPT, X509_NONE, X509_VNC = 19, 260, 261
 
 
@@ -36,6 +38,7 @@ class Client:
         self.cut_texts = []
         self.rects = []
         self.resizes = []
+        self.leds = []
 
     def handshake(self, version, shared):
         """RFC 6143 §7.1-7.3 as the viewer; the security step is choose() and authenticate()."""
@@ -95,6 +98,13 @@ class Client:
     def key(self, keysym, down=True):
         self.send(struct.pack(">BBxxI", 4, down, keysym))
 
+    def scancode(self, keysym, keycode, down=True):
+        """A QEMU Extended Key Event."""
+        self.send(struct.pack(">BBHII", 255, 0, down, keysym, keycode))
+
+    def pointer(self, button_mask, x, y):
+        self.send(struct.pack(">BBHH", 5, button_mask, x, y))
+
     def type(self, text):
         for character in text:
             self.key(ord(character), True)
@@ -133,7 +143,11 @@ class Client:
             self.recv(16 * count)
             self.resizes.append((x, y, width, height))
             self.resize(width, height)
-        else:
+        elif encoding == LED_STATE:
+            self.leds.append(self.recv(1)[0])
+        elif encoding == VMWARE_LED_STATE:
+            self.leds.append(struct.unpack(">I", self.recv(4))[0])
+        elif encoding not in (POINTER_TYPE_CHANGE, QEMU_EXTENDED_KEY_EVENT):
             raise AssertionError(f"unexpected encoding {encoding}")
         return (x, y, width, height, encoding)
 

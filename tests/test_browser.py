@@ -11,7 +11,9 @@ receives (the typed file), never anything vncterm says about itself.
   that both the page and the WebSocket were encrypted).  When vncterm stops, the web port
   closes with it: websockify was its child.
 * Keys typed into the page reach the pty: letters, Return, BackSpace, Tab, a Ctrl combination
-  (Ctrl-U kills the line), and text pasted into noVNC's clipboard panel.
+  (Ctrl-U kills the line), and text put into noVNC's clipboard panel, once Ctrl-Alt-V pastes it.
+* The clipboard panel both ways: a mouse selection on the console shows up in it, and what is
+  put into it is kept, never typed by itself.
 * The guest desktop: TigerVNC's Xvnc reverse-connects (`vncconfig -connect`), the page switches
   to it, and Ctrl-Alt-1 / Ctrl-Alt-7 switch back and forth.  These are the hotkeys a browser
   passes through; Ctrl-Alt-F1..F7 belong to the desktop the browser runs on.
@@ -50,6 +52,9 @@ ROOT = "#ff8000"
 ROOT_RGB = (255, 128, 0)
 COLOUR_TOLERANCE = 40
 CONTROL_BAR_OPEN = "document.getElementById('noVNC_control_bar').classList.contains('noVNC_open')"
+CANVAS = ("(() => { const r = document.querySelector('#noVNC_container canvas')"
+          ".getBoundingClientRect(); return [r.left, r.top]; })()")
+CELL = (8, 16)  # vncterm's default console font
 
 
 @pytest.fixture
@@ -91,15 +96,6 @@ def still_screenshot(browser, path, timeout=10):
     return shots[-1]
 
 
-def self_signed_certificate(folder):
-    """A certificate and key for 127.0.0.1 made with openssl, valid for a day."""
-    peers.require("openssl")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    peers.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-               "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)])
-    return cert, key
-
-
 def refuses_connections(port):
     """True when nothing accepts connections on 127.0.0.1:port."""
     try:
@@ -113,7 +109,7 @@ def refuses_connections(port):
 def test_page_shows_the_console(start_vncterm, browser, artifacts, tmp_path, scheme):
     options = ()
     if scheme == "https":
-        cert, key = self_signed_certificate(tmp_path)
+        cert, key = peers.self_signed_certificate(tmp_path)
         options = ("--web-cert", str(cert), "--web-key", str(key))
         # Self-signed: no authority vouches for it, so the browser is told to accept it.
         browser.call("Security.setIgnoreCertificateErrors", ignore=True)
@@ -143,6 +139,20 @@ def paste(browser, text):
     browser.click("noVNC_clipboard_button")
 
 
+def console_mouse(browser, kind, column, row):
+    """A left-button mouse event at the middle of a console cell in noVNC's canvas, once no
+    panel (sliding in or out) covers that spot."""
+    left, top = browser.evaluate(CANVAS)
+    width, height = CELL
+    x, y = left + column * width + width / 2, top + row * height + height / 2
+    # While a button is held, noVNC lays an element over the page that captures the mouse.
+    on_canvas = (f"['CANVAS', 'noVNC_mouse_capture_elem'].some(name => "
+                 f"[document.elementFromPoint({x}, {y}).tagName, "
+                 f"document.elementFromPoint({x}, {y}).id].includes(name))")
+    assert peers.wait_until(lambda: browser.evaluate(on_canvas), 10), "a panel covers the console"
+    browser.call("Input.dispatchMouseEvent", type=kind, button="left", clickCount=1, x=x, y=y)
+
+
 def test_keys_and_paste_reach_the_pty(start_vncterm, browser, artifacts, tmp_path):
     server = start_console(start_vncterm, tmp_path)
     open_console(browser, server, artifacts)
@@ -159,6 +169,9 @@ def test_keys_and_paste_reach_the_pty(start_vncterm, browser, artifacts, tmp_pat
     browser.type("fine")
     browser.press("Enter")
     paste(browser, "pasted from the panel\n")
+    for kind in ("mousePressed", "mouseReleased"):  # the keyboard's focus back on the console
+        console_mouse(browser, kind, 40, 15)
+    browser.press("Control", "Alt", "v")
     expected = "echo hello world\nhello\tx\nfine\npasted from the panel\n"
     typed = tmp_path / "typed.txt"
     peers.wait_until(lambda: peers.read_text(typed) == expected)
@@ -296,3 +309,33 @@ def test_page_follows_the_guest_desktop(start_vncterm, browser, guest, artifacts
     assert look(console_errors, "console-again") == []
     browser.press("Control", "Alt", "7")
     assert look(desktop_errors, "desktop-again") == []
+
+
+CLIPBOARD_TEXT = "document.getElementById('noVNC_clipboard_text').value"
+KEPT = re.compile(r"viewer \S+: clipboard of \d+ characters kept for pasting")
+
+
+def test_clipboard_panel_both_ways(start_vncterm, browser, artifacts, tmp_path):
+    """A drag across TEXT's first line puts it in noVNC's clipboard panel; text put into the
+    panel is kept, not typed, until Ctrl-Alt-V types it (UTF-8: noVNC speaks the Extended
+    Clipboard)."""
+    server = start_console(start_vncterm, tmp_path, ("--verbose",))
+    open_console(browser, server, artifacts)
+    line = "vncterm in a browser: noVNC through websockify, one flag"
+    for kind, column in (("mouseMoved", 3), ("mousePressed", 3), ("mouseMoved", 20),
+                         ("mouseReleased", 3 + len(line) - 1)):
+        console_mouse(browser, kind, column, 5)
+    assert peers.wait_until(lambda: browser.evaluate(CLIPBOARD_TEXT) == line), (
+        browser.evaluate(CLIPBOARD_TEXT))
+    pasted = "from the panel: päste ☃\n"
+    browser.evaluate(f"{CLIPBOARD_TEXT} = ''")
+    paste(browser, pasted)
+    assert peers.wait_until(lambda: KEPT.search(peers.read_text(server.log_path))), (
+        server.report())
+    typed = tmp_path / "typed.txt"
+    assert peers.read_text(typed) == "", "the panel's text was typed by itself"
+    for kind in ("mousePressed", "mouseReleased"):  # the keyboard's focus back on the console
+        console_mouse(browser, kind, 40, 15)
+    browser.press("Control", "Alt", "v")
+    peers.wait_until(lambda: peers.read_text(typed) == pasted)
+    assert peers.read_text(typed) == pasted

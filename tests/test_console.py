@@ -118,7 +118,7 @@ def test_bell_is_counted():
 
 def test_paste_sends_cr_line_ends():
     term = new_console()
-    term.paste(b"one\ntwo\r\nthr\xe9e")
+    term.paste("one\ntwo\r\nthr\xe9e")
     assert term._outbox == "one\rtwo\rthrée".encode()
 
 

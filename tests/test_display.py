@@ -18,7 +18,7 @@ import render
 import sources
 import vncproxy
 
-METHODS = ("changes", "key", "pointer", "paste", "resize")
+METHODS = ("changes", "key", "pointer", "paste", "clipboard", "resize")
 
 
 def console_display():
@@ -53,18 +53,19 @@ def test_members_have_the_protocols_types(make):
     assert isinstance(shown.plans, encoders.SharedPlans)
     assert isinstance(shown.listeners, set)
     assert shown.cursor is None
-    assert shown.cut_text == (0, b"")
+    assert shown.cut_text == (0, "")
     assert shown.bells == 0
 
 
 def test_something_missing_a_member_is_no_display():
     class NoCursor:
-        size, plans, listeners, cut_text, bells = (1, 1), None, set(), (0, b""), 0
+        size, plans, listeners, cut_text, bells = (1, 1), None, set(), (0, ""), 0
 
         def changes(self, token, copy_rect=True): ...
         def key(self, keysym, down, modifiers): ...
-        def pointer(self, button_mask, x, y, modifiers): ...
-        def paste(self, text): ...
+        def pointer(self, button_mask, x, y, hand): ...
+        def paste(self, hand): ...
+        def clipboard(self, text): ...
         def resize(self, width, height, answer): ...
 
     assert not isinstance(NoCursor(), display.Display)

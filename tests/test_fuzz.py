@@ -47,6 +47,7 @@ import sys
 import threading
 import time
 import tracemalloc
+import zlib
 from pathlib import Path
 
 import hypothesis
@@ -167,6 +168,24 @@ SANE_FORMATS = [rfb.DEFAULT_PIXEL_FORMAT.to_bytes(),
 pixel_formats = st.one_of(st.sampled_from(SANE_FORMATS), st.binary(min_size=16, max_size=16))
 screens = st.tuples(u32, u16, u16, u16, u16, u32).map(lambda s: struct.pack(">IHHHHI", *s))
 
+
+@st.composite
+def extended_clipboard(draw, kind):
+    """An Extended Clipboard message of type `kind`: caps, request, peek, notify or provide."""
+    action = draw(st.sampled_from([1 << 24, 1 << 25, 1 << 26, 1 << 27, 1 << 28, 0]))
+    formats = draw(st.sampled_from([1, 0, 3, 0x1F, 0xFFFF]))
+    if action == 1 << 24:
+        data = b"".join(struct.pack(">I", draw(u32)) for _ in range(bin(formats).count("1")))
+    elif action == 1 << 28:
+        text = draw(st.text(max_size=40)).encode("utf-8", "surrogatepass") + b"\0"
+        data = zlib.compress(struct.pack(">I", draw(st.sampled_from([len(text), draw(u32)])))
+                             + text)
+    else:
+        data = b""
+    body = struct.pack(">I", action | formats) + data
+    return struct.pack(">B3xi", kind, -len(body)) + body
+
+
 client_message = st.one_of(
     pixel_formats.map(lambda f: struct.pack(">B3x", 0) + f),
     st.lists(s32, max_size=40).map(lambda e: struct.pack(f">BxH{len(e)}i", 2, len(e), *e)),
@@ -174,8 +193,11 @@ client_message = st.one_of(
     st.tuples(st.booleans(), u32).map(lambda m: struct.pack(">BBxxI", 4, *m)),
     st.tuples(u8, u16, u16).map(lambda m: struct.pack(">BBHH", 5, *m)),
     st.binary(max_size=300).map(lambda text: struct.pack(">B3xI", 6, len(text)) + text),
+    extended_clipboard(6),
     st.tuples(u16, u16, st.lists(screens, max_size=20)).map(
         lambda m: struct.pack(">BxHHBx", 251, m[0], m[1], len(m[2])) + b"".join(m[2])),
+    st.tuples(st.sampled_from([0, 0, 1]), u16, u32, u32).map(
+        lambda m: struct.pack(">BBHII", 255, *m)),
 )
 client_streams = st.lists(client_message, max_size=12).map(b"".join)
 
@@ -192,7 +214,7 @@ coordinate = st.one_of(st.integers(0, FB + 2), u16)
 def guest_rect(draw):
     x, y = draw(coordinate), draw(coordinate)
     width, height = draw(st.integers(0, FB + 2)), draw(st.integers(0, FB + 2))
-    encoding = draw(st.sampled_from([0, 0, 1, -223, -308, -239, 5, 16, -1]))
+    encoding = draw(st.sampled_from([0, 0, 1, -223, -308, -239, 5, 16, -1, -257, -258, -261]))
     if encoding == 0:
         payload = draw(st.binary(min_size=4 * width * height, max_size=4 * width * height))
     elif encoding == 1:
@@ -203,6 +225,10 @@ def guest_rect(draw):
         y = draw(st.sampled_from([0, 0, 1]))
     elif encoding == -239:
         payload = bytes(4 * width * height + (width + 7) // 8 * height)
+    elif encoding == -261:
+        payload = bytes([draw(u8)])
+    elif encoding in (-257, -258):
+        payload = b""
     else:
         payload = draw(st.binary(max_size=16))
     return rect(x, y, width, height, encoding, payload)
@@ -213,6 +239,7 @@ guest_message = st.one_of(
         lambda rects: struct.pack(">BxH", 0, len(rects)) + b"".join(rects)),
     st.just(b"\x02"),
     st.binary(max_size=200).map(lambda text: struct.pack(">B3xI", 3, len(text)) + text),
+    extended_clipboard(3),
     u8.map(lambda kind: bytes([kind])),
 )
 guest_streams = st.lists(guest_message, max_size=8).map(b"".join)
@@ -232,12 +259,14 @@ def pieces(data, sizes):
 # --- rfb.ClientReader --------------------------------------------------------------------------
 
 CLIENT_MESSAGE_TYPES = (rfb.SetPixelFormat, rfb.SetEncodings, rfb.FramebufferUpdateRequest,
-                        rfb.KeyEvent, rfb.PointerEvent, rfb.ClientCutText, rfb.SetDesktopSize)
+                        rfb.KeyEvent, rfb.PointerEvent, rfb.ClientCutText, rfb.SetDesktopSize,
+                        rfb.ExtendedClipboard, rfb.QemuExtendedKeyEvent)
 
 
-def read_client(data, sizes):
+def read_client(data, sizes, extended_clipboard=False):
     """(messages, error) from feeding `data` to a ClientReader in pieces of `sizes`."""
     reader, messages = rfb.ClientReader(), []
+    reader.extended_clipboard = extended_clipboard
     try:
         for piece in pieces(data, sizes):
             reader.feed(piece)
@@ -249,13 +278,15 @@ def read_client(data, sizes):
 
 
 @budget(1500)
-@given(hostile(client_streams), cuts)
-def test_client_reader(data, sizes):
-    messages, error = read_client(data, [len(data)])
-    assert read_client(data, sizes) == (messages, error)
+@given(hostile(client_streams), cuts, st.booleans())
+def test_client_reader(data, sizes, extended_clipboard):
+    messages, error = read_client(data, [len(data)], extended_clipboard)
+    assert read_client(data, sizes, extended_clipboard) == (messages, error)
     for message in messages:
         assert isinstance(message, CLIENT_MESSAGE_TYPES)
         if isinstance(message, rfb.ClientCutText):
+            assert len(message.text) <= rfb.CUT_TEXT_LIMIT
+        if isinstance(message, rfb.ExtendedClipboard) and message.text is not None:
             assert len(message.text) <= rfb.CUT_TEXT_LIMIT
         if isinstance(message, rfb.SetPixelFormat):
             message.pixel_format.check()
@@ -288,10 +319,20 @@ def test_set_encodings_at_its_largest():
 # --- rfbclient.ServerReader into a DesktopDisplay ------------------------------------------------
 
 
+class Sink:
+    """An Upstream that only keeps what the display sends the guest (clipboard answers)."""
+
+    def __init__(self):
+        self.sent = b""
+
+    def send(self, data):
+        self.sent += data
+
+
 def read_guest(data, sizes):
     """(events, error) from a ServerReader fed in pieces, each event drawn into a display."""
     reader = rfbclient.ServerReader(FB, FB)
-    display = vncproxy.DesktopDisplay(FB, FB, upstream=None)
+    display = vncproxy.DesktopDisplay(FB, FB, upstream=Sink())
     events = []
     try:
         for piece in pieces(data, sizes):
@@ -316,6 +357,8 @@ def check_guest_event(event, size):
     elif isinstance(event, rfbclient.DesktopResize):
         rfbclient.check_desktop_size(event.width, event.height)
     elif isinstance(event, rfbclient.ServerCutText):
+        assert len(event.text) <= rfb.CUT_TEXT_LIMIT
+    elif isinstance(event, rfb.ExtendedClipboard) and event.text is not None:
         assert len(event.text) <= rfb.CUT_TEXT_LIMIT
 
 

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import clipboard
 import console
 import display
 import keymap
@@ -140,8 +141,9 @@ def test_the_console_display_turns_pixels_into_cells():
     term = new_console(1000, 1006)
     shown = display.ConsoleDisplay(term, render.Glyphs(render.load_font(None)[0]))
     cell_width, cell_height = shown.glyphs.cell
-    shown.pointer(LEFT, 3 * cell_width + 1, 2 * cell_height + cell_height - 1, NONE)
-    shown.pointer(0, *shown.size, NONE)
+    hand = clipboard.Hand(NONE, clipboard.viewer_link())
+    shown.pointer(LEFT, 3 * cell_width + 1, 2 * cell_height + cell_height - 1, hand)
+    shown.pointer(0, *shown.size, hand)
     assert bytes(term._outbox) == b"\x1b[<0;4;3M\x1b[<0;%d;%dm" % (COLUMNS, LINES)
 
 

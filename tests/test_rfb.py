@@ -27,6 +27,10 @@ MESSAGES = [
     (b"\x06\x00\x00\x00\x00\x00\x00\x00", rfb.ClientCutText(b"")),
     (b"\xfb\x00\x04\x00\x03\x00\x01\x00" + struct.pack(">IHHHHI", 0, 0, 0, 1024, 768, 0),
      rfb.SetDesktopSize(1024, 768, (rfb.Screen(0, 0, 0, 1024, 768, 0),))),
+    (b"\xff\x00\x00\x01\x00\x00\x00\x61\x00\x00\x00\x10",
+     rfb.QemuExtendedKeyEvent(True, 0x61, 0x10)),
+    (b"\xff\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\xcd",
+     rfb.QemuExtendedKeyEvent(False, 0, 0xCD)),
 ]
 
 
@@ -182,6 +186,22 @@ def test_server_init_layout():
     assert data[:4] == b"\x02\x80\x01\x90"
     assert data[4:20] == LE_888
     assert data[20:] == b"\x00\x00\x00\x07console"
+
+
+def test_unknown_qemu_subtype_is_a_protocol_error():
+    reader = rfb.ClientReader()
+    reader.feed(b"\xff\x01" + bytes(10))
+    with pytest.raises(rfb.ProtocolError, match="QEMU client message subtype 1"):
+        reader.next_message()
+
+
+def test_qemu_input_pseudo_rectangles():
+    assert rfb.qemu_extended_key_event() == struct.pack(">HHHHi", 0, 0, 0, 0, -258)
+    assert rfb.led_state(5) == struct.pack(">HHHHiB", 0, 0, 0, 0, -261, 5)
+    assert rfb.vmware_led_state(4) == struct.pack(">HHHHiI", 0, 0, 0, 0, 0x574D5668, 4)
+    assert rfb.pointer_type_change(True, 720, 400) == struct.pack(
+        ">HHHHi", 1, 0, 720, 400, -257)
+    assert rfb.pointer_type_change(False, 640, 480)[:2] == b"\0\0"
 
 
 def test_server_messages():

@@ -91,6 +91,44 @@ def test_clamped_cursor_byte_by_byte_and_with_trailing_data():
     assert reader.mid_message
 
 
+# QEMU's input pseudo-rectangles, as QEMU 7.2 sends them: each in an update of its own.
+QEMU_INPUT = [
+    (update(rect(0, 0, 0, 0, -258)), rfbclient.ExtendedKeysAccepted()),
+    (update(rect(0, 0, 0, 0, -261, b"\x04")), rfbclient.LedState(4)),
+    (update(rect(0, 0, 0, 0, -261, b"\xff")), rfbclient.LedState(7)),
+    (update(rect(1, 0, 720, 400, -257)), rfbclient.PointerTypeChange(True)),
+    (update(rect(0, 0, 640, 480, -257)), rfbclient.PointerTypeChange(False)),
+]
+
+
+@pytest.mark.parametrize("data,expected", QEMU_INPUT)
+def test_qemu_input_rectangles_whole(data, expected):
+    reader = rfbclient.ServerReader(4, 4)
+    reader.feed(data)
+    assert read_events(reader) == [expected, rfbclient.UpdateEnd()]
+    assert not reader.mid_message
+
+
+@pytest.mark.parametrize("data,expected", QEMU_INPUT)
+def test_qemu_input_rectangles_byte_by_byte_and_with_trailing_data(data, expected):
+    reader = rfbclient.ServerReader(4, 4)
+    stream = data + b"\x02\x00"
+    events = []
+    for i in range(len(stream)):
+        reader.feed(stream[i : i + 1])
+        events += read_events(reader)
+        if i < len(data) - 1:
+            assert events == []
+    assert events == [expected, rfbclient.UpdateEnd(), rfbclient.Bell()]
+    assert reader.mid_message
+
+
+def test_qemu_input_encodings_are_asked_for_and_keys_sent_as_scancodes():
+    assert {-257, -258, -261} <= set(rfbclient.ServerReader.ENCODINGS)
+    assert rfbclient.qemu_extended_key_event(True, 0x71, 0x10) == struct.pack(
+        ">BBHII", 255, 0, 1, 0x71, 0x10)
+
+
 # --- HandshakeReader: the server's side of the handshake, step by step ----------------------
 
 LE_888 = struct.pack(">BBBBHHHBBB3x", 32, 24, 0, 1, 255, 255, 255, 16, 8, 0)

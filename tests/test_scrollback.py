@@ -2,8 +2,9 @@
 
 tests/test_fastpath.py compares a whole terminal's history with plain pyte's; here single rows
 go through `compact` and `expand` with every kind of cell a pyte row can hold (wide characters
-and the empty cell after them, combining marks, every attribute, a reverse-video blank), and
-a boot log's worth of coloured lines must fit in a fraction of what pyte's dicts took.
+and the empty cell after them, combining marks, every attribute, a reverse-video blank, the
+wrapped mark), and a boot log's worth of coloured lines must fit in a fraction of what pyte's
+dicts took.
 """
 
 import sys
@@ -21,17 +22,20 @@ COLOURS = st.sampled_from(["default", "red", "brightgreen", "ff8000", "0a0b0c"])
 CELLS = st.builds(Char, DATA, COLOURS, COLOURS, st.booleans(), st.booleans(), st.booleans(),
                   st.booleans(), st.booleans(), st.booleans())
 BLANKS = st.sampled_from([Char(" "), Char(" ", reverse=True)])
-ROWS = st.tuples(BLANKS, st.dictionaries(st.integers(0, COLUMNS + 2), CELLS, max_size=20))
+ROWS = st.tuples(BLANKS, st.dictionaries(st.integers(0, COLUMNS + 2), CELLS, max_size=20),
+                 st.sampled_from([None, False, True]))
 
 
-def make_row(blank, cells):
+def make_row(blank, cells, wrapped):
     row = StaticDefaultDict(blank)
     row.update(cells)
+    if wrapped is not None:
+        row.wrapped = wrapped
     return row
 
 
 def cells_of(row):
-    return [row[x] for x in range(COLUMNS)]
+    return [row[x] for x in range(COLUMNS)], getattr(row, "wrapped", False)
 
 
 @given(ROWS)

@@ -199,8 +199,16 @@ def test_huge_cut_text_is_streamed_and_capped(harness):
         client.send(chunk)
     client.request(incremental=False)
     assert client.read_update()
+    paste_with_ctrl_alt_v(client)
     pasted = h.guest_reads(300 * 1024, timeout=5)
     assert 0 < len(pasted) <= 256 * 1024
+
+
+def paste_with_ctrl_alt_v(client):
+    for keysym in (0xFFE3, 0xFFE9, ord("v")):
+        client.key(keysym, True)
+    for keysym in (ord("v"), 0xFFE9, 0xFFE3):
+        client.key(keysym, False)
 
 
 def test_a_viewer_that_never_reads_is_dropped_and_harms_nobody(harness, monkeypatch):

@@ -36,8 +36,11 @@ class Picture:
         self.plans = encoders.SharedPlans()
         self.listeners = set()
         self.bells = 0
-        self.cut_text = (0, b"")
+        self.cut_text = (0, "")
         self.cursor = None
+        self.extended_keys = False
+        self.led_state = None
+        self.absolute_pointer = True
 
     def changes(self, token, copy_rect=True):
         return self.damage.changes(token, self.image, copy_rect)
@@ -277,7 +280,7 @@ def test_messages_piling_up_behind_a_stalled_frame_count_towards_the_cap(monkeyp
     update.request(incremental=False)
     outbox = updates.Outbox()
     outbox.fill(update)
-    text = b"x" * rfb.CUT_TEXT_LIMIT
+    text = "x" * rfb.CUT_TEXT_LIMIT
     with pytest.raises(updates.ViewerGone, match="queued and not read"):
         for serial in range(1, 100):
             display.cut_text = (serial, text)

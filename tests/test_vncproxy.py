@@ -23,6 +23,7 @@ from rawviewer import RAW as VIEWER_RAW
 from vt import CONSOLE, DESKTOP, DESKTOP_DOWN, DESKTOP_UP, NO_DESKTOP, TO_CONSOLE, TO_DESKTOP
 
 CONTROL_L, ALT_L, F1, F7 = 0xFFE3, 0xFFE9, 0xFFBE, 0xFFC4
+SHIFT_L, INSERT = 0xFFE1, 0xFF63
 
 # The story from the issue, one line per step: (state, event, expected state).
 STORY = [
@@ -285,6 +286,9 @@ def test_clipboard_goes_to_the_display_the_viewer_is_on(proxy):
         client.key(keysym, down=False)
     assert follow(client, lambda c: (c.width, c.height) != (guest.width, guest.height))
     client.send(struct.pack(">BxxxI", 6, 14) + b"to the console")
+    assert console_reads(p.master, timeout=0.5) == b"", "a copy is kept, not typed"
+    for keysym, down in ((SHIFT_L, True), (INSERT, True), (INSERT, False), (SHIFT_L, False)):
+        client.key(keysym, down)
     assert console_reads(p.master) == b"to the console"
     assert guest.cut_texts() == [b"to the desktop"]
 

@@ -22,6 +22,7 @@ All of this runs only when a viewer asks for an update.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import os
@@ -207,6 +208,12 @@ def load_font(path: str | None) -> tuple[object, str]:
         return _truetype(path), path
     except (OSError, ValueError, struct.error, SyntaxError) as error:
         raise FontError(f"{path}: {error}") from error
+
+
+@functools.cache
+def glyphs_for(font) -> Glyphs:
+    """The one Glyphs of a font, shared by every console of the process that draws with it."""
+    return Glyphs(font)
 
 
 class Glyphs:

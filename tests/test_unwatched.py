@@ -9,6 +9,7 @@ timeout: a counting selector records every timeout the reader asks for.  A conso
 falls quiet is still compacted, once an interval has passed (an injected clock).
 """
 
+import contextlib
 import os
 import selectors
 import subprocess
@@ -19,7 +20,10 @@ import console
 import display
 import peers
 import render
+import service
 import sources
+import vncterm
+import webhost
 from harness import FakeSource
 from peers import Block
 from peers import wait_until as wait_for
@@ -190,3 +194,20 @@ def test_a_console_that_keeps_printing_is_compacted_every_interval(monkeypatch):
     term._compact_scrollback()
     assert history.pending == 0
     assert term._quiet_timeout(polled=False) is None
+
+
+def test_a_thumbnail_of_an_unwatched_console_leaves_nothing_rendered():
+    shown = display.ConsoleDisplay(console.Console(FakeSource(), 30, 8), GLYPHS)
+    shown.console.feed(log_lines(0, 20))
+    slot = SimpleNamespace(server=SimpleNamespace(console=shown))
+    assert webhost.thumbnail(slot).startswith(b"\x89PNG")
+    assert shown.renderer is None
+
+
+def test_every_console_of_a_host_draws_with_one_glyphs():
+    args = vncterm.parse_args(["--port", "0", "--no-desktop", "--command", "true"])
+    font = render.load_font(None)[0]
+    with contextlib.ExitStack() as stops:
+        shown = [vncterm.start_console(args, font, service.Service(args), stops)[0].console
+                 for _ in range(2)]
+        assert shown[0].glyphs is shown[1].glyphs

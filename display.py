@@ -35,6 +35,7 @@ own zlib streams (encoders.py).
 Trade-off: the console renders lazily, when a viewer asks (`SharedPicture.catch_up`), while the
 desktop draws eagerly, as the guest's updates arrive.  The console's changes are cheap to note
 and dear to draw, and a flood is drawn at the viewers' pace; the guest's are already pixels.
+For the same reason the console keeps no picture at all while nobody watches it.
 
 The pointer on the console is xterm's: the left button selects (selection.py) and the release
 copies to that viewer's clipboard, the middle button pastes it, the wheel scrolls; when the
@@ -125,13 +126,35 @@ class SharedPicture:
             listener()
 
 
+class Watchers(set):
+    """A display's listeners, one per viewer, that tell the display when the last has left.
+
+    Viewer sessions join with `add` and leave with `discard` (viewer.py).
+    """
+
+    def __init__(self, last_left: Callable[[], None]) -> None:
+        super().__init__()
+        self.last_left = last_left
+
+    def discard(self, listener) -> None:
+        super().discard(listener)
+        if not self:
+            self.last_left()
+
+
 class ConsoleDisplay(SharedPicture):
-    """The text console as a display: renders lazily, once for all viewers.
+    """The text console as a display: renders lazily, once for all viewers, and only while
+    someone watches.
 
     A frame is rendered when a viewer asks and the console has told of changes since the last
     one (console.Console.told), so a flood is rendered at the console's pace, not once per
     viewer request, and viewers asking in between share one frame and its encoding.  The
     console pokes the listeners itself, so they are the console's own set.
+
+    A host serves many consoles that nobody watches, so the picture is made when a viewer
+    first asks for it and dropped, with the damage log and the shared plans, when the last
+    viewer leaves (about 1 MB for 80x25 cells).  A viewer that comes back gets a picture
+    redrawn whole from the terminal.
 
     A resize asks the console for the cells that fit in the pixels asked for; a frame of
     another size replaces the renderer, and every viewer gets the new size and all of it.
@@ -139,8 +162,12 @@ class ConsoleDisplay(SharedPicture):
 
     def __init__(self, console, glyphs: render.Glyphs) -> None:
         self.console = console
-        self.renderer = render.Renderer(glyphs, console.columns, console.lines)
-        super().__init__(self.renderer.size, console.listeners)
+        self.glyphs = glyphs
+        self.renderer: render.Renderer | None = None
+        cell_width, cell_height = glyphs.cell
+        size = (console.columns * cell_width, console.lines * cell_height)
+        console.listeners = Watchers(self.release)
+        super().__init__(size, console.listeners)
         self._rendered = -1
 
     @property
@@ -152,26 +179,52 @@ class ConsoleDisplay(SharedPicture):
         return self.console.bells
 
     def catch_up(self) -> None:
+        if self.renderer is None:
+            self._new_renderer(self.console.columns, self.console.lines)
+            self.console.repaint()
+            self._rendered = -1
         if self.console.told != self._rendered:
             self._rendered = self.console.told
             frame = self.console.take_frame()
             if frame.size != (self.renderer.columns, self.renderer.lines):
-                self.renderer = render.Renderer(self.renderer.glyphs, *frame.size)
-                self.size = self.renderer.size
-                self.damage.reset(self.size)
+                self._new_renderer(*frame.size)
             if frame.scroll or frame.rows:
                 scroll, rects = self.renderer.apply(frame)
                 if scroll or rects:
                     self.damage.record(scroll, rects)
+
+    def _new_renderer(self, columns: int, lines: int) -> None:
+        """A blank picture of columns x lines cells; every viewer gets all of a new size."""
+        self.renderer = render.Renderer(self.glyphs, columns, lines)
+        if self.renderer.size != self.size:
+            self.size = self.renderer.size
+            self.damage.reset(self.size)
+
+    def snapshot(self):
+        """A copy of the picture now (for a thumbnail), kept only while a viewer watches."""
+        with self.lock:
+            self.catch_up()
+            image = self.image.copy()
+        self.release()
+        return image
+
+    def release(self) -> None:
+        """Drop the picture and all that was drawn for it, unless a viewer watches."""
+        with self.lock:
+            if self.listeners or self.renderer is None:
+                return
+            self.renderer = None
+            self.damage.reset(self.size)
+            self.plans = encoders.SharedPlans()
 
     def key(self, keysym: int, down: bool, modifiers: keymap.Modifiers) -> None:
         if down and keysym not in keymap.MODIFIER_KEYSYMS:
             self.console.key(keysym, modifiers)
 
     def pointer(self, button_mask: int, x: int, y: int, hand: Hand) -> None:
-        cell_width, cell_height = self.renderer.glyphs.cell
-        cell = (min(x // cell_width, self.renderer.columns - 1),
-                min(y // cell_height, self.renderer.lines - 1))
+        cell_width, cell_height = self.glyphs.cell
+        columns, lines = self.size[0] // cell_width, self.size[1] // cell_height
+        cell = (min(x // cell_width, columns - 1), min(y // cell_height, lines - 1))
         if not self.console.mouse_reporting or hand.modifiers.shift:
             self.select(button_mask, cell, hand)
         self.console.pointer(button_mask, cell, hand.modifiers)
@@ -196,7 +249,7 @@ class ConsoleDisplay(SharedPicture):
         """Kept by the viewer until pasted: nothing to do here."""
 
     def resize(self, width: int, height: int, answer: Callable[[int], None]) -> None:
-        cell_width, cell_height = self.renderer.glyphs.cell
+        cell_width, cell_height = self.glyphs.cell
         if not self.console.resize(width // cell_width, height // cell_height):
             answer(rfb.ExtendedDesktopSizeStatus.PROHIBITED)
             return

@@ -5,9 +5,9 @@ Fonts.  A text console should look like one, so the preferred font is a Linux co
 Pillow cannot read PSF.  X bitmap fonts (.pcf, .bdf, gzipped or not) go through Pillow's own
 converters, which keep Latin-1 only, and TrueType fonts through `ImageFont.truetype`.
 Characters the primary font lacks (CJK, symbols outside a 512-glyph console font) fall back to
-DejaVu Sans Mono and then Droid Sans Fallback (CJK), scaled to the cell; a character no font
-has is drawn as a hollow box.  Bold is drawn by overstriking one pixel to the right, as the
-VGA console did.
+DejaVu Sans Mono and then Droid Sans Fallback (CJK), scaled to the cell and loaded the first
+time one is needed (2.4 MB resident); a character no font has is drawn as a hollow box.
+Bold is drawn by overstriking one pixel to the right, as the VGA console did.
 
 Colours follow pyte's names: the 16 ANSI colours in the Linux console's palette (bold turns the
 8 normal ones bright), and 256-colour or truecolour cells as hex strings.
@@ -22,11 +22,13 @@ All of this runs only when a viewer asks for an update.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import os
 import struct
 import tempfile
+import threading
 
 from PIL import BdfFontFile, Image, ImageDraw, ImageFont, PcfFontFile
 
@@ -208,25 +210,34 @@ def load_font(path: str | None) -> tuple[object, str]:
         raise FontError(f"{path}: {error}") from error
 
 
+@functools.cache
+def glyphs_for(font) -> Glyphs:
+    """The one Glyphs of a font, shared by every console of the process that draws with it."""
+    return Glyphs(font)
+
+
 class Glyphs:
-    """Cell images by key, from a primary font with fallbacks for missing characters."""
+    """Cell images by key, from a primary font with fallbacks for missing characters.
+
+    One Glyphs serves every console of the process (their displays draw from their own
+    threads, so drawing takes a lock), and the fallback fonts, 2.4 MB once used, are loaded
+    only when the primary font first lacks a character.
+    """
 
     def __init__(self, font) -> None:
         self.font = font
         self.cell = font.cell
-        self._fonts = [font] + [
-            _truetype(path, height=self.cell[1])
-            for path in FALLBACK_FONTS
-            if os.path.exists(path) and getattr(font, "path", None) != path
-        ]
+        self._fallbacks: list | None = None
         self._cache: dict = {}
+        self._lock = threading.Lock()
 
     def cell_image(self, key) -> Image.Image:
         image = self._cache.get(key)
         if image is None:
-            if len(self._cache) >= GLYPH_CACHE_LIMIT:
-                self._cache.clear()
-            image = self._cache[key] = self._draw(*key)
+            with self._lock:
+                if len(self._cache) >= GLYPH_CACHE_LIMIT:
+                    self._cache.clear()
+                image = self._cache[key] = self._draw(*key)
         return image
 
     def _draw(self, character, fg, bg, bold, underline, cells) -> Image.Image:
@@ -242,11 +253,22 @@ class Glyphs:
         return image
 
     def _mask(self, character: str, cells: int) -> Image.Image:
-        for font in self._fonts:
+        for font in self._fonts():
             mask = font.glyph(character, cells)
             if mask is not None:
                 return mask.crop((0, 0, self.cell[0] * cells, self.cell[1]))
         return self._box(cells)
+
+    def _fonts(self):
+        """The primary font, then the fallbacks, loaded the first time they are reached."""
+        yield self.font
+        if self._fallbacks is None:
+            self._fallbacks = [
+                _truetype(path, height=self.cell[1])
+                for path in FALLBACK_FONTS
+                if os.path.exists(path) and getattr(self.font, "path", None) != path
+            ]
+        yield from self._fallbacks
 
     def _box(self, cells: int) -> Image.Image:
         width, height = self.cell[0] * cells, self.cell[1]

@@ -9,10 +9,10 @@ pyte release that requirements.txt allows.
 Change tracking.  pyte keeps a set of dirty lines but marks every line dirty when the screen
 scrolls.  `Terminal.index` makes a scroll of the whole screen move the dirty set up instead,
 and counts the scroll, which the renderer turns into one CopyRect.  Lines that scroll off the
-top go into a bounded `history`, the scrollback.  A line that the text ran past the end of
-(autowrap) is marked `wrapped`, an attribute of pyte's line, so that copying (selection.py)
-joins it to its continuation; a line feed that is not an autowrap, and erasing the line, take
-the mark away.
+top go into a bounded `history`, the scrollback, which keeps them compact (scrollback.py).
+A line that the text ran past the end of (autowrap) is marked `wrapped`, an attribute of
+pyte's line, so that copying (selection.py) joins it to its continuation; a line feed that is
+not an autowrap, and erasing the line, take the mark away.
 
 Speed.  Stock pyte parses about 1 MB/s: it makes a new `Char` for every character drawn and
 sends every byte of an escape sequence through a generator.  A guest that floods its console
@@ -22,7 +22,8 @@ desktop, so three shortcuts sit in front of pyte:
 * `Stream` finds, with one regular expression, the runs that floods are made of: whole lines
   of printable ASCII ending in CR LF, other text, CSI sequences (`ESC [ ... m`) and single
   control characters, and calls the terminal directly; anything else goes to pyte's parser.
-* `Terminal.draw` writes printable ASCII a line-piece at a time from a cache of `Char`s.
+* `Terminal.draw` writes printable ASCII a line-piece at a time from a cache of `Char`s that
+  every terminal of the process shares.
 * `Terminal.print_lines` takes a run of whole lines.  Once the cursor sits on the bottom row of
   a full-screen scroll region, each line is drawn into a fresh bottom row and scrolled up, so
   the whole run is one shift of the screen and the scrollback.  Only the last screenful plus
@@ -56,7 +57,6 @@ pyte internals used: `Screen.buffer`, `dirty`, `cursor`, `mode`, `margins`, the 
 
 from __future__ import annotations
 
-import collections
 import functools
 import logging
 import math
@@ -69,12 +69,17 @@ from pyte import charsets
 from pyte import modes as pyte_modes
 from pyte.screens import StaticDefaultDict, wcwidth
 
+from scrollback import Scrollback
+
 log = logging.getLogger("vncterm.terminal")
 
 SCROLLBACK_LINES = 1000
 DECAWM, DECSCNM, IRM = pyte_modes.DECAWM, pyte_modes.DECSCNM, pyte_modes.IRM
 PARSER_RUN_LIMIT = 64 * 1024  # characters of one escape sequence (an OSC title, say) we keep
 STYLE_CACHE_LIMIT = 256
+# Shared by every terminal of the process: the Chars of a style, and what an SGR does to a style.
+STYLES: dict = {}
+RENDITIONS: dict = {}
 MARKS_PER_CELL = 5  # xterm's combiningChars: 2 by default, 5 at most
 MOUSE_X10, MOUSE_NORMAL, MOUSE_BUTTON_MOTION, MOUSE_ANY_MOTION = 9, 1000, 1002, 1003
 MOUSE_UTF8, MOUSE_SGR, MOUSE_URXVT = 1005, 1006, 1015
@@ -89,12 +94,10 @@ class Terminal(pyte.Screen):
 
     def __init__(self, columns: int, lines: int, scrollback: int = SCROLLBACK_LINES) -> None:
         super().__init__(columns, lines)
-        self.history: collections.deque = collections.deque(maxlen=scrollback)
+        self.history = Scrollback(scrollback)
         self.scrolled = 0
         self.bells = 0
         self.answer = None
-        self._styles: dict = {}
-        self._renditions: dict = {}
         self._drawing = False
 
     def index(self) -> None:
@@ -225,12 +228,12 @@ class Terminal(pyte.Screen):
     def select_graphic_rendition(self, *attrs: int) -> None:
         """pyte's SGR, remembered: the result depends only on these arguments."""
         key = (self.cursor.attrs, attrs, DECSCNM in self.mode)
-        result = self._renditions.get(key)
+        result = RENDITIONS.get(key)
         if result is None:
             super().select_graphic_rendition(*attrs)
-            if len(self._renditions) >= STYLE_CACHE_LIMIT:
-                self._renditions.clear()
-            result = self._renditions[key] = self.cursor.attrs
+            if len(RENDITIONS) >= STYLE_CACHE_LIMIT:
+                RENDITIONS.clear()
+            result = RENDITIONS[key] = self.cursor.attrs
         self.cursor.attrs = result
 
     def print_lines(self, lines: list[str]) -> None:
@@ -319,11 +322,11 @@ class Terminal(pyte.Screen):
     def _chars(self) -> StyledChars:
         """The cursor's attributes applied to characters, each made once."""
         attrs = self.cursor.attrs
-        chars = self._styles.get(attrs)
+        chars = STYLES.get(attrs)
         if chars is None:
-            if len(self._styles) >= STYLE_CACHE_LIMIT:
-                self._styles.clear()
-            chars = self._styles[attrs] = StyledChars(attrs)
+            if len(STYLES) >= STYLE_CACHE_LIMIT:
+                STYLES.clear()
+            chars = STYLES[attrs] = StyledChars(attrs)
         return chars
 
     def bell(self, *args) -> None:

@@ -343,7 +343,7 @@ def start_console(args, font, dom0: service.DomainService,
     columns, lines = args.size
     term = console.Console(source, columns, lines, log_file=log_file,
                            on_closed=lambda: server.console_closed())
-    console_display = display.ConsoleDisplay(term, render.Glyphs(font))
+    console_display = display.ConsoleDisplay(term, render.glyphs_for(font))
     server = Server(viewers, console_display, name, security, max_viewers=args.max_viewers)
     stops.callback(server.server_close)
     desktops = vncproxy.start(args, guests, desktop_password, server.desktop_changed,

@@ -72,10 +72,7 @@ def listing(domains) -> list[dict]:
 
 def thumbnail(slot) -> bytes:
     """Domain N's console now, scaled to THUMBNAIL_WIDTH, as PNG."""
-    picture = slot.server.console
-    with picture.lock:
-        picture.catch_up()
-        image = picture.image.copy()
+    image = slot.server.console.snapshot()
     height = image.height * THUMBNAIL_WIDTH // image.width
     output = io.BytesIO()
     image.resize((THUMBNAIL_WIDTH, height)).save(output, "PNG")

@@ -301,7 +301,7 @@ def console_display(term):
 
 def drag(shown, hand, start, end):
     """Left-drag from cell `start` to cell `end` (column, row) on a console display."""
-    width, height = shown.renderer.glyphs.cell
+    width, height = shown.glyphs.cell
     for mask, (column, row) in ((1, start), (1, end), (0, end)):
         shown.pointer(mask, column * width, row * height, hand)
         hand.buttons = mask

@@ -4,11 +4,12 @@ The oracle is a plain `pyte.Screen` fed by pyte's own `ByteStream`, with one add
 does not touch pyte's logic: like `terminal.Terminal`, it keeps the rows that a full-screen
 scroll pushes off the top, in a bounded history.  Both are fed the same bytes in the same
 reads (a read is the unit pyte decodes UTF-8 in), and afterwards every cell of the screen and
-of the history, the cursor, its attributes, the modes, the margins and the scroll count must
-be equal.  The inputs mix what the shortcuts take (runs of CR LF lines, many longer than the
-screen plus the history, ASCII text, SGR and other CSI sequences) with what must send them
-back to pyte: wide and combining characters, wrapping, insert mode, origin mode, scroll
-regions, reverse screen, charsets in Latin-1 mode, and sequences split across reads.
+of the history (read back from its compact form), the cursor, its attributes, the modes, the
+margins and the scroll count must be equal.  The inputs mix what the shortcuts take (runs
+of CR LF lines, many longer than the screen plus the history, ASCII text, SGR and other CSI
+sequences) with what must send them back to pyte: wide and combining characters, wrapping,
+insert mode, origin mode, scroll regions, reverse screen, charsets in Latin-1 mode, and
+sequences split across reads.
 
 A small history (`scrollback=5` on a 20x6 screen) makes skipped lines common; one test uses
 the real default with runs of thousands of lines.  The frame test checks the change tracking
@@ -150,18 +151,22 @@ def feed_all(pieces, sizes, columns=COLUMNS, lines=LINES, scrollback=SCROLLBACK)
     """Our terminal through our stream, then plain pyte and our slow terminal through pyte's.
 
     After each read, our dirty rows must be the slow terminal's; then both are cleared, as
-    Console.take_frame does.
+    Console.take_frame does.  After every other read our scrollback compacts the rows that
+    scrolled off, as the console's reader does when output pauses, so its history holds both
+    compact and pending rows.
     """
     ours, theirs, slow = screens = [
         terminal.Terminal(columns, lines, scrollback=scrollback),
         Reference(columns, lines, scrollback), Slow(columns, lines, scrollback=scrollback)]
     streams = [terminal.Stream(ours), pyte.ByteStream(theirs), pyte.ByteStream(slow)]
-    for chunk in split("".join(pieces).encode(), sizes):
+    for number, chunk in enumerate(split("".join(pieces).encode(), sizes)):
         for stream in streams:
             stream.feed(chunk)
         assert ours.dirty == slow.dirty
         ours.dirty.clear()
         slow.dirty.clear()
+        if number % 2:
+            ours.history.compact_pending()
     return screens
 
 

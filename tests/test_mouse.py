@@ -140,7 +140,7 @@ def test_the_most_telling_mode_and_encoding_win():
 def test_the_console_display_turns_pixels_into_cells():
     term = new_console(1000, 1006)
     shown = display.ConsoleDisplay(term, render.Glyphs(render.load_font(None)[0]))
-    cell_width, cell_height = shown.renderer.glyphs.cell
+    cell_width, cell_height = shown.glyphs.cell
     hand = clipboard.Hand(NONE, clipboard.viewer_link())
     shown.pointer(LEFT, 3 * cell_width + 1, 2 * cell_height + cell_height - 1, hand)
     shown.pointer(0, *shown.size, hand)

@@ -7,10 +7,11 @@ identical pixel for pixel.
 """
 
 import gzip
+import os
 import struct
 from pathlib import Path
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -134,6 +135,7 @@ PIECES = st.sampled_from([
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(PIECES, max_size=30), st.integers(min_value=1, max_value=4))
+@example(["text "] * 3 + ["\r\n"] * 3, 1)  # a scroll under a cursor that stays put
 def test_incremental_rendering_matches_a_fresh_rendering(pieces, every):
     glyphs = render.Glyphs(render.load_font(None)[0])
     term = console.Console(FakeSource(), 12, 4)
@@ -248,3 +250,18 @@ def test_truetype_font_is_monospaced_cells():
     assert 0.5 < width / height < 0.7
     assert drawn(font.glyph("W", 1)) > 10 and font.glyph("W", 1).size == (width, height)
     assert font.glyph("中", 2) is None
+
+
+def test_fallback_fonts_load_only_when_the_font_lacks_a_character(tmp_path, monkeypatch):
+    loaded = []
+    truetype = render._truetype
+    monkeypatch.setattr(render, "_truetype", lambda *args, **kw: loaded.append(args) or
+                        truetype(*args, **kw))
+    path = tmp_path / "font.psf"
+    path.write_bytes(psf2([GLYPH_A], [["A"]]))
+    glyphs = render.Glyphs(render.PsfFont(str(path)))
+    glyphs.cell_image(("A", (255, 255, 255), (0, 0, 0), False, False, 1))
+    assert loaded == []
+    glyphs.cell_image(("中", (255, 255, 255), (0, 0, 0), False, False, 2))
+    glyphs.cell_image(("文", (255, 255, 255), (0, 0, 0), False, False, 2))
+    assert len(loaded) == sum(map(os.path.exists, render.FALLBACK_FONTS))

@@ -92,7 +92,7 @@ def test_the_display_follows_with_a_new_size_and_a_whole_picture():
     term = console.Console(ResizableSource(), 80, 25)
     shown = display.ConsoleDisplay(term, render.Glyphs(render.load_font(None)[0]))
     first = shown.changes(None)
-    cell_width, cell_height = shown.renderer.glyphs.cell
+    cell_width, cell_height = shown.glyphs.cell
     answers = []
     shown.resize(100 * cell_width + cell_width - 1, 30 * cell_height, answers.append)
     assert answers == [0]

@@ -17,6 +17,7 @@ fake's domain events, and that an idle viewer server sleeps without a timeout.
 import io
 import json
 import os
+import random
 import signal
 import socket
 import socketserver
@@ -220,8 +221,9 @@ def paint(blocks):
 
 
 def free_base(count):
-    """A port base with base+1 .. base+count free for viewers and for guests' desktops."""
-    for base in range(10000, 30000, 997):  # below the ephemeral ports (32768 up)
+    """A port base with base+1 .. base+count free for viewers and for guests' desktops, tried
+    in a random order so that two test runs on one machine rarely race for the same range."""
+    for base in random.sample(range(10000, 30000, 997), 21):  # below the ephemeral ports
         try:
             for port in range(base + 1, base + count + 1):
                 socket.create_server(("127.0.0.1", port)).close()

@@ -155,7 +155,7 @@ def test_x_viewers_type_on_the_vga_shell_in_scancodes(proxy, boot, xvfb, tmp_pat
     boot_vga_guest(p, boot, transcript)
     desktop, passed = p.server.desktop, []
     forward = desktop.extended_key
-    desktop.extended_key = lambda *key: (passed.append(key), forward(*key))
+    desktop.extended_key = lambda *key: (passed.append(key[:3]), forward(*key))
     xvfb.start([*argv, address(p.port)], name)
     window = xvfb.run("xdotool", "search", "--sync", "--onlyvisible", "--class",
                       window_class).split()[0]

@@ -32,6 +32,7 @@ import console
 import guestdesktop
 import peers
 import qemuguest
+from chromium import Chromium, require_browser
 from fakexen import FakeXen, Guest
 from harness import Harness, leak_checked
 
@@ -208,3 +209,12 @@ def pytest_terminal_summary(terminalreporter):
             f"skipped peer tests (missing {', '.join(sorted(peers.missing_peers))}): "
             f"{' '.join(sorted(peers.skipped_tests))}; get the peers with: "
             f"{'; '.join(sorted(set(peers.missing_peers.values())))}")
+
+
+@pytest.fixture
+def browser(artifacts, tmp_path):
+    """Headless Chromium with one page (chromium.Chromium), closed at teardown."""
+    require_browser()
+    chromium = Chromium(artifacts, tmp_path / "chromium-profile")
+    yield chromium
+    chromium.close()

@@ -35,7 +35,7 @@ from PIL import Image, ImageChops
 
 import peers
 import web
-from chromium import BROWSER_URL, FIRST_PICTURE, Chromium, printed, require_browser
+from chromium import BROWSER_URL, FIRST_PICTURE, printed, require_browser
 from peers import Block
 
 PATTERN = (Block("red", 2, 1), Block("green", 72, 1), Block("blue", 2, 19))
@@ -55,15 +55,6 @@ CONTROL_BAR_OPEN = "document.getElementById('noVNC_control_bar').classList.conta
 CANVAS = ("(() => { const r = document.querySelector('#noVNC_container canvas')"
           ".getBoundingClientRect(); return [r.left, r.top]; })()")
 CELL = (8, 16)  # vncterm's default console font
-
-
-@pytest.fixture
-def browser(artifacts, tmp_path):
-    """Headless Chromium with one page (chromium.Chromium), closed at teardown."""
-    require_browser()
-    chromium = Chromium(artifacts, tmp_path / "chromium-profile")
-    yield chromium
-    chromium.close()
 
 
 def start_console(start_vncterm, folder, options=()):

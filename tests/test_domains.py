@@ -27,7 +27,6 @@ import sys
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -480,15 +479,7 @@ def test_the_host_page_lists_every_domain_and_opens_each_in_novnc(host, start_ho
     server.stop()
 
 
-@pytest.fixture
-def browser(artifacts, tmp_path):
-    for peer in ("chromium",):
-        peers.require(peer)
-    peers.require("novnc", installed=Path("/usr/share/novnc/vnc.html").is_file())
-    from chromium import Chromium
-    chromium = Chromium(artifacts, tmp_path / "chromium-profile")
-    yield chromium
-    chromium.close()
+
 
 
 def test_passwords_and_tls_cover_every_domain(host, start_host, tmp_path, artifacts):

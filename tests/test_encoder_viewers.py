@@ -206,7 +206,7 @@ def novnc(artifacts, tmp_path, target_port):
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     browser = None
     try:
-        assert peers.wait_until(lambda: accepts(port), 20), "websockify never listened"
+        assert peers.wait_until(lambda: peers.accepts(port), 20), "websockify never listened"
         browser = Chromium(artifacts, tmp_path / "chromium-profile")
         browser.open(f"http://127.0.0.1:{port}/vnc.html?autoconnect=1&host=127.0.0.1&port={port}")
         yield lambda name: browser.screenshot(artifacts / name)
@@ -216,13 +216,7 @@ def novnc(artifacts, tmp_path, target_port):
         peers.stop_process(proxy, group=True)
 
 
-def accepts(port):
-    """True when something accepts connections on 127.0.0.1:port."""
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True
+
 
 
 def test_novnc_decodes_tight(console, artifacts, tmp_path):

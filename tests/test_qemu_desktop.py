@@ -17,13 +17,12 @@ noVNC in Chromium then type on the same VGA shell in scancodes, noVNC with a key
 name disagree, as AZERTY's do.
 """
 
-import socket
 import subprocess
 
 import pytest
 
 import peers
-from chromium import NOVNC_PAGE, Chromium, require_browser
+from chromium import NOVNC_PAGE
 from harness import Proxy, follow, leak_checked
 from peers import wait_until as wait_for
 from qemuguest import BOOT_TIMEOUT, vga_options
@@ -208,12 +207,7 @@ def browser_type(browser, text, keys=None):
             dom_key(browser, "Shift", "ShiftLeft", 16, False)
 
 
-@pytest.fixture
-def browser(artifacts, tmp_path):
-    require_browser()
-    chromium = Chromium(artifacts, tmp_path / "chromium-profile")
-    yield chromium
-    chromium.close()
+
 
 
 def test_novnc_on_an_azerty_keyboard_types_what_the_guest_keyboard_says(
@@ -229,7 +223,7 @@ def test_novnc_on_an_azerty_keyboard_types_what_the_guest_keyboard_says(
          f"127.0.0.1:{p.port}"], stdin=subprocess.DEVNULL,
         stdout=open(artifacts / "websockify.log", "wb"), stderr=subprocess.STDOUT)
     try:
-        assert wait_for(lambda: accepts(web_port)), "websockify did not start"
+        assert wait_for(lambda: peers.accepts(web_port)), "websockify did not start"
         browser.open(f"http://127.0.0.1:{web_port}/vnc.html?autoconnect=1&host=127.0.0.1"
                      f"&port={web_port}")
         assert until_typed(lambda text: browser_type(browser, text), transcript, "ok")
@@ -242,12 +236,7 @@ def test_novnc_on_an_azerty_keyboard_types_what_the_guest_keyboard_says(
         peers.stop_process(websockify)
 
 
-def accepts(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True
+
 
 
 def test_qemu_absolute_pointer_notice_passes_through(proxy, boot, tmp_path):

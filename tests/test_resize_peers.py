@@ -30,16 +30,22 @@ from rawviewer import (
 )
 
 
+def watched_console(start_vncterm, folder, options=()):
+    """vncterm on a command that writes its `stty size` to a file at start and on SIGWINCH:
+    (the server, that file, the cell size in pixels)."""
+    size_file = folder / "size"
+    script = folder / "watch.sh"
+    script.write_text(WATCH_SIZE.format(file=size_file))
+    server = start_vncterm(f"sh {script}", options=options)
+    client = Client(server.port)
+    client.close()
+    return server, size_file, (client.width // peers.COLUMNS, client.height // peers.ROWS)
+
+
 def test_resizing_tigervncs_window_resizes_the_commands_terminal(start_vncterm, xvfb, tmp_path):
     peers.require("vncviewer")
     peers.require("xdotool")
-    size_file = tmp_path / "size"
-    script = tmp_path / "watch.sh"
-    script.write_text(WATCH_SIZE.format(file=size_file))
-    server = start_vncterm(f"sh {script}")
-    client = Client(server.port)
-    client.close()
-    cell_width, cell_height = client.width // peers.COLUMNS, client.height // peers.ROWS
+    server, size_file, (cell_width, cell_height) = watched_console(start_vncterm, tmp_path)
     assert peers.wait_until(lambda: peers.read_text(size_file) == "25 80\n")
     xvfb.start(["vncviewer", server.address], "vncviewer")
     window = xvfb.run("xdotool", "search", "--sync", "--onlyvisible", "--class", "TigerVNC")
@@ -80,13 +86,8 @@ def test_novnc_remote_resizing_resizes_the_commands_terminal(start_vncterm, arti
     """noVNC in Chromium with its "Remote resizing" setting (resize=remote in the URL): the
     console becomes the cells that fit noVNC's screen element, and follows the page's size."""
     require_browser()
-    size_file = tmp_path / "size"
-    script = tmp_path / "watch.sh"
-    script.write_text(WATCH_SIZE.format(file=size_file))
-    server = start_vncterm(f"sh {script}", options=("--web", "0"))
-    client = Client(server.port)
-    client.close()
-    cell_width, cell_height = client.width // peers.COLUMNS, client.height // peers.ROWS
+    server, size_file, (cell_width, cell_height) = watched_console(start_vncterm, tmp_path,
+                                                                   ("--web", "0"))
     browser = Chromium(artifacts, tmp_path / "chromium-profile")
     try:
         browser.open(printed(server, BROWSER_URL) + "&resize=remote")
@@ -117,13 +118,7 @@ def test_gtk_vnc_viewers_resize_the_commands_terminal(start_vncterm, xvfb, tmp_p
     the terminal became wider and shorter, by no more than the window holds."""
     peers.require(viewer)
     peers.require("xdotool")
-    size_file = tmp_path / "size"
-    script = tmp_path / "watch.sh"
-    script.write_text(WATCH_SIZE.format(file=size_file))
-    server = start_vncterm(f"sh {script}")
-    client = Client(server.port)
-    client.close()
-    cell_width, cell_height = client.width // peers.COLUMNS, client.height // peers.ROWS
+    server, size_file, (cell_width, cell_height) = watched_console(start_vncterm, tmp_path)
     assert peers.wait_until(lambda: peers.read_text(size_file) == "25 80\n")
     address = (f"vnc://127.0.0.1:{server.port}" if viewer == "remote-viewer"
                else f"127.0.0.1:{server.port - 5900}")

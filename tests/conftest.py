@@ -17,11 +17,10 @@ The session's TLS certificates (`certificates`) are made here once, with the ope
 for every test of VeNCrypt, in-process or with a real viewer.  The other shared fixtures hand
 out what the helper modules make and clean up after it: `harness` (harness.py's server, leak
 checked), `guest` (guestdesktop.py's Xvnc), `vncdo_viewers` (peers.VncdoViewer), `fake`, `guests`
-and `run_console` (fakexen.py's store, guest consoles and console readers), and `initrd` and
-`boot` (qemuguest.py's initramfs and QEMU guests).
+and `run_console` (fakexen.py's store, guest consoles and console readers), and `initrd`,
+`tablet_initrd` and `boot` (qemuguest.py's initramfs and QEMU guests).
 """
 
-import gzip
 import re
 import shutil
 import subprocess
@@ -137,33 +136,40 @@ def run_console():
         term.source.close()
 
 
+def require_initramfs_tools():
+    for program in ("qemu-system-x86_64", "busybox", "cpio"):
+        peers.require(program)
+
+
 @pytest.fixture(scope="module")
 def initrd(tmp_path_factory):
     """A gzipped cpio initramfs holding busybox and INIT."""
-    for program in ("qemu-system-x86_64", "busybox", "cpio"):
-        peers.require(program)
-    root = tmp_path_factory.mktemp("initramfs")
-    (root / "bin").mkdir()
-    shutil.copy(shutil.which("busybox"), root / "bin" / "busybox")
-    (root / "init").write_text(qemuguest.INIT)
-    (root / "init").chmod(0o755)
-    names = subprocess.run(["find", "."], cwd=root, capture_output=True, check=True).stdout
-    archive = subprocess.run(["cpio", "-o", "-H", "newc"], cwd=root, input=names,
-                             capture_output=True, check=True).stdout
-    path = root.parent / f"{root.name}.cpio.gz"
-    path.write_bytes(gzip.compress(archive))
-    return path
+    require_initramfs_tools()
+    return qemuguest.build_initramfs(tmp_path_factory.mktemp("initramfs"), qemuguest.INIT)
+
+
+@pytest.fixture(scope="module")
+def tablet_initrd(tmp_path_factory):
+    """The initramfs for a guest with QEMU's virtio tablet (qemuguest.TABLET): busybox, the
+    booted kernel's virtio-input and evdev modules, and an INIT that loads them."""
+    require_initramfs_tools()
+    peers.require("modinfo")
+    version = qemuguest.kernel_version(qemuguest.require_kernel())
+    modules = qemuguest.module_order(version, qemuguest.TABLET_MODULES)
+    return qemuguest.build_initramfs(tmp_path_factory.mktemp("initramfs"),
+                                     qemuguest.tablet_init(modules), modules)
 
 
 @pytest.fixture
 def boot(initrd, artifacts):
-    """boot(extra=()) -> a paused QemuGuest; every guest is killed at teardown."""
+    """boot(extra=(), initramfs=initrd) -> a paused QemuGuest; every guest is killed at
+    teardown."""
     kernel = qemuguest.require_kernel()
     guests = []
 
-    def start(extra=()):
-        guests.append(qemuguest.QemuGuest(kernel, initrd, artifacts / f"qemu{len(guests)}.log",
-                                          extra))
+    def start(extra=(), initramfs=initrd):
+        guests.append(qemuguest.QemuGuest(kernel, initramfs,
+                                          artifacts / f"qemu{len(guests)}.log", extra))
         return guests[-1]
 
     yield start

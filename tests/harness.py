@@ -121,6 +121,7 @@ class Harness:
         self.server = vncterm.Server(vncterm.listen("127.0.0.1", 0), self.display, "test console",
                                      **options)
         self.port = self.server.server_address[1]
+        self.address = f"127.0.0.1::{self.port}"  # as vncdotool spells it (peers.VncdoViewer)
         self.console.on_closed = self.server.console_closed
         self.console.start()
         assert wait_for(lambda: self.console.status == "")

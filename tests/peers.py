@@ -292,7 +292,8 @@ class VncdoViewer:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", VNCDO_DRIVER, server.address], stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1)
-        threading.Thread(target=self._read_replies, daemon=True).start()
+        self.reader = threading.Thread(target=self._read_replies, daemon=True)
+        self.reader.start()
         self._expect("connected")
 
     def _read_replies(self):
@@ -334,6 +335,8 @@ class VncdoViewer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self.reader.join(5)
+        self.proc.stdout.close()
 
 
 class TigerViewer:

@@ -127,16 +127,16 @@ def vga_options(reverse_port, transcript):
 
 class QemuGuest:
     """A paused QEMU with its serial console on a new pty (.path); cont() lets it boot.
-    `extra` options add devices (vga_options)."""
+    `extra` options add devices (vga_options); `append` is the kernel's command line."""
 
-    def __init__(self, kernel, initrd, log_path, extra=()):
+    def __init__(self, kernel, initrd, log_path, extra=(), append="console=ttyS0 panic=-1"):
         self.lines = []
         self.named = threading.Event()
         self.log_path = log_path
         self.proc = subprocess.Popen(
             ["qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-no-reboot", "-nodefaults",
              "-kernel", kernel, "-initrd", str(initrd),
-             "-append", "console=ttyS0 panic=-1", "-display", "none", "-S",
+             "-append", append, "-display", "none", "-S",
              "-monitor", "stdio", "-chardev", "pty,id=c0", "-serial", "chardev:c0", *extra],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.reader = threading.Thread(target=self._read_output, daemon=True)

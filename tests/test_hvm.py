@@ -23,8 +23,6 @@ TigerVNC's vncviewer.
 
 import os
 import re
-import subprocess
-import threading
 
 import pytest
 
@@ -204,22 +202,8 @@ class HvmGuest(QemuGuest):
     server (its port is then .vnc_port) or `HOST:PORT,reverse=on`."""
 
     def __init__(self, kernel, initrd, log_path, vnc):
-        self.lines = []
-        self.named = threading.Event()
-        self.log_path = log_path
-        self.proc = subprocess.Popen(
-            ["qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-no-reboot", "-nodefaults",
-             "-kernel", kernel, "-initrd", str(initrd), "-vga", "std", "-vnc", vnc,
-             "-append", "console=tty1 console=ttyS0 panic=-1", "-S",
-             "-monitor", "stdio", "-chardev", "pty,id=c0", "-serial", "chardev:c0"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.reader = threading.Thread(target=self._read_output, daemon=True)
-        self.reader.start()
-        if not self.named.wait(30):
-            self.stop()
-            raise AssertionError(f"qemu named no pty:\n{''.join(self.lines)}")
-        self.path = re.search(r"char device redirected to (/dev/pts/\d+)",
-                              "".join(self.lines))[1]
+        super().__init__(kernel, initrd, log_path, extra=("-vga", "std", "-vnc", vnc),
+                         append="console=tty1 console=ttyS0 panic=-1")
         self.vnc_port = None if "reverse" in vnc else self._ask_vnc_port()
 
     def monitor(self, command):

@@ -18,10 +18,8 @@ from pathlib import Path
 import pytest
 
 import peers
+from guestdesktop import XTERM_GEOMETRY, XTERM_INSIDE, log_count, reverse_port
 
-XTERM_GEOMETRY = "80x10+100+100"
-XTERM_INSIDE = (300, 150)
-REVERSE = re.compile(r"vncterm: guest desktops connect to 127\.0\.0\.1:(\d+)")
 ARRIVED = re.compile(r"guest desktop \S+ connected, 1024x768")
 LEFT = re.compile(r"guest desktop \S+ disconnected|guest \S+: (protocol error|internal error)")
 
@@ -93,26 +91,15 @@ def tightvnc(artifacts):
     server.stop()
 
 
-def reverse_port(server):
-    for line in server.output:
-        if match := REVERSE.fullmatch(line):
-            return int(match[1])
-    raise AssertionError(f"vncterm never said where guests connect\n{server.report()}")
-
-
-def log_matches(server, pattern):
-    return pattern.findall(peers.read_text(server.log_path))
-
-
 def test_typing_into_an_xterm_on_a_tightvnc_guest_keeps_it_connected(
         start_vncterm, tightvnc, artifacts):
     typed = artifacts / "typed.txt"
     tightvnc.xterm(f"exec cat > {typed}")
     server = start_vncterm("cat", options=("--verbose", "--reverse-port", "0"))
     tightvnc.connect(reverse_port(server))
-    assert peers.wait_until(lambda: log_matches(server, ARRIVED)), server.report()
+    assert peers.wait_until(lambda: log_count(server, ARRIVED)), server.report()
     peers.vncdo(server, "move", *map(str, XTERM_INSIDE), "type", "hello", "key", "enter")
     peers.vncdo(server, "move", *map(str, XTERM_INSIDE), "type", "world", "key", "enter")
     assert peers.wait_until(lambda: peers.read_text(typed) == "hello\nworld\n"), (
         f"the xterm got {peers.read_text(typed)!r}\n{server.report()}")
-    assert not log_matches(server, LEFT), server.report()
+    assert not log_count(server, LEFT), server.report()
